@@ -1,0 +1,62 @@
+# mogen developer entry points. Every target sets itself up: it creates .venv
+# if missing, installs the pinned requirements and (re)builds the extension
+# when a C++/CUDA source changed.
+#   make demo        the embedded demo
+#   make test        the whole test suite
+#   make bench       micro-benchmarks (kernel vs eager reference, vs roofline)
+#   make cuda-check  compile every .cu for sm_80 and sm_90 (works with a CPU torch)
+#   make cmake       C++ dev loop: CMake + Ninja build, compile_commands.json
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda))
+NVCC ?= $(if $(CUDA_HOME),$(CUDA_HOME)/bin/nvcc,nvcc)
+CUDA_ARCHS ?= 80 90
+CU_SRCS := $(wildcard csrc/cuda/*.cu)
+EXT_SRCS := $(shell find csrc -type f) setup.py pyproject.toml
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench cuda-check cmake clean
+
+$(VENV)/.deps: requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements-dev.txt
+	@touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(EXT_SRCS)
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	@touch $@
+
+install: $(VENV)/.built
+
+demo: install
+	$(PY) -m mogen.cli demo
+
+test: install
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,ops -p no:cacheprovider $(PYTEST_ARGS)
+
+# .cu files must stay torch-free so this works with any torch (or none).
+cuda-check:
+	@test -x "$(NVCC)" || command -v "$(NVCC)" >/dev/null || { echo "cuda-check: nvcc not found; set CUDA_HOME or NVCC"; exit 1; }
+	@if grep -lE '#include *[<"](torch|ATen|c10)/' $(CU_SRCS); then echo "cuda-check: .cu files must not include torch headers"; exit 1; fi
+	@mkdir -p build/cuda-check
+	@set -e; for f in $(CU_SRCS); do for a in $(CUDA_ARCHS); do \
+	  echo "nvcc sm_$$a $$f"; \
+	  $(NVCC) -std=c++17 -O3 -Icsrc -Xcompiler -Wall -gencode arch=compute_$$a,code=sm_$$a \
+	    -c $$f -o build/cuda-check/$$(basename $$f .cu)_sm$$a.o; \
+	done; done
+	@echo "cuda-check: $(words $(CU_SRCS)) file(s) compiled for sm_$(subst $() ,/sm_,$(CUDA_ARCHS))"
+
+cmake: $(VENV)/.deps
+	cmake -S . -B build/cmake -G Ninja -DPython3_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cmake
+	@ln -sf build/cmake/compile_commands.json compile_commands.json
+
+clean:
+	rm -rf build *.egg-info python/*.egg-info mogen_ext/_C*.so mogen_ext/_build_info.py $(VENV)/.built

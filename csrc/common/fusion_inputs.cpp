@@ -1,0 +1,101 @@
+#include "common/fusion_inputs.h"
+
+#include <string>
+
+#include "common/checks.h"
+
+namespace mogen {
+namespace {
+
+DType to_dtype(const at::Tensor& t, const std::string& name) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return DType::kFloat32;
+    case at::kBFloat16:
+      return DType::kBFloat16;
+    case at::kHalf:
+      return DType::kFloat16;
+    default:
+      MOGEN_CHECK_TYPE(false, name, " must be float32, bfloat16 or float16, got ", t.scalar_type());
+  }
+  return DType::kFloat32;  // unreachable
+}
+
+LogitsView view_of(const at::Tensor& t, const std::string& name, int64_t batch, const at::Device& device) {
+  MOGEN_CHECK_ARG(t.dim() == 2, name, " must be 2-D [B, V], got ", t.sizes());
+  MOGEN_CHECK_ARG(t.size(0) == batch, name, " has batch size ", t.size(0), " but base_logits has ", batch);
+  MOGEN_CHECK_ARG(t.device() == device, name, " is on ", t.device(), " but base_logits is on ", device);
+  MOGEN_CHECK_ARG(t.size(1) > 0, name, " has an empty vocabulary");
+  MOGEN_CHECK_ARG(t.size(1) == 1 || t.stride(1) == 1, name,
+                  " must be contiguous in its last dim (any row stride is fine), got strides ", t.strides());
+  LogitsView v;
+  v.data = t.data_ptr();
+  v.row_stride = t.stride(0);
+  v.vocab = t.size(1);
+  v.dtype = to_dtype(t, name);
+  return v;
+}
+
+}  // namespace
+
+FusionArgs make_fusion_args(const at::Tensor& base, const std::vector<at::Tensor>& experts,
+                            const std::vector<at::Tensor>& refs,
+                            const std::vector<std::optional<at::Tensor>>& maps,
+                            const at::Tensor& weights, const std::vector<double>& inv_temps,
+                            double beta, double base_inv_temp, double unmapped) {
+  FusionArgs a;
+  MOGEN_CHECK_ARG(base.dim() == 2, "base_logits must be 2-D [B, V_b], got ", base.sizes());
+  a.batch = base.size(0);
+  a.vocab = base.size(1);
+  const at::Device device = base.device();
+  a.base = view_of(base, "base_logits", a.batch, device);
+  a.base_inv_temp = static_cast<float>(base_inv_temp);
+
+  const size_t m = experts.size();
+  MOGEN_CHECK_ARG(m <= static_cast<size_t>(kMaxGuides), "at most ", kMaxGuides, " guides are supported, got ", m);
+  MOGEN_CHECK_ARG(refs.size() == m, "expert_logits has ", m, " tensors but ref_logits has ", refs.size());
+  MOGEN_CHECK_ARG(maps.size() == m, "vocab_maps has ", maps.size(), " entries but there are ", m, " guides");
+  MOGEN_CHECK_ARG(inv_temps.size() == m, "temperatures has ", inv_temps.size(), " entries but there are ", m,
+                  " guides");
+  a.num_guides = static_cast<int32_t>(m);
+  for (size_t i = 0; i < m; ++i) {
+    const std::string si = std::to_string(i);
+    GuideView& g = a.guides[i];
+    g.expert = view_of(experts[i], "expert_logits[" + si + "]", a.batch, device);
+    g.ref = view_of(refs[i], "ref_logits[" + si + "]", a.batch, device);
+    MOGEN_CHECK_ARG(g.expert.vocab == g.ref.vocab, "expert_logits[", i, "] has vocabulary ", g.expert.vocab,
+                    " but ref_logits[", i, "] has ", g.ref.vocab);
+    MOGEN_CHECK_TYPE(g.expert.dtype == g.ref.dtype, "expert_logits[", i, "] and ref_logits[", i,
+                     "] must share a dtype");
+    MOGEN_CHECK_ARG(inv_temps[i] > 0.0, "temperatures[", i, "] must be > 0");
+    g.inv_temp = static_cast<float>(inv_temps[i]);
+    if (maps[i].has_value()) {
+      const at::Tensor& mp = *maps[i];
+      MOGEN_CHECK_TYPE(mp.scalar_type() == at::kInt, "vocab_maps[", i, "] must be int32, got ", mp.scalar_type());
+      MOGEN_CHECK_ARG(mp.dim() == 1 && mp.size(0) == a.vocab, "vocab_maps[", i, "] must have shape [V_b] = [",
+                      a.vocab, "], got ", mp.sizes());
+      MOGEN_CHECK_ARG(mp.device() == device, "vocab_maps[", i, "] is on ", mp.device(), " but base_logits is on ",
+                      device);
+      MOGEN_CHECK_ARG(mp.is_contiguous(), "vocab_maps[", i, "] must be contiguous");
+      // Id ranges are checked once per map by mogen.ops (a pass over the map per
+      // step would cost as much as the fusion itself).
+      g.map = mp.data_ptr<int32_t>();
+    } else {
+      MOGEN_CHECK_ARG(g.expert.vocab == a.vocab, "expert_logits[", i, "] has vocabulary ", g.expert.vocab,
+                      " but base_logits has ", a.vocab, "; pass vocab_maps[", i, "]");
+    }
+  }
+  MOGEN_CHECK_TYPE(weights.scalar_type() == at::kFloat, "weights must be float32, got ", weights.scalar_type());
+  MOGEN_CHECK_ARG(weights.dim() == 2 && weights.size(0) == a.batch && weights.size(1) == static_cast<int64_t>(m),
+                  "weights must be [B, M] = [", a.batch, ", ", m, "], got ", weights.sizes());
+  MOGEN_CHECK_ARG(weights.device() == device, "weights is on ", weights.device(), " but base_logits is on ",
+                  device);
+  a.weights = weights.data_ptr<float>();
+  a.w_row_stride = weights.stride(0);
+  a.w_col_stride = weights.stride(1);
+  a.beta = static_cast<float>(beta);
+  a.unmapped = static_cast<float>(unmapped);
+  return a;
+}
+
+}  // namespace mogen

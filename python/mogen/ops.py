@@ -1,0 +1,289 @@
+"""Typed entry points for mogen's kernels.
+
+Each op validates its arguments (errors name the argument and the problem),
+then runs the compiled CUDA kernel for CUDA tensors, the compiled CPU kernel
+for CPU tensors, or the pure-PyTorch reference in ``mogen.reference`` when the
+extension is missing (one warning per process).
+
+Checks that need a pass over data (a vocabulary map's id range, the finiteness
+of a CUDA weight tensor) run once per tensor and are cached by identity and
+version, so a decoder calling the op every step pays for them once.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Optional, Sequence, Union
+
+import torch
+
+from . import _backend, reference
+
+__all__ = ["fused_log_ratio", "fused_log_ratio_topk"]
+
+_LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TensorList = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+# id(tensor) -> (weakref to it, tensor._version when checked, cached result)
+_check_cache: dict[int, tuple[weakref.ref, int, object]] = {}
+
+
+def _cached(t: torch.Tensor, compute):
+    """``compute(t)`` cached for as long as ``t`` lives unmodified."""
+    key = id(t)
+    hit = _check_cache.get(key)
+    if hit is not None and hit[0]() is t and hit[1] == t._version:
+        return hit[2]
+    value = compute(t)
+    try:
+        ref = weakref.ref(t, lambda _r, key=key: _check_cache.pop(key, None))
+    except TypeError:  # pragma: no cover - tensors are weak-referenceable
+        return value
+    _check_cache[key] = (ref, t._version, value)
+    return value
+
+
+def _as_list(x: TensorList, name: str) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if not isinstance(x, (list, tuple)):
+        raise TypeError(f"{name} must be a tensor or a list of tensors, got {type(x).__name__}")
+    return list(x)
+
+
+def _check_logits(t: torch.Tensor, name: str, batch: int, device: torch.device) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [B, V], got shape {tuple(t.shape)}")
+    if t.dtype not in _LOGIT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
+    if t.shape[0] != batch:
+        raise ValueError(f"{name} has batch size {t.shape[0]} but base_logits has {batch}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but base_logits is on {device}")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} has an empty vocabulary (shape {tuple(t.shape)})")
+    if t.shape[1] > 1 and t.stride(1) != 1:
+        # Kernels need the vocabulary dim contiguous; any row stride is fine.
+        t = t.contiguous()
+    return t
+
+
+def _positive(x: float, name: str) -> float:
+    x = float(x)
+    if not math.isfinite(x) or x <= 0.0:
+        raise ValueError(f"{name} must be a finite number > 0, got {x}")
+    return x
+
+
+def _finite(x: float, name: str) -> float:
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    return x
+
+
+def _map_range(t: torch.Tensor) -> tuple[int, int]:
+    if t.numel() == 0:
+        return (0, -1)
+    return int(t.min()), int(t.max())
+
+
+def _check_map(vmap: torch.Tensor, i: int, vocab_base: int, vocab_guide: int, device: torch.device) -> None:
+    name = f"vocab_maps[{i}]"
+    if not isinstance(vmap, torch.Tensor):
+        raise TypeError(f"{name} must be an int32 tensor or None, got {type(vmap).__name__}")
+    if vmap.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32, got {vmap.dtype} (convert once with .int())")
+    if vmap.dim() != 1 or vmap.shape[0] != vocab_base:
+        raise ValueError(
+            f"{name} must have shape [V_b] = [{vocab_base}] (one entry per base token), got {tuple(vmap.shape)}"
+        )
+    if vmap.device != device:
+        raise ValueError(f"{name} is on {vmap.device} but base_logits is on {device}")
+    if vmap.numel() > 1 and vmap.stride(0) != 1:
+        raise ValueError(f"{name} must be contiguous")
+    lo, hi = _cached(vmap, _map_range)
+    if lo < -1 or hi >= vocab_guide:
+        raise ValueError(
+            f"{name} holds ids in [{lo}, {hi}] but guide {i} has vocabulary size {vocab_guide}; "
+            "entries must be -1 (unmapped) or in [0, V_i)"
+        )
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def _weights_2d(weights, batch: int, m: int, device: torch.device) -> torch.Tensor:
+    """Weights as a float32 ``[B, M]`` view on ``device`` (``[M]`` becomes a stride-0 expand)."""
+    if isinstance(weights, torch.Tensor):
+        w = weights
+        if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"weights must be a real tensor, got {w.dtype}")
+        if w.device != device:
+            raise ValueError(f"weights is on {w.device} but base_logits is on {device}")
+        if not _cached(w, _all_finite):
+            raise ValueError("weights must be finite, got NaN or inf")
+        w = w.to(torch.float32)
+    else:
+        try:
+            w = torch.tensor(weights, dtype=torch.float32)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"weights must be a sequence of numbers or a tensor: {exc}") from None
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError(f"weights must be finite, got {weights}")
+        w = w.to(device)
+    if w.dim() == 1:
+        if w.shape[0] != m:
+            raise ValueError(f"weights has {w.shape[0]} entries but there are {m} guides")
+        return w.unsqueeze(0).expand(batch, m)
+    if w.dim() == 2:
+        if tuple(w.shape) != (batch, m):
+            raise ValueError(f"weights must be [M] = [{m}] or [B, M] = [{batch}, {m}], got {tuple(w.shape)}")
+        return w
+    raise ValueError(f"weights must be [M] or [B, M], got shape {tuple(w.shape)}")
+
+
+def _prepare(base_logits, expert_logits, ref_logits, weights, vocab_maps, beta, base_temperature,
+             temperatures, unmapped):
+    if not isinstance(base_logits, torch.Tensor):
+        raise TypeError(f"base_logits must be a torch.Tensor, got {type(base_logits).__name__}")
+    if base_logits.dim() != 2:
+        raise ValueError(f"base_logits must be 2-D [B, V_b], got shape {tuple(base_logits.shape)}")
+    batch, vocab = base_logits.shape
+    device = base_logits.device
+    base = _check_logits(base_logits, "base_logits", batch, device)
+    experts = _as_list(expert_logits, "expert_logits")
+    refs = _as_list(ref_logits, "ref_logits")
+    m = len(experts)
+    if len(refs) != m:
+        raise ValueError(f"expert_logits has {m} tensors but ref_logits has {len(refs)}; give one reference per expert")
+    maps = [None] * m if vocab_maps is None else list(vocab_maps)
+    if len(maps) != m:
+        raise ValueError(f"vocab_maps has {len(maps)} entries but there are {m} guides")
+    if temperatures is None:
+        temps = [1.0] * m
+    elif isinstance(temperatures, (int, float)):
+        temps = [float(temperatures)] * m
+    else:
+        temps = list(temperatures)
+        if len(temps) != m:
+            raise ValueError(f"temperatures has {len(temps)} entries but there are {m} guides")
+    inv_temps = [1.0 / _positive(t, f"temperatures[{i}]") for i, t in enumerate(temps)]
+    for i in range(m):
+        experts[i] = _check_logits(experts[i], f"expert_logits[{i}]", batch, device)
+        refs[i] = _check_logits(refs[i], f"ref_logits[{i}]", batch, device)
+        if experts[i].shape != refs[i].shape:
+            raise ValueError(
+                f"expert_logits[{i}] has shape {tuple(experts[i].shape)} but ref_logits[{i}] has "
+                f"{tuple(refs[i].shape)}; an expert and its reference share one vocabulary"
+            )
+        if experts[i].dtype != refs[i].dtype:
+            raise TypeError(f"expert_logits[{i}] is {experts[i].dtype} but ref_logits[{i}] is {refs[i].dtype}")
+        if maps[i] is None:
+            if experts[i].shape[1] != vocab:
+                raise ValueError(
+                    f"expert_logits[{i}] has vocabulary {experts[i].shape[1]} but base_logits has {vocab}; "
+                    f"pass vocab_maps[{i}] (see mogen.vocab.build_vocab_map)"
+                )
+        else:
+            _check_map(maps[i], i, vocab, experts[i].shape[1], device)
+    w = _weights_2d(weights, batch, m, device)
+    return dict(
+        base=base,
+        experts=experts,
+        refs=refs,
+        maps=maps,
+        weights=w,
+        inv_temps=inv_temps,
+        beta=_finite(beta, "beta"),
+        base_inv_temp=1.0 / _positive(base_temperature, "base_temperature"),
+        unmapped=_finite(unmapped, "unmapped"),
+        temps=temps,
+    )
+
+
+def _reference_args(a: dict) -> dict:
+    return dict(
+        vocab_maps=a["maps"],
+        beta=a["beta"],
+        base_temperature=1.0 / a["base_inv_temp"],
+        temperatures=a["temps"],
+        unmapped=a["unmapped"],
+    )
+
+
+def fused_log_ratio(
+    base_logits: torch.Tensor,
+    expert_logits: TensorList,
+    ref_logits: TensorList,
+    weights,
+    *,
+    vocab_maps: Optional[Sequence[Optional[torch.Tensor]]] = None,
+    beta: float = 1.0,
+    base_temperature: float = 1.0,
+    temperatures: Optional[Union[float, Sequence[float]]] = None,
+    unmapped: float = 0.0,
+) -> torch.Tensor:
+    """Multi-vocabulary log-ratio fusion (DESIGN K1), float32 ``[B, V_b]``.
+
+    ``s(v) = log_softmax(z_b / base_temperature)(v)
+             + beta * sum_i w_i * (log_softmax(z_ei / t_i)[m_i(v)] - log_softmax(z_ri / t_i)[m_i(v)])``
+
+    Args:
+        base_logits: ``[B, V_b]`` fp32/bf16/fp16; any row stride (``logits[:, :n]``
+            drops padded LM-head columns without a copy).
+        expert_logits, ref_logits: M tensors ``[B, V_i]`` each; expert i and
+            reference i share a vocabulary and a dtype.
+        weights: ``[M]`` (all rows) or ``[B, M]`` (per-row preferences), finite.
+        vocab_maps: per guide an int32 ``[V_b]`` tensor mapping base ids to guide
+            ids (``-1`` = no counterpart), or None for a shared vocabulary.
+        beta: scale of the guidance sum.
+        base_temperature, temperatures: ``tau`` for the base and ``t_i`` per guide (> 0).
+        unmapped: the log-ratio used where ``m_i(v) == -1``.
+    """
+    a = _prepare(base_logits, expert_logits, ref_logits, weights, vocab_maps, beta, base_temperature,
+                 temperatures, unmapped)
+    device = a["base"].device
+    if _backend.has_kernels_for(device):
+        return _backend.kernels().fused_log_ratio(
+            a["base"], a["experts"], a["refs"], a["maps"], a["weights"], a["inv_temps"],
+            a["beta"], a["base_inv_temp"], a["unmapped"],
+        )
+    _backend.warn_fallback(device)
+    return reference.fused_log_ratio(a["base"], a["experts"], a["refs"], a["weights"], **_reference_args(a))
+
+
+def fused_log_ratio_topk(
+    base_logits: torch.Tensor,
+    expert_logits: TensorList,
+    ref_logits: TensorList,
+    weights,
+    k: int,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best fused scores per row without materialising ``[B, V_b]``.
+
+    Same arguments as :func:`fused_log_ratio`. Returns ``(values [B, k] float32,
+    indices [B, k] int64)``, best first; equal scores come lower id first.
+    """
+    a = _prepare(base_logits, expert_logits, ref_logits, weights, kwargs.pop("vocab_maps", None),
+                 kwargs.pop("beta", 1.0), kwargs.pop("base_temperature", 1.0), kwargs.pop("temperatures", None),
+                 kwargs.pop("unmapped", 0.0))
+    if kwargs:
+        raise TypeError(f"fused_log_ratio_topk got unexpected keyword arguments {sorted(kwargs)}")
+    vocab = a["base"].shape[1]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+        raise ValueError(f"k must be an int in [1, V_b] = [1, {vocab}], got {k!r}")
+    device = a["base"].device
+    if _backend.has_kernels_for(device):
+        return _backend.kernels().fused_log_ratio_topk(
+            a["base"], a["experts"], a["refs"], a["maps"], a["weights"], a["inv_temps"],
+            a["beta"], a["base_inv_temp"], a["unmapped"], k,
+        )
+    _backend.warn_fallback(device)
+    return reference.fused_log_ratio_topk(a["base"], a["experts"], a["refs"], a["weights"], k,
+                                          **_reference_args(a))
