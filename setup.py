@@ -63,7 +63,9 @@ def extensions():
 
     with_cuda = _want_cuda()
     sources = _sources("csrc/*.cpp") + _sources("csrc/common/*.cpp") + _sources("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for is an inline OpenMP loop in ATen's headers and
+    # runs serially in code compiled without it. libgomp resolves to torch's copy.
+    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp"]
     nvcc: list[str] = []
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
@@ -79,18 +81,39 @@ def extensions():
             sources=sources,
             include_dirs=[os.path.join(ROOT, "csrc")],
             extra_compile_args=args,
+            extra_link_args=["-fopenmp"],
         )
     ]
 
 
-def main() -> None:
+def build_ext_class():
     from torch.utils.cpp_extension import BuildExtension
 
+    class BuildExt(BuildExtension):
+        def build_extensions(self) -> None:
+            # cuda/fusion.cu and cuda/fusion.cpp share a stem (one op, one file per
+            # backend); name CUDA objects fusion.cu.o, as CMake does, so they do not collide.
+            compiler = self.compiler
+            plain = compiler.object_filenames
+
+            def object_filenames(sources, strip_dir=False, output_dir=""):
+                sources = list(sources)
+                objs = plain(sources, strip_dir=strip_dir, output_dir=output_dir)
+                ext = compiler.obj_extension
+                return [o[: -len(ext)] + ".cu" + ext if str(src).endswith(".cu") else o for src, o in zip(sources, objs)]
+
+            compiler.object_filenames = object_filenames
+            super().build_extensions()
+
+    return BuildExt.with_options(use_ninja=True)
+
+
+def main() -> None:
     setup(
         packages=find_packages("python") + ["mogen_ext"],
         package_dir={"": "python", "mogen_ext": "mogen_ext"},
         ext_modules=extensions(),
-        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        cmdclass={"build_ext": build_ext_class()},
         zip_safe=False,
     )
 

@@ -1,12 +1,13 @@
 // K1 on CPU: multi-vocabulary log-ratio fusion (DESIGN.md sections 1 and 3).
 //
-// Two phases over a grid of (row, vocab chunk) tasks:
-//   1. per input (base, each expert, each reference) and chunk, an online
-//      (max, sum of exp) pass; chunks are then combined into one log-sum-exp
-//      per (row, input). Inputs are only read here, never written.
-//   2. per (row, chunk) one pass over V_b that gathers every guide's log-ratio
-//      through its vocabulary map and writes the fused score (or, for top-k,
-//      keeps the chunk's best k so the full row is never materialised).
+// Phase 1, tasks of (row, input, vocab chunk): an online (max, sum of exp) pass
+//   per input (base, each expert, each reference); the chunk partials are then
+//   combined into one log-sum-exp per (row, input). Inputs are only read. A
+//   guide with a vocabulary map also gets its fp32 difference D = e - r
+//   written out, so phase 2 gathers once per base token from one L2-sized row
+//   instead of twice from two.
+// Phase 2, tasks of (row, vocab chunk): the fused score of every base token,
+//   or for top-k the chunk's best k, so the full row is never materialised.
 // Rows alone fill the threads when B is large; otherwise the vocabulary is
 // split as well so that B = 1 still uses every core.
 // 64-byte vector arguments of the always-inline helpers only matter for ABI if not inlined.
@@ -92,7 +93,9 @@ MOGEN_INLINE vf vexp(vf x) {
   p = p * r + 5.0000001201e-1f;
   const vf y = p * r * r + r + 1.0f;
   const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-  return y * reinterpret_cast<const vf&>(bits);
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
 }
 MOGEN_INLINE float exp_approx(float x) { return vexp(splat(x))[0]; }
 
@@ -141,27 +144,6 @@ void base_term_f32(const float* x, int64_t n, float scale, float lse, float* out
 MOGEN_MULTIVERSION
 void add_ratio_f32(const float* e, const float* r, int64_t n, float k, float d, float* out) {
   for (int64_t v = 0; v < n; ++v) out[v] += k * (e[v] - r[v]) - d;
-}
-
-// out[v] += map[v] >= 0 ? k * (e[j] - r[j]) - d : cu     with j = map[v]
-template <typename T>
-void add_ratio_mapped(const T* e, const T* r, const int32_t* map, int64_t n, float k, float d, float cu,
-                      float* out) {
-  for (int64_t v = 0; v < n; ++v) {
-    const int32_t j = map[v];
-    out[v] += j >= 0 ? k * (static_cast<float>(e[j]) - static_cast<float>(r[j])) - d : cu;
-  }
-}
-
-MOGEN_MULTIVERSION
-void add_ratio_mapped_f32(const float* e, const float* r, const int32_t* map, int64_t n, float k, float d,
-                          float cu, float* out) {
-  for (int64_t v = 0; v < n; ++v) {
-    const int32_t j = map[v];
-    const int32_t jj = j & ~(j >> 31);  // max(j, 0) without a branch: loads stay unconditional
-    const float term = k * (e[jj] - r[jj]) - d;
-    out[v] += j >= 0 ? term : cu;
-  }
 }
 
 template <typename T>
@@ -213,86 +195,146 @@ void add_ratio(const T* e, const T* r, int64_t n, float k, float d, float* out) 
   }
 }
 
+// out[v] += map[v] >= 0 ? k * D[map[v]] - d : cu      (D: one row of e - r, fp32)
+MOGEN_MULTIVERSION
+void add_ratio_mapped(const float* D, const int32_t* map, int64_t n, float k, float d, float cu, float* out) {
+  int64_t v = 0;
+  for (; v + kW <= n; v += kW) {
+    vi j;
+    std::memcpy(&j, map + v, sizeof(j));
+    const vi mapped = j >= 0;
+    const vi jj = mapped ? j : vi{};  // every lane loads something valid
+    vf g;
+    for (int l = 0; l < kW; ++l) g[l] = D[jj[l]];
+    const vf sum = load(out + v) + (mapped ? g * k - d : splat(cu));
+    std::memcpy(out + v, &sum, sizeof(sum));
+  }
+  for (; v < n; ++v) out[v] += map[v] >= 0 ? k * D[map[v]] - d : cu;
+}
+
+// D[u] = e[u] - r[u] in fp32.
+template <typename T>
+void diff_row(const T* e, const T* r, int64_t n, float* out) {
+  for (int64_t u = 0; u < n; ++u) out[u] = static_cast<float>(e[u]) - static_cast<float>(r[u]);
+}
+
 template <typename T>
 const T* row_ptr(const LogitsView& x, int64_t b) {
   return static_cast<const T*>(x.data) + b * x.row_stride;
 }
 
+int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
+int64_t round_up(int64_t x, int64_t m) { return ceil_div(x, m) * m; }
+
 // Vocab chunk per task: whole rows when rows alone keep every thread busy,
 // else rows split so that there are a few tasks per thread.
-int64_t pick_chunk(int64_t batch, int64_t max_vocab) {
+int64_t pick_chunk(int64_t batch, int64_t vocab) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  if (batch >= 2 * threads) return std::max<int64_t>(max_vocab, 1);
-  const int64_t pieces = (4 * threads + batch - 1) / std::max<int64_t>(batch, 1);
-  const int64_t chunk = (max_vocab + pieces - 1) / pieces;
-  return std::max(kMinChunk, (chunk + kW - 1) / kW * kW);
+  if (batch >= 2 * threads) return std::max<int64_t>(vocab, 1);
+  const int64_t chunk = ceil_div(vocab, ceil_div(4 * threads, std::max<int64_t>(batch, 1)));
+  return round_up(std::max(kMinChunk, chunk), kW);
 }
 
-// Whether row b needs input j (guides weighted 0 on a row are skipped entirely).
-bool input_active(const FusionArgs& a, int64_t b, int32_t j) {
-  return j == 0 || a.coef(b, (j - 1) / 2) != 0.0f;
-}
-
-// Phase 1: log-sum-exp of every active input on every row, [B, num_inputs].
-std::vector<float> all_lse(const FusionArgs& a, int64_t chunk) {
+// Phase 1: the log-sum-exp of every needed input, [B, num_inputs], and the
+// differences D_i ([B, V_i] fp32 at d_offset[i] in `diffs`) of mapped guides.
+std::vector<float> phase1(const FusionArgs& a, float* diffs, const int64_t* d_offset) {
   const int32_t ni = a.num_inputs();
-  int64_t cmax = 1;
-  for (int32_t j = 0; j < ni; ++j) cmax = std::max(cmax, (a.input(j).vocab + chunk - 1) / chunk);
-  std::vector<Lse> part(static_cast<size_t>(a.batch * ni * cmax));
-  at::parallel_for(0, a.batch * ni * cmax, 1, [&](int64_t begin, int64_t end) {
+  int64_t max_vocab = a.vocab;
+  for (int32_t i = 0; i < a.num_guides; ++i) max_vocab = std::max(max_vocab, a.guides[i].expert.vocab);
+  const int64_t B = a.batch, chunk = pick_chunk(B, max_vocab), C = ceil_div(max_vocab, chunk);
+  std::vector<Lse> part(static_cast<size_t>(B * ni * C));
+  auto partial = [&](int64_t b, int32_t j, int64_t c) -> Lse& { return part[(b * ni + j) * C + c]; };
+  // Task t = (row, unit, chunk); unit 0 is the base, unit 1 + i guide i (expert and reference).
+  const int64_t units = 1 + a.num_guides;
+  at::parallel_for(0, B * units * C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / (ni * cmax);
-      const int32_t j = static_cast<int32_t>((t / cmax) % ni);
-      const int64_t lo = (t % cmax) * chunk;
-      const LogitsView& x = a.input(j);
-      if (lo >= x.vocab || !input_active(a, b, j)) continue;
-      const int64_t n = std::min(chunk, x.vocab - lo);
-      dispatch_logits(x.dtype, [&](auto tag) {
+      const int64_t b = t / (units * C), c = t % C;
+      const int32_t unit = static_cast<int32_t>((t / C) % units);
+      const int64_t lo = c * chunk;
+      if (unit == 0) {
+        if (lo >= a.vocab) continue;
+        dispatch_logits(a.base.dtype, [&](auto tag) {
+          using T = decltype(tag);
+          lse_update(row_ptr<T>(a.base, b) + lo, std::min(chunk, a.vocab - lo), a.base_inv_temp, &partial(b, 0, c));
+        });
+        continue;
+      }
+      const int32_t i = unit - 1;
+      const GuideView& g = a.guides[i];
+      if (lo >= g.expert.vocab || a.coef(b, i) == 0.0f) continue;  // a guide weighted 0 on a row is skipped
+      const int64_t n = std::min(chunk, g.expert.vocab - lo);
+      dispatch_logits(g.expert.dtype, [&](auto tag) {
         using T = decltype(tag);
-        lse_update(row_ptr<T>(x, b) + lo, n, a.input_inv_temp(j), &part[t]);
+        const T* e = row_ptr<T>(g.expert, b) + lo;
+        const T* r = row_ptr<T>(g.ref, b) + lo;
+        lse_update(e, n, g.inv_temp, &partial(b, 1 + 2 * i, c));
+        lse_update(r, n, g.inv_temp, &partial(b, 2 + 2 * i, c));
+        if (g.map != nullptr) diff_row(e, r, n, diffs + d_offset[i] + b * g.expert.vocab + lo);
       });
     }
   });
-  std::vector<float> lse(static_cast<size_t>(a.batch * ni), 0.0f);
-  for (int64_t bj = 0; bj < a.batch * ni; ++bj) {
+  std::vector<float> lse(static_cast<size_t>(B * ni), 0.0f);
+  for (int64_t bj = 0; bj < B * ni; ++bj) {
+    const Lse* pc = &part[bj * C];
     float m = kNegInf;
-    for (int64_t c = 0; c < cmax; ++c) m = std::max(m, part[bj * cmax + c].m);
+    for (int64_t c = 0; c < C; ++c) m = std::max(m, pc[c].m);
     float s = 0.0f;
     if (m != kNegInf)
-      for (int64_t c = 0; c < cmax; ++c) {
-        const Lse& p = part[bj * cmax + c];
-        if (p.m != kNegInf) s += p.s * std::exp(p.m - m);
-      }
+      for (int64_t c = 0; c < C; ++c)
+        if (pc[c].m != kNegInf) s += pc[c].s * std::exp(pc[c].m - m);
     lse[bj] = m + std::log(s);
   }
   return lse;
 }
 
 // Phase 2 for one task: fused scores of row b, base ids [lo, lo + n), into out[0, n).
-void fused_chunk(const FusionArgs& a, const float* lse, int64_t b, int64_t lo, int64_t n, float* out) {
+void phase2(const FusionArgs& a, const float* lse, const float* diffs, const int64_t* d_offset, int64_t b,
+            int64_t lo, int64_t n, float* out) {
+  const float* l = lse + b * a.num_inputs();
   dispatch_logits(a.base.dtype, [&](auto tag) {
     using T = decltype(tag);
-    base_term(row_ptr<T>(a.base, b) + lo, n, a.base_inv_temp, lse[0], out);
+    base_term(row_ptr<T>(a.base, b) + lo, n, a.base_inv_temp, l[0], out);
   });
   for (int32_t i = 0; i < a.num_guides; ++i) {
+    const GuideView& g = a.guides[i];
     const float c = a.coef(b, i);
     if (c == 0.0f) continue;
-    const GuideView& g = a.guides[i];
     const float k = c * g.inv_temp;
-    const float d = c * (lse[1 + 2 * i] - lse[2 + 2 * i]);
+    const float d = c * (l[1 + 2 * i] - l[2 + 2 * i]);
+    if (g.map != nullptr) {
+      add_ratio_mapped(diffs + d_offset[i] + b * g.expert.vocab, g.map + lo, n, k, d, c * a.unmapped, out);
+      continue;
+    }
     dispatch_logits(g.expert.dtype, [&](auto tag) {
       using T = decltype(tag);
-      const T* e = row_ptr<T>(g.expert, b);
-      const T* r = row_ptr<T>(g.ref, b);
-      if (g.map == nullptr) {
-        add_ratio(e + lo, r + lo, n, k, d, out);
-      } else if constexpr (std::is_same_v<T, float>) {
-        add_ratio_mapped_f32(e, r, g.map + lo, n, k, d, c * a.unmapped, out);
-      } else {
-        add_ratio_mapped(e, r, g.map + lo, n, k, d, c * a.unmapped, out);
-      }
+      add_ratio(row_ptr<T>(g.expert, b) + lo, row_ptr<T>(g.ref, b) + lo, n, k, d, out);
     });
   }
+}
+
+// Runs phase 1, then body(task, b, lo, n, lse, diffs, d_offset) for every
+// (row, chunk) of phase 2 in parallel; returns the number of chunks per row.
+template <typename Body>
+int64_t run_fusion(const FusionArgs& a, int64_t chunk, Body&& body) {
+  // D scratch is reused across calls of the calling thread: a fresh allocation
+  // per decoding step would page-fault it in every time. (Worker threads reach
+  // it through `diffs`; by name they would see their own, empty, instance.)
+  thread_local std::vector<float> scratch;
+  std::vector<int64_t> d_offset(static_cast<size_t>(a.num_guides), -1);
+  int64_t total = 0;
+  for (int32_t i = 0; i < a.num_guides; ++i)
+    if (a.guides[i].map != nullptr) d_offset[i] = total, total += a.guides[i].expert.vocab * a.batch;
+  if (static_cast<int64_t>(scratch.size()) < total) scratch.resize(static_cast<size_t>(total));
+  float* const diffs = scratch.data();
+  const std::vector<float> lse = phase1(a, diffs, d_offset.data());
+  const int64_t chunks = ceil_div(a.vocab, chunk);
+  at::parallel_for(0, a.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / chunks, lo = (t % chunks) * chunk;
+      body(t, b, lo, std::min(chunk, a.vocab - lo), lse.data(), diffs, d_offset.data());
+    }
+  });
+  return chunks;
 }
 
 // Ranking for top-k: higher score first, NaN above everything (as torch.topk),
@@ -316,18 +358,10 @@ at::Tensor fused_log_ratio(MOGEN_FUSION_PARAMS) {
                                         unmapped);
   at::Tensor out = at::empty({a.batch, a.vocab}, base.options().dtype(at::kFloat));
   if (a.batch == 0) return out;
-  const int64_t chunk = pick_chunk(a.batch, a.vocab);
-  const std::vector<float> lse = all_lse(a, chunk);
-  const int32_t ni = a.num_inputs();
-  const int64_t chunks = (a.vocab + chunk - 1) / chunk;
   float* o = out.data_ptr<float>();
-  at::parallel_for(0, a.batch * chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / chunks;
-      const int64_t lo = (t % chunks) * chunk;
-      fused_chunk(a, lse.data() + b * ni, b, lo, std::min(chunk, a.vocab - lo), o + b * a.vocab + lo);
-    }
-  });
+  run_fusion(a, pick_chunk(a.batch, a.vocab),
+             [&](int64_t, int64_t b, int64_t lo, int64_t n, const float* lse, const float* diffs,
+                 const int64_t* d_offset) { phase2(a, lse, diffs, d_offset, b, lo, n, o + b * a.vocab + lo); });
   return out;
 }
 
@@ -340,32 +374,26 @@ std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int
   at::Tensor ids = at::empty({a.batch, k}, base.options().dtype(at::kLong));
   if (a.batch == 0) return {values, ids};
   const int64_t chunk = pick_chunk(a.batch, a.vocab);
-  const std::vector<float> lse = all_lse(a, chunk);
-  const int32_t ni = a.num_inputs();
-  const int64_t chunks = (a.vocab + chunk - 1) / chunk;
+  const int64_t chunks = ceil_div(a.vocab, chunk);
   const int64_t per_chunk = std::min(k, chunk);
   // Each task leaves its chunk's best `per_chunk` here: [B, chunks, per_chunk].
   std::vector<Scored> cand(static_cast<size_t>(a.batch * chunks * per_chunk), Scored{kNegInf, -1});
-  at::parallel_for(0, a.batch * chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(static_cast<size_t>(chunk));
-    std::vector<Scored> sc(static_cast<size_t>(chunk));
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / chunks;
-      const int64_t lo = (t % chunks) * chunk;
-      const int64_t n = std::min(chunk, a.vocab - lo);
-      fused_chunk(a, lse.data() + b * ni, b, lo, n, buf.data());
-      for (int64_t v = 0; v < n; ++v) sc[v] = Scored{buf[v], lo + v};
-      const int64_t keep = std::min(per_chunk, n);
-      std::partial_sort(sc.begin(), sc.begin() + keep, sc.begin() + n, better);
-      std::copy(sc.begin(), sc.begin() + keep, cand.begin() + t * per_chunk);
-    }
+  run_fusion(a, chunk, [&](int64_t t, int64_t b, int64_t lo, int64_t n, const float* lse, const float* diffs,
+                           const int64_t* d_offset) {
+    std::vector<float> buf(static_cast<size_t>(n));
+    std::vector<Scored> sc(static_cast<size_t>(n));
+    phase2(a, lse, diffs, d_offset, b, lo, n, buf.data());
+    for (int64_t v = 0; v < n; ++v) sc[v] = Scored{buf[v], lo + v};
+    const int64_t keep = std::min(per_chunk, n);
+    std::partial_sort(sc.begin(), sc.begin() + keep, sc.end(), better);
+    std::copy(sc.begin(), sc.begin() + keep, cand.begin() + t * per_chunk);
   });
   float* vo = values.data_ptr<float>();
   int64_t* io = ids.data_ptr<int64_t>();
   const int64_t row_cand = chunks * per_chunk;
   at::parallel_for(0, a.batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      // Unfilled slots (id -1) come from chunks shorter than per_chunk; drop them.
+      // Unfilled slots (id -1) come from the short last chunk; drop them.
       auto first = cand.begin() + b * row_cand;
       auto last = std::remove_if(first, first + row_cand, [](const Scored& s) { return s.id < 0; });
       std::partial_sort(first, first + k, last, better);

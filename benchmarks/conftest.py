@@ -1,0 +1,73 @@
+"""Shared benchmark plumbing: the machine's copy bandwidth (the roofline every
+kernel is compared with) and a summary table printed, and saved under
+benchmarks/results/, at the end of the run."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+_rows: dict[str, list[dict]] = {}
+
+
+def best_time(fn: Callable[[], object], *, repeat: int = 5, min_time: float = 0.2) -> float:
+    """Best wall time of one call in seconds (after a warm-up), over at least `repeat` calls and `min_time`."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    fn()
+    sync()
+    best, spent, n = float("inf"), 0.0, 0
+    while n < repeat or spent < min_time:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        dt = time.perf_counter() - t0
+        best, spent, n = min(best, dt), spent + dt, n + 1
+    return best
+
+
+_copy_buffers: list[torch.Tensor] = []
+
+
+@pytest.fixture(scope="session")
+def copy_bandwidth() -> float:
+    """Measured copy bandwidth in GB/s (bytes read + bytes written per second) of a 256 MB torch copy."""
+    src = torch.randn(64 * 1024 * 1024)
+    dst = torch.empty_like(src)
+    t = best_time(lambda: dst.copy_(src), repeat=5)
+    # Kept alive: freeing 256 MB blocks raises glibc's mmap threshold, after which
+    # every large temporary of the eager baselines is page-faulted in again (6x slower).
+    _copy_buffers.extend([src, dst])
+    return 2 * src.numel() * src.element_size() / t / 1e9
+
+
+def record(table: str, row: dict) -> None:
+    _rows.setdefault(table, []).append(row)
+
+
+def _format(rows: list[dict]) -> list[str]:
+    cols = list(rows[0])
+    cells = [[str(r[c]) for c in cols] for r in rows]
+    width = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    line = lambda xs: "| " + " | ".join(x.rjust(w) for x, w in zip(xs, width)) + " |"  # noqa: E731
+    return [line(cols), "|" + "|".join("-" * (w + 2) for w in width) + "|"] + [line(x) for x in cells]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _rows:
+        return
+    RESULTS.mkdir(exist_ok=True)
+    header = (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for table, rows in _rows.items():
+        lines = [f"## {table}", "", header, ""] + _format(rows)
+        terminalreporter.write_line("")
+        for ln in lines:
+            terminalreporter.write_line(ln)
+        (RESULTS / f"{table}.md").write_text("\n".join(lines) + "\n")
