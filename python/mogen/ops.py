@@ -263,18 +263,21 @@ def fused_log_ratio_topk(
     ref_logits: TensorList,
     weights,
     k: int,
-    **kwargs,
+    *,
+    vocab_maps: Optional[Sequence[Optional[torch.Tensor]]] = None,
+    beta: float = 1.0,
+    base_temperature: float = 1.0,
+    temperatures: Optional[Union[float, Sequence[float]]] = None,
+    unmapped: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` best fused scores per row without materialising ``[B, V_b]``.
 
     Same arguments as :func:`fused_log_ratio`. Returns ``(values [B, k] float32,
-    indices [B, k] int64)``, best first; equal scores come lower id first.
+    indices [B, k] int64)``, best first; equal scores come lower id first and
+    NaN ranks above everything, as in ``torch.topk``.
     """
-    a = _prepare(base_logits, expert_logits, ref_logits, weights, kwargs.pop("vocab_maps", None),
-                 kwargs.pop("beta", 1.0), kwargs.pop("base_temperature", 1.0), kwargs.pop("temperatures", None),
-                 kwargs.pop("unmapped", 0.0))
-    if kwargs:
-        raise TypeError(f"fused_log_ratio_topk got unexpected keyword arguments {sorted(kwargs)}")
+    a = _prepare(base_logits, expert_logits, ref_logits, weights, vocab_maps, beta, base_temperature,
+                 temperatures, unmapped)
     vocab = a["base"].shape[1]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
         raise ValueError(f"k must be an int in [1, V_b] = [1, {vocab}], got {k!r}")

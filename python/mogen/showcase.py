@@ -29,6 +29,12 @@ def _unigram_logits(tokenizer, lines: Sequence[str], size: int) -> torch.Tensor:
     return freq.log()
 
 
+def _show(tokenizer, token_id: int) -> str:
+    """A token as text, or as its byte-level spelling when it is part of a multi-byte character."""
+    text = tokenizer.decode([token_id])
+    return repr(text) if "\ufffd" not in text else f"<{tokenizer.convert_ids_to_tokens(token_id)}>"
+
+
 def _timing(out: Callable[[str], None]) -> None:
     batch, vb, vg = 8, 151936, 128256
     g = torch.Generator().manual_seed(0)
@@ -84,7 +90,7 @@ def run_fusion_showcase(seed: int = 0, out: Callable[[str], None] = print) -> No
         scores = ops.fused_log_ratio(base, experts, [ref, ref], list(w), vocab_maps=[vmap, vmap], beta=2.0)
         probs = torch.softmax(scores, dim=-1)[0]
         _, top = ops.fused_log_ratio_topk(base, experts, [ref, ref], list(w), 5, vocab_maps=[vmap, vmap], beta=2.0)
-        words = " ".join(repr(base_tok.decode([i])) for i in top[0].tolist())
+        words = " ".join(_show(base_tok, i) for i in top[0].tolist())
         out(f"{str(w):>20} | {probs[ids['cat']]:7.2%} | {probs[ids['dog']]:7.2%} | {words}")
     assert math.isfinite(float(scores.sum()))
     _timing(out)
