@@ -10,9 +10,6 @@
 //   or for top-k the chunk's best k, so the full row is never materialised.
 // Rows alone fill the threads when B is large; otherwise the vocabulary is
 // split as well so that B = 1 still uses every core.
-// 64-byte vector arguments of the always-inline helpers only matter for ABI if not inlined.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
