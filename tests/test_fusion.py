@@ -352,3 +352,31 @@ def test_cuda_masked_logits_topk():
     values, ids = ops.fused_log_ratio_topk(base, experts, refs, w, 40, vocab_maps=maps)
     check_topk(values, ids, want, 40, 1e-4)
     assert torch.equal(ids[:, 20:].cpu(), torch.arange(10, 30).expand(3, 20))
+
+
+def test_package_works_without_the_extension():
+    # A real missing _C (not a monkeypatch): mogen imports, reports why, warns
+    # once and computes with the reference.
+    import subprocess
+    import sys
+
+    code = """
+import sys, warnings
+sys.modules["mogen_ext._C"] = None  # makes `import mogen_ext._C` raise ImportError
+import torch, mogen_ext
+from mogen import ops
+assert not mogen_ext.has_cpu_kernels and not mogen_ext.has_cuda_kernels
+assert mogen_ext.load_error and "load_error" in mogen_ext.build_info()
+torch.manual_seed(0)
+b, e, r = torch.randn(2, 9), torch.randn(2, 9), torch.randn(2, 9)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    out = ops.fused_log_ratio(b, [e], [r], [0.5])
+    ops.fused_log_ratio_topk(b, [e], [r], [0.5], 3)
+assert sum("falling back" in str(c.message) for c in caught) == 1, caught
+want = torch.log_softmax(b, -1) + 0.5 * (torch.log_softmax(e, -1) - torch.log_softmax(r, -1))
+assert torch.allclose(out, want, atol=1e-5)
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
