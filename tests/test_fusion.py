@@ -380,3 +380,16 @@ print("ok")
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_inference_mode_tensors(good):
+    # Inference tensors have no version counter: checked every call, never cached.
+    with torch.inference_mode():
+        vmap = torch.randint(-1, 10, (20,), dtype=torch.int32)
+        w = torch.tensor([0.5, 0.5])
+        want = expected(good["base_logits"], good["expert_logits"], good["ref_logits"], w, vocab_maps=[None, vmap])
+        for _ in range(2):
+            assert_close(call(good, vocab_maps=[None, vmap], weights=w), want, 1e-4)
+        vmap[0] = 10
+        with pytest.raises(ValueError, match="vocabulary size 10"):
+            call(good, vocab_maps=[None, vmap], weights=w)

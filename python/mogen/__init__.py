@@ -4,7 +4,26 @@ Steer a strong base model toward a user-chosen mix of objectives at decoding
 time with small aligned guides, value models and merged checkpoints.
 """
 
+from typing import Any
+
 from . import ops, reference
 from ._version import __version__
 
-__all__ = ["ops", "reference", "__version__"]
+# Decoding pulls in transformers (seconds to import); load it on first use.
+_LAZY = {
+    "generate": "mogen.decoding",
+    "ProxyGuide": "mogen.decoding",
+    "MultiObjectiveLogitsProcessor": "mogen.decoding",
+}
+
+__all__ = ["ops", "reference", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mogen' has no attribute {name!r}")

@@ -1,7 +1,7 @@
-"""The ``mogen`` command line: ``mogen demo``, ``mogen info``.
+"""The ``mogen`` command line: ``mogen decode``, ``mogen demo``, ``mogen info``.
 
-Subcommands are small functions registered in ``_COMMANDS``; each later feature
-(decode, merge, bench) adds its own parser here.
+Subcommands are small functions registered in ``build_parser``; each later
+feature (merge, bench) adds its own parser here.
 """
 
 from __future__ import annotations
@@ -20,9 +20,87 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .showcase import run_fusion_showcase
+    if args.fusion:
+        from .showcase import run_fusion_showcase
 
-    run_fusion_showcase(seed=args.seed)
+        run_fusion_showcase(seed=args.seed)
+        return 0
+    from .demo import run_demo
+
+    result = run_demo(seed=args.seed, rebuild=args.rebuild, samples=args.samples, beta=args.beta)
+    # A demo whose trade-off does not move with the weights is a failure, not a show.
+    return 0 if result.tradeoff_moves else 1
+
+
+def _parse_weights(text: Optional[str], n: int) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        weights = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--weights must be comma-separated numbers, got {text!r}") from None
+    if len(weights) != n:
+        raise ValueError(f"--weights has {len(weights)} values but {n} --guide were given")
+    return weights
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import TextStreamer
+
+    from . import decoding
+    from .decoding.loading import (
+        has_tokenizer,
+        load_causal_lm,
+        load_tokenizer,
+        parse_dtype,
+        parse_guide_spec,
+        quiet_transformers,
+    )
+    from .decoding.models import output_device
+
+    quiet_transformers()
+    dtype = parse_dtype(args.dtype)
+    specs = [parse_guide_spec(s) for s in args.guide]
+    weights = _parse_weights(args.weights, len(specs))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available in this torch build / machine")
+
+    loaded: dict[str, object] = {}  # one model object per folder (a shared reference runs as one model)
+
+    def model(path: str, what: str):
+        if path not in loaded:
+            loaded[path] = load_causal_lm(path, dtype=dtype, device=args.device, device_map=args.device_map,
+                                          what=what)
+        return loaded[path]
+
+    tokenizers: dict[str, object] = {}
+
+    def tokenizer(path: str, what: str):
+        if path not in tokenizers:
+            tokenizers[path] = load_tokenizer(path, what)
+        return tokenizers[path]
+
+    base_tok = tokenizer(args.base, "base")
+    base = model(args.base, "base")
+    guides = []
+    for i, (expert_dir, ref_dir, tok_dir) in enumerate(specs):
+        tok_dir = tok_dir or (expert_dir if has_tokenizer(expert_dir) else None)
+        guide_tok = tokenizer(tok_dir, f"guide {i} tokenizer") if tok_dir else None
+        guides.append(decoding.ProxyGuide(model(expert_dir, f"guide {i} expert"),
+                                          model(ref_dir, f"guide {i} reference"), tokenizer=guide_tok,
+                                          temperature=args.guide_temperature))
+    enc = base_tok([args.prompt], return_tensors="pt")
+    generator = None
+    if args.sample:
+        generator = torch.Generator(device=output_device(base)).manual_seed(args.seed)
+    # The streamer prints the prompt too, once generate has validated everything.
+    streamer = TextStreamer(base_tok, skip_prompt=False, skip_special_tokens=True)
+    decoding.generate(
+        base, enc["input_ids"], enc["attention_mask"], guides=guides, tokenizer=base_tok, weights=weights,
+        beta=args.beta, max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, streamer=streamer, generator=generator,
+    )
     return 0
 
 
@@ -31,16 +109,51 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="show how the compiled extension was built")
     p.set_defaults(func=_cmd_info)
+
     p = sub.add_parser("demo", help="run the embedded demo (no downloads)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fusion", action="store_true", help="run the fusion-kernel showcase instead")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the cached demo models")
+    p.add_argument("--samples", type=int, default=4, help="samples per prompt and weighting")
+    p.add_argument("--beta", type=float, default=1.0, help="guidance scale")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "decode", help="decode a prompt with a base model steered by weighted guides (streams the text)",
+        description="Decode with a base model steered by weighted expert/reference guides. Loads local model "
+                    "folders (safetensors); a guide's tokenizer is TOKENIZER_DIR, else the expert folder's, "
+                    "else the base's.")
+    p.add_argument("--base", required=True, metavar="DIR", help="base model folder (with its tokenizer)")
+    p.add_argument("--guide", action="append", default=[], metavar="EXPERT_DIR:REF_DIR[:TOKENIZER_DIR]",
+                   help="a guide (repeat for several)")
+    p.add_argument("--weights", metavar="W1,W2,...", help="one weight per guide (default 1 each)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--beta", type=float, default=1.0, help="guidance scale")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--guide-temperature", type=float, default=1.0, help="temperature of every guide's models")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="fp32", help="fp32 or bf16 (fp16 also accepted)")
+    p.add_argument("--device-map", default=None, metavar="MAP",
+                   help="e.g. 'auto': spread each model over the visible GPUs (needs accelerate)")
+    p.set_defaults(func=_cmd_decode)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        return func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        if args.command != "decode":
+            raise
+        print(f"mogen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

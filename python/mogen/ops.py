@@ -31,6 +31,10 @@ _check_cache: dict[int, tuple[weakref.ref, int, object]] = {}
 
 def _cached(t: torch.Tensor, compute):
     """``compute(t)`` cached for as long as ``t`` lives unmodified."""
+    if t.is_inference():
+        # Inference tensors keep no version counter, so an in-place edit could
+        # not be seen: check them every time (make maps outside inference mode).
+        return compute(t)
     key = id(t)
     hit = _check_cache.get(key)
     if hit is not None and hit[0]() is t and hit[1] == t._version:

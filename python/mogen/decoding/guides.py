@@ -1,0 +1,138 @@
+"""Guides: small models that steer the base model's next-token distribution.
+
+A :class:`ProxyGuide` is an aligned "expert" and its unaligned "reference"
+(MPAW's weak pair). At each step it contributes, for every base token ``v``,
+
+    term(v) = log p_e(m(v)) - log p_r(m(v)),    log p = log_softmax(z / temperature)
+
+taken over the guide tokenizer's real vocabulary, where ``m`` maps base ids to
+guide ids (the identity when the guide shares the base's tokenizer; see
+:mod:`mogen.vocab` otherwise). ``mogen.generate`` adds ``beta * sum_i w_i term_i``
+to the base's log-probabilities (DESIGN.md section 1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import weakref
+from typing import Any, Optional
+
+import torch
+
+__all__ = ["ProxyGuide", "shares_tokenizer", "tokenizer_vocab_size", "logits_width"]
+
+
+def _is_causal_lm(model: Any) -> bool:
+    return isinstance(model, torch.nn.Module) and hasattr(model, "config") and callable(
+        getattr(model, "forward", None)
+    )
+
+
+class ProxyGuide:
+    """An expert / reference pair of causal LMs that share one tokenizer.
+
+    Args:
+        expert: the aligned small model (a ``transformers`` causal LM).
+        reference: the same-size model before alignment; the guide's signal is
+            the expert's log-probability minus the reference's. Several guides
+            may share one reference object: it then runs once per step.
+        weight: the default weight ``w_i`` of this guide (``mogen.generate``'s
+            ``weights`` overrides it). Any finite real; 0 disables the guide.
+        tokenizer: the tokenizer of expert and reference, or None when it is
+            the base model's. A guide with its own tokenizer follows the
+            generated *text* (see :mod:`mogen.decoding.retokenize`).
+        temperature: ``t_i`` applied to expert and reference logits (> 0).
+    """
+
+    def __init__(self, expert: Any, reference: Any, weight: float = 1.0, *, tokenizer: Any = None,
+                 temperature: float = 1.0) -> None:
+        for name, model in (("expert", expert), ("reference", reference)):
+            if not _is_causal_lm(model):
+                raise TypeError(
+                    f"ProxyGuide.{name} must be a transformers causal LM (torch.nn.Module with a config), "
+                    f"got {type(model).__name__}"
+                )
+            if getattr(model.config, "is_encoder_decoder", False):
+                raise ValueError(f"ProxyGuide.{name} is an encoder-decoder model; guides must be decoder-only LMs")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise TypeError(f"ProxyGuide.weight must be a number, got {type(weight).__name__}")
+        if not math.isfinite(float(weight)):
+            raise ValueError(f"ProxyGuide.weight must be finite, got {weight}")
+        t = float(temperature)
+        if not math.isfinite(t) or t <= 0.0:
+            raise ValueError(f"ProxyGuide.temperature must be a finite number > 0, got {temperature}")
+        if tokenizer is not None and not hasattr(tokenizer, "decode"):
+            raise TypeError(f"ProxyGuide.tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}")
+        self.expert = expert
+        self.reference = reference
+        self.weight = float(weight)
+        self.tokenizer = tokenizer
+        self.temperature = t
+
+    def __repr__(self) -> str:
+        tok = "base's" if self.tokenizer is None else type(self.tokenizer).__name__
+        return (f"ProxyGuide(expert={type(self.expert).__name__}, reference={type(self.reference).__name__}, "
+                f"weight={self.weight}, tokenizer={tok}, temperature={self.temperature})")
+
+
+# id(tokenizer) -> (weakref, serialized form); serialising a large tokenizer
+# takes milliseconds, and generate() asks once per call and guide.
+_SERIAL_CACHE: dict[int, tuple[weakref.ref, Optional[str]]] = {}
+
+
+def _serialized(tok: Any) -> Optional[str]:
+    key = id(tok)
+    hit = _SERIAL_CACHE.get(key)
+    if hit is not None and hit[0]() is tok:
+        return hit[1]
+    backend = getattr(tok, "backend_tokenizer", None)
+    value: Optional[str] = None
+    if backend is not None:
+        # Added tokens and special-token roles live outside the backend's JSON
+        # in some tokenizers; include them so "same JSON" means "same ids".
+        extra = {
+            "added": sorted((str(k), str(v)) for k, v in getattr(tok, "added_tokens_decoder", {}).items()),
+            "len": len(tok),
+        }
+        spec = json.loads(backend.to_str())
+        # Padding / truncation are call-time settings, not part of how text maps to ids.
+        spec.pop("padding", None)
+        spec.pop("truncation", None)
+        value = json.dumps([spec, extra], sort_keys=True)
+    try:
+        _SERIAL_CACHE[key] = (weakref.ref(tok, lambda _r, key=key: _SERIAL_CACHE.pop(key, None)), value)
+    except TypeError:  # pragma: no cover - tokenizers are weak-referenceable
+        pass
+    return value
+
+
+def shares_tokenizer(base_tokenizer: Any, guide_tokenizer: Any) -> bool:
+    """Whether a guide with ``guide_tokenizer`` can take the base's token ids as they are.
+
+    True for ``guide_tokenizer is None``, the same object, or two fast
+    tokenizers with identical serialized pipelines (e.g. one folder loaded
+    twice). Such guides skip re-tokenization and run in lockstep with the base.
+    """
+    if guide_tokenizer is None or guide_tokenizer is base_tokenizer:
+        return True
+    if base_tokenizer is None:
+        return False
+    a, b = _serialized(base_tokenizer), _serialized(guide_tokenizer)
+    return a is not None and a == b
+
+
+def tokenizer_vocab_size(tokenizer: Any) -> int:
+    """The real vocabulary size, added tokens included (``len(tokenizer)``)."""
+    return len(tokenizer)
+
+
+def logits_width(model: Any) -> int:
+    """Width of the model's LM head (may exceed the tokenizer's vocabulary: padded rows)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    size = getattr(model.config, "vocab_size", None)
+    if size is None:  # pragma: no cover - every causal LM config has one
+        raise ValueError(f"cannot tell the vocabulary size of {type(model).__name__}")
+    return int(size)

@@ -1,0 +1,134 @@
+"""One causal LM fed step by step with its own KV cache.
+
+:class:`LMRunner` hides the differences between ``transformers`` versions
+(``cache=`` vs ``past_key_values=``, ``logits_to_keep``) and keeps the model's
+:class:`~transformers.DynamicCache`. Callers own the attention mask and the
+position ids, which is what lets a guide with its own tokenizer retract stale
+positions of one row by masking them out instead of cropping the whole batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Optional
+
+import torch
+
+__all__ = ["LMRunner", "input_device", "output_device", "param_devices", "has_placement", "context_length"]
+
+
+def param_devices(model: torch.nn.Module) -> set[torch.device]:
+    """Every device holding a parameter or buffer of ``model``."""
+    devs = {p.device for p in model.parameters()}
+    devs.update(b.device for b in model.buffers())
+    return devs or {torch.device("cpu")}
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where the model wants its input ids: the device of its token embedding."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and getattr(emb, "weight", None) is not None:
+        return emb.weight.device
+    return next(iter(param_devices(model)))
+
+
+def output_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's logits come out: the device of its LM head."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return head.weight.device
+    return input_device(model)
+
+
+def has_placement(model: torch.nn.Module) -> bool:
+    """Whether the model was placed by ``from_pretrained(device_map=...)`` (accelerate hooks move tensors)."""
+    return bool(getattr(model, "hf_device_map", None))
+
+
+def context_length(model: torch.nn.Module) -> Optional[int]:
+    """The longest sequence the model's positions allow, or None if the config does not say."""
+    cfg = model.config
+    if hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config(decoder=True)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _new_cache(model: torch.nn.Module) -> Any:
+    from transformers import DynamicCache
+
+    try:
+        # Newer transformers derive per-layer cache types (sliding window, ...) from the config.
+        return DynamicCache(config=model.config)
+    except TypeError:  # pragma: no cover - older transformers
+        return DynamicCache()
+
+
+class LMRunner:
+    """A causal LM with its own KV cache.
+
+    Args:
+        model: a ``transformers`` causal LM (eval mode is the caller's business).
+        vocab_size: real vocabulary size; logits are sliced to ``[..., :vocab_size]``
+            (a row-strided view, no copy), which drops padded LM-head rows.
+        name: used in error messages ("base", "guide 0 expert", ...).
+    """
+
+    def __init__(self, model: torch.nn.Module, vocab_size: int, name: str) -> None:
+        self.model = model
+        self.name = name
+        self.vocab_size = int(vocab_size)
+        params = inspect.signature(model.forward).parameters
+        accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if "cache" in params:
+            self._cache_kw = "cache"
+        elif "past_key_values" in params or accepts_kwargs:
+            self._cache_kw = "past_key_values"
+        else:  # pragma: no cover - every causal LM in transformers takes one of them
+            raise TypeError(f"{name}: {type(model).__name__}.forward takes no KV cache argument")
+        self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        self._takes_positions = "position_ids" in params
+        self.input_device = input_device(model)
+        self.output_device = output_device(model)
+        self.cache = _new_cache(model)
+
+    def reset(self) -> None:
+        """Forget everything seen so far (a new generation)."""
+        self.cache = _new_cache(self.model)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        position_ids: Optional[torch.Tensor],
+        keep: int = 1,
+    ) -> torch.Tensor:
+        """Feed ``input_ids [B, n]`` after everything cached; return logits ``[B, keep, V]``.
+
+        ``attention_mask`` is ``[B, cached + n]`` (1 = attend) or None for "no
+        padding anywhere"; ``position_ids`` is ``[B, n]``. The returned logits
+        are those of the last ``keep`` input columns, sliced to the real
+        vocabulary, on the model's output device.
+        """
+        dev = self.input_device
+        kwargs: dict[str, Any] = {self._cache_kw: self.cache, "use_cache": True}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.to(dev, non_blocking=True)
+        if position_ids is not None and self._takes_positions:
+            kwargs["position_ids"] = position_ids.to(dev, non_blocking=True)
+        if self._keep_kw is not None:
+            kwargs[self._keep_kw] = keep
+        out = self.model(input_ids=input_ids.to(dev, non_blocking=True), return_dict=True, **kwargs)
+        # Old-style models may hand back a new cache object instead of updating ours.
+        new_cache = getattr(out, self._cache_kw, None) if self._cache_kw != "cache" else getattr(out, "cache", None)
+        if new_cache is None:
+            new_cache = getattr(out, "past_key_values", None)
+        if new_cache is not None:
+            self.cache = new_cache
+        logits = out.logits
+        if self._keep_kw is None or logits.shape[1] != keep:
+            logits = logits[:, -keep:]
+        return logits[..., : self.vocab_size]

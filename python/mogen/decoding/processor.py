@@ -1,0 +1,170 @@
+"""The fusion as a ``transformers`` logits processor.
+
+For users who keep ``base.generate(..., logits_processor=[processor])``: the
+processor replaces the base's scores by the fused score of DESIGN section 1,
+
+    s(v) = log_softmax(scores)(v) + beta * sum_i w_i * (log p_ei(v) - log p_ri(v)),
+
+running each guide's expert and reference with their own KV caches. Only
+guides that share the base's tokenizer can work here (the processor sees ids,
+never text); use :func:`mogen.generate` for guides with their own tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+
+from .. import ops
+from .generation import LockstepModels, _normal_tensor
+from .guides import logits_width, shares_tokenizer
+from .models import LMRunner
+from .weights import as_guide_list, resolve_weights
+
+try:
+    from transformers import LogitsProcessor
+except ImportError:  # pragma: no cover - transformers is a dependency
+    LogitsProcessor = object  # type: ignore[assignment,misc]
+
+__all__ = ["MultiObjectiveLogitsProcessor"]
+
+
+class MultiObjectiveLogitsProcessor(LogitsProcessor):
+    """Weighted proxy guides inside ``transformers``' ``generate``.
+
+    Args:
+        guides: :class:`mogen.ProxyGuide` or a list; each must share the base's
+            tokenizer (``tokenizer=None``, or one identical to ``tokenizer``).
+        weights: ``[M]`` or ``[B, M]`` (per row); default the guides' weights.
+        beta: scale of the guidance.
+        tokenizer: the base's tokenizer, only to accept guides that name an
+            identical tokenizer.
+        pad_token_id: with left-padded prompts, the pad id, so the guides mask
+            the leading padding the same way the base does. Alternatively
+            call :meth:`set_attention_mask` before ``generate``.
+
+    The guides' caches live between calls of one generation. A call whose ids
+    do not extend the previous call's ids by one column starts a new
+    generation (prefill); :meth:`reset` forces that.
+    """
+
+    def __init__(
+        self,
+        guides: Any,
+        weights: Any = None,
+        beta: float = 1.0,
+        *,
+        tokenizer: Any = None,
+        pad_token_id: Optional[int] = None,
+    ) -> None:
+        self.guides = as_guide_list(guides)
+        for i, g in enumerate(self.guides):
+            if not shares_tokenizer(tokenizer, g.tokenizer):
+                raise ValueError(
+                    f"guides[{i}] has its own tokenizer; MultiObjectiveLogitsProcessor only takes guides that share "
+                    "the base's tokenizer (it sees token ids, not text). Use mogen.generate(..., tokenizer=...) instead"
+                )
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(float(beta)):
+            raise ValueError(f"beta must be a finite number, got {beta!r}")
+        self.beta = float(beta)
+        w, active = resolve_weights(weights, self.guides, None)
+        self.active = [i for i, a in enumerate(active) if a]
+        self._weights_cpu = w[..., self.active] if w.dim() == 2 else w[self.active]
+        self.temperatures = [self.guides[i].temperature for i in self.active]
+        self.pad_token_id = pad_token_id
+        self._explicit_mask: Optional[torch.Tensor] = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the current generation; the next call prefills the guides."""
+        self._prev_ids: Optional[torch.Tensor] = None
+        self._models: Optional[LockstepModels] = None
+        self._slots: list[tuple[int, int]] = []
+        self._mask: Optional[torch.Tensor] = None
+        self._next_pos: Optional[torch.Tensor] = None
+        self._weights: Optional[torch.Tensor] = None
+
+    def set_attention_mask(self, attention_mask: Optional[torch.Tensor]) -> None:
+        """The ``[B, T]`` prompt mask of the next generation (left padding)."""
+        self._explicit_mask = attention_mask
+        self.reset()
+
+    def _continues(self, input_ids: torch.Tensor) -> bool:
+        prev = self._prev_ids
+        return (
+            prev is not None
+            and input_ids.shape[0] == prev.shape[0]
+            and input_ids.shape[1] == prev.shape[1] + 1
+            and torch.equal(input_ids[:, :-1], prev)
+        )
+
+    def _prompt_mask(self, input_ids: torch.Tensor) -> Optional[torch.Tensor]:
+        m = self._explicit_mask
+        if m is not None:
+            if tuple(m.shape) != tuple(input_ids.shape):
+                raise ValueError(
+                    f"the attention mask given to set_attention_mask has shape {tuple(m.shape)} but the prompt "
+                    f"is {tuple(input_ids.shape)}"
+                )
+            m = m.to(input_ids.device, torch.long)
+        elif self.pad_token_id is not None:
+            # Only *leading* pads are padding: a pad id inside the text is text.
+            m = ((input_ids != self.pad_token_id).long().cumsum(-1) > 0).long()
+        if m is None or bool((m == 1).all()):
+            return None
+        return m
+
+    def _prefill(self, input_ids: torch.Tensor, vocab: int) -> None:
+        batch = input_ids.shape[0]
+        w = self._weights_cpu
+        if w.dim() == 2 and w.shape[0] != batch:
+            raise ValueError(
+                f"weights are per row for {w.shape[0]} rows but generate runs {batch} rows "
+                "(num_return_sequences and beam search multiply rows; give weights for every row)"
+            )
+        device = input_ids.device
+        self._weights = _normal_tensor(w, device)
+        models = LockstepModels(device)
+        slots = []
+        for i in self.active:
+            g = self.guides[i]
+            for role, model in (("expert", g.expert), ("reference", g.reference)):
+                if logits_width(model) < vocab:
+                    raise ValueError(
+                        f"guides[{i}].{role} has a vocabulary of {logits_width(model)} but the base's scores "
+                        f"have {vocab}"
+                    )
+            slots.append((models.add(LMRunner(g.expert, vocab, f"guides[{i}].expert")),
+                          models.add(LMRunner(g.reference, vocab, f"guides[{i}].reference"))))
+        self._models, self._slots = models, slots
+        mask = self._prompt_mask(input_ids)
+        if mask is None:
+            positions = torch.arange(input_ids.shape[1], device=device).unsqueeze(0).expand(batch, -1)
+        else:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self._mask = mask
+        self._models.feed(input_ids, mask, positions)
+        self._next_pos = positions[:, -1:] + 1
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Fused scores ``[B, V]`` (float32, log-probability scale) for ``scores [B, V]``."""
+        if not self.active:
+            return torch.log_softmax(scores.float(), dim=-1)
+        vocab = scores.shape[-1]
+        if self._continues(input_ids):
+            assert self._models is not None and self._next_pos is not None
+            if self._mask is not None:
+                self._mask = torch.cat([self._mask, self._mask.new_ones(self._mask.shape[0], 1)], dim=1)
+            self._models.feed(input_ids[:, -1:], self._mask, self._next_pos)
+            self._next_pos = self._next_pos + 1
+        else:
+            self._prefill(input_ids, vocab)
+        self._prev_ids = input_ids
+        assert self._models is not None
+        experts = [self._models.logits(e) for e, _ in self._slots]
+        refs = [self._models.logits(r) for _, r in self._slots]
+        return ops.fused_log_ratio(
+            scores, experts, refs, self._weights, beta=self.beta, temperatures=self.temperatures
+        )

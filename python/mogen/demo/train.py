@@ -1,0 +1,240 @@
+"""Build (once) and cache the demo's tiny models.
+
+What gets built, deterministically from :class:`DemoConfig`:
+
+- ``base/``: a small Llama trained on the balanced corpus with a GPT-2 style
+  byte-level BPE tokenizer;
+- ``reference/``: a weaker Llama trained on the same corpus with a
+  sentencepiece style metaspace BPE tokenizer (a different vocabulary);
+- ``expert_nature/`` and ``expert_city/``: the reference fine-tuned on the
+  sentences of one topic each.
+
+Each folder is a ``transformers`` model folder (``config.json``,
+``model.safetensors``) with its tokenizer files, so ``mogen decode`` and
+``from_pretrained`` load them directly. Everything goes to
+``$MOGEN_CACHE/demo/<key>`` (default: ``.mogen-cache/`` at the repository
+root, else ``~/.cache/mogen``), where ``key`` hashes the config: a changed
+config builds anew, an unchanged one loads in a second. The folder is built
+under a temporary name and renamed when complete, so a killed build leaves
+nothing half-written behind.
+
+Determinism: fixed seeds for the corpus, initialisation and batch order, and a
+fixed thread count while training (CPU reductions depend on it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from ..decoding.loading import quiet_transformers as _quiet_transformers
+from . import corpus as demo_corpus
+
+__all__ = ["DemoConfig", "DemoModels", "cache_root", "build_demo_models", "load_demo_models", "demo_dir"]
+
+DEMO_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and schedules of the demo models (the cache key hashes all of it)."""
+
+    corpus_size: int = 4000
+    topic_size: int = 1500
+    seed: int = 0
+    base_vocab: int = 640
+    guide_vocab: int = 400
+    base_hidden: int = 96
+    base_layers: int = 3
+    guide_hidden: int = 48
+    guide_layers: int = 2
+    heads: int = 4
+    max_positions: int = 128
+    batch: int = 32
+    base_steps: int = 600
+    reference_steps: int = 400
+    expert_steps: int = 150
+    lr: float = 3e-3
+    expert_lr: float = 1e-3
+    threads: int = 2
+
+    def key(self) -> str:
+        blob = json.dumps({"version": DEMO_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass
+class DemoModels:
+    """The loaded demo: models in eval mode and their tokenizers."""
+
+    base: Any
+    base_tokenizer: Any
+    reference: Any
+    experts: dict  # objective name -> expert model
+    guide_tokenizer: Any
+    path: Path
+
+
+def cache_root() -> Path:
+    """``$MOGEN_CACHE``, else ``.mogen-cache`` in the source checkout, else ``~/.cache/mogen``."""
+    env = os.environ.get("MOGEN_CACHE")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[3]
+    if (repo / "setup.py").is_file() and (repo / "python" / "mogen").is_dir():
+        return repo / ".mogen-cache"
+    return Path.home() / ".cache" / "mogen"
+
+
+def demo_dir(config: DemoConfig = DemoConfig(), root: Optional[Path] = None) -> Path:
+    return Path(root or cache_root()) / "demo" / config.key()
+
+
+def _llama(vocab: int, hidden: int, layers: int, cfg: DemoConfig, tok: Any) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
+        num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads, max_position_embeddings=cfg.max_positions,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _encode(tok: Any, lines: Sequence[str], max_width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``<s> line </s>`` per row, right-padded to the longest (at most ``max_width``); labels -100 on padding."""
+    rows = []
+    for line in lines:
+        ids = [tok.bos_token_id] + tok(line, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        rows.append(ids[:max_width])
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        labels[i, : len(r)] = torch.tensor(r)
+    return ids, labels
+
+
+def _train(model: Any, data: tuple[torch.Tensor, torch.Tensor], steps: int, lr: float, batch: int, seed: int,
+           log: Callable[[str], None], name: str) -> None:
+    ids, labels = data
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
+    model.train()
+    t0 = time.perf_counter()
+    loss = torch.tensor(float("nan"))
+    for step in range(steps):
+        idx = torch.randint(0, ids.shape[0], (batch,), generator=gen)
+        # Right padding needs no mask: causal attention never lets a real token see
+        # the pads after it, and pads carry no loss.
+        loss = model(input_ids=ids[idx], labels=labels[idx]).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    model.eval()
+    log(f"  {name}: {steps} steps, final loss {loss.item():.3f} ({time.perf_counter() - t0:.1f}s)")
+
+
+def _tokenizers(cfg: DemoConfig, lines: Sequence[str]) -> tuple[Any, Any]:
+    from tokenizers import processors
+
+    from .. import tiny
+
+    base_tok = tiny.byte_level_bpe(lines, vocab_size=cfg.base_vocab)
+    guide_tok = tiny.metaspace_bpe(lines, vocab_size=cfg.guide_vocab)
+    # The base starts every text with <s> as it was trained, for `mogen decode` too.
+    base_tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", base_tok.bos_token_id)]
+    )
+    for tok in (base_tok, guide_tok):
+        tok.padding_side = "left"
+    return base_tok, guide_tok
+
+
+def build_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = None, *, rebuild: bool = False,
+                      log: Callable[[str], None] = print) -> Path:
+    """Build the demo models into the cache unless they are there; return their folder."""
+    target = demo_dir(config, root)
+    if (target / "meta.json").is_file() and not rebuild:
+        return target
+    _quiet_transformers()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(config.threads, os.cpu_count() or 1)))
+    t0 = time.perf_counter()
+    try:
+        log(f"mogen demo: building the demo models into {target} (once; about a minute on 2 CPU cores)")
+        lines = demo_corpus.corpus(config.corpus_size, seed=config.seed)
+        topics = {name: demo_corpus.topic_sentences(name, config.topic_size, seed=config.seed)
+                  for name, _ in demo_corpus.OBJECTIVES}
+        base_tok, guide_tok = _tokenizers(config, lines + [s for v in topics.values() for s in v])
+        width = config.max_positions
+
+        torch.manual_seed(config.seed)
+        base = _llama(len(base_tok), config.base_hidden, config.base_layers, config, base_tok)
+        _train(base, _encode(base_tok, lines, width), config.base_steps, config.lr, config.batch,
+               config.seed, log, "base (byte-level BPE)")
+        torch.manual_seed(config.seed + 1)
+        reference = _llama(len(guide_tok), config.guide_hidden, config.guide_layers, config, guide_tok)
+        _train(reference, _encode(guide_tok, lines, width), config.reference_steps, config.lr, config.batch,
+               config.seed + 1, log, "reference (metaspace BPE)")
+        reference_state = {k: v.clone() for k, v in reference.state_dict().items()}
+
+        folders = {"base": (base, base_tok), "reference": (reference, guide_tok)}
+        for k, (name, _) in enumerate(demo_corpus.OBJECTIVES):
+            expert = _llama(len(guide_tok), config.guide_hidden, config.guide_layers, config, guide_tok)
+            expert.load_state_dict(reference_state)
+            _train(expert, _encode(guide_tok, topics[name], width), config.expert_steps, config.expert_lr,
+                   config.batch, config.seed + 10 + k, log, f"expert_{name}")
+            folders[f"expert_{name}"] = (expert, guide_tok)
+
+        for name, (model, tok) in folders.items():
+            model.save_pretrained(tmp / name)
+            tok.save_pretrained(tmp / name)
+        meta = {"version": DEMO_VERSION, "config": dataclasses.asdict(config),
+                "objectives": [n for n, _ in demo_corpus.OBJECTIVES],
+                "build_seconds": round(time.perf_counter() - t0, 1)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        log(f"mogen demo: built in {time.perf_counter() - t0:.0f}s")
+        return target
+    finally:
+        torch.set_num_threads(threads)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = None, *, rebuild: bool = False,
+                     log: Callable[[str], None] = print) -> DemoModels:
+    """The demo models, built first if the cache lacks them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    path = build_demo_models(config, root, rebuild=rebuild, log=log)
+
+    def model(name: str) -> Any:
+        return AutoModelForCausalLM.from_pretrained(path / name).eval()
+
+    base_tok = AutoTokenizer.from_pretrained(path / "base")
+    guide_tok = AutoTokenizer.from_pretrained(path / "reference")
+    for tok in (base_tok, guide_tok):
+        tok.padding_side = "left"
+    experts = {name: model(f"expert_{name}") for name, _ in demo_corpus.OBJECTIVES}
+    return DemoModels(model("base"), base_tok, model("reference"), experts, guide_tok, path)

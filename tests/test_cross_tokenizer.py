@@ -1,0 +1,273 @@
+"""Guides with their own tokenizer: text tracking, cache bookkeeping, equivalences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mogen
+import mogen.decoding.generation as gen_mod
+from mogen import tiny
+from mogen.decoding.retokenize import GuideTokenContext, IncrementalDetokenizer, special_prefix, window_mode
+
+from tiny_models import (
+    byte_level_tokenizer,
+    char_tokenizer,
+    left_pad,
+    pad_rows,
+    metaspace_tokenizer,
+    proxy_guide,
+    reference_greedy_cross,
+    byte_token_ids,
+    script_model,
+    tiny_llama,
+)
+
+MULTIBYTE = "A naïve café in 日本 said 🙂 twice; über 3.14 and  two spaces\nnew line"
+
+
+def expected_ids(tok, text):
+    return special_prefix(tok) + tok(text, add_special_tokens=False)["input_ids"]
+
+
+# --------------------------------------------------------------------------- #
+# Text tracking units
+# --------------------------------------------------------------------------- #
+
+
+def test_detokenizer_holds_back_partial_characters():
+    bl = byte_level_tokenizer()
+    ids = bl("日本🙂", add_special_tokens=False)["input_ids"]
+    assert len(ids) > 3  # split into partial-byte tokens
+    det = IncrementalDetokenizer(bl, bl("x", add_special_tokens=False)["input_ids"])
+    released, pending = [], []
+    for t in ids:
+        released.append(det.push(t))
+        pending.append(det.pending)
+    assert "".join(released) == "日本🙂"
+    assert all(r == "" or "\ufffd" not in r for r in released)
+    assert pending[-1] is False and any(pending)
+
+
+def test_detokenizer_releases_invalid_bytes_as_replacement():
+    bl = byte_level_tokenizer()
+    lone = bl.convert_tokens_to_ids("Ģ")  # the byte 0x80 alone: never valid UTF-8
+    det = IncrementalDetokenizer(bl, [bl.convert_tokens_to_ids("a")])
+    assert det.push(lone) == "" and det.pending
+    assert det.push(bl.convert_tokens_to_ids("b")) == "\ufffdb" and not det.pending
+
+
+@pytest.mark.parametrize("pair", ["bl->ms", "ms->bl", "bl->bl", "ms->ms"])
+def test_context_equals_full_encoding_after_every_token(pair):
+    toks = {"bl": byte_level_tokenizer(), "ms": metaspace_tokenizer()}
+    base, guide = (toks[k] for k in pair.split("->"))
+    lines = tiny.synthetic_corpus(40, seed=5) + [MULTIBYTE]
+    steps = 0
+    for line in lines:
+        ids = base(line, add_special_tokens=False)["input_ids"]
+        k = max(1, len(ids) // 5)
+        det = IncrementalDetokenizer(base, ids[:k])
+        ctx = GuideTokenContext(guide, det.prompt_text)  # a cut inside a character stays pending
+        fed = list(ctx.ids)  # what a model fed by (retract, feed) would hold
+        for t in ids[k:]:
+            retract, feed = ctx.extend(det.push(t))
+            assert not retract or feed, "a retraction always comes with ids to feed"
+            del fed[len(fed) - retract:]
+            fed += feed
+            assert ctx.ids == fed == expected_ids(guide, ctx.text)
+            steps += 1
+        assert ctx.text == base.decode(ids, skip_special_tokens=True)
+    assert steps > 500
+
+
+def test_window_modes_and_fallbacks():
+    bl, ms = byte_level_tokenizer(), metaspace_tokenizer()
+    assert window_mode(bl) == "keep" and window_mode(ms) == "keep"
+    assert special_prefix(ms) == [ms.bos_token_id] and special_prefix(bl) == []
+    # Forced full re-encoding is exact too; a long run without spaces falls back to it.
+    for mode in ("full", "keep"):
+        ctx = GuideTokenContext(ms, "start", mode=mode, max_lookbehind=3)
+        for piece in ["x" * 5, "yz" * 6, " word", " a", "b" * 9, " end."]:
+            ctx.extend(piece)
+            assert ctx.ids == expected_ids(ms, ctx.text)
+    assert ctx.full_reencodes > 0
+
+
+def test_window_mode_of_a_prepend_normalizer_tokenizer():
+    """A sentencepiece-legacy style tokenizer (Prepend('▁') normalizer, no pre-tokenizer)."""
+    from tokenizers import Tokenizer, models, normalizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "▁": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab[ch] = len(vocab)
+        vocab["▁" + ch] = len(vocab)
+    merges = [("▁", ch) for ch in "abcdefghijklmnopqrstuvwxyz"]
+    raw = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True))
+    raw.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    raw.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    mode = window_mode(tok)
+    assert mode in ("drop", "full")
+    ctx = GuideTokenContext(tok, "hello")
+    for piece in [" wor", "ld", " and", " more text", "!"]:
+        ctx.extend(piece)
+        assert ctx.ids == expected_ids(tok, ctx.text)
+
+
+# --------------------------------------------------------------------------- #
+# End to end
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(scope="module")
+def cross_models():
+    bl, ms = byte_level_tokenizer(), metaspace_tokenizer()
+    base = tiny_llama(len(bl), 0, hidden=48)
+    guides = [proxy_guide(len(ms), 10, tokenizer=ms), proxy_guide(len(ms), 20, tokenizer=ms)]
+    return base, guides, bl, ms
+
+
+PROMPTS = ["The cat sees", "A naïve café in 日本", "One", "x = 1 and  two"]
+
+
+def _record_fed_ids(runner, log):
+    """Wrap a runner's forward to keep, per cache column, the id fed there."""
+    inner = runner.forward
+
+    def forward(ids, mask, positions, keep=1):
+        log.append(ids.clone())
+        return inner(ids, mask, positions, keep)
+
+    runner.forward = forward
+
+
+SCRIPTS = [" jumps over the lazy dog", "ïve 日本🙂 x", "rden. Then the café", "é 3.14 and, so-on"]
+
+
+def test_guide_ids_equal_encoding_of_text_after_every_step(cross_models):
+    """After every step: guide ids == encode(text so far), and the cache's live columns hold exactly them.
+
+    The base is scripted to spell its text one byte per token, so the guide
+    sees words grow letter by letter (its last tokens get re-merged and
+    retracted) and multi-byte characters arrive in pieces.
+    """
+    base, guides, bl, ms = cross_models
+    prompts = ["The cat", "A na", "the ga", "caf"]
+    ids, mask = left_pad(bl, prompts)
+    scripts = [byte_token_ids(bl, s) for s in SCRIPTS]
+    steps = max(len(s) for s in scripts)
+    seen = {"steps": 0, "stale": 0}
+    fed_logs: dict[int, list] = {}
+
+    def observer(decoding, step):
+        seen["decoding"] = decoding
+        if step == -1:  # after prefill: record what each guide feeds from now on
+            for k, g in enumerate(decoding.cross):
+                fed_logs[k] = []
+                _record_fed_ids(g.runners[0], fed_logs[k])
+            return
+        seen["steps"] += 1
+        seen["stale"] += sum(d.pending for g in decoding.cross for d in g.detoks)
+        for k, g in enumerate(decoding.cross):
+            fed = torch.cat(fed_logs[k], dim=1) if fed_logs[k] else torch.zeros(len(prompts), 0, dtype=torch.long)
+            prefill_width = g._mask.shape[1] - fed.shape[1]
+            for b, ctx in enumerate(g.contexts):
+                assert ctx.ids == expected_ids(ms, ctx.text), (step, b)
+                cols = g._cols[b]
+                assert len(cols) == len(ctx.ids)
+                assert (g._mask[b, cols] == 1).all() and int(g._mask[b].sum()) == len(cols)
+                later = [c - prefill_width for c in cols if c >= prefill_width]
+                assert fed[b, later].tolist() == ctx.ids[len(ctx.ids) - len(later):]
+
+    hook = script_model(base, scripts)
+    try:
+        out = mogen.generate(base, ids, mask, guides=guides, tokenizer=bl, weights=[1.5, -0.5],
+                             max_new_tokens=steps, _observer=observer)
+    finally:
+        hook.remove()
+    assert seen["steps"] == steps - 1
+    for b, (p, s) in enumerate(zip(prompts, SCRIPTS)):
+        n = len(scripts[b])
+        assert bl.decode(out[b, ids.shape[1]: ids.shape[1] + n]) == s
+    # the run exercised retractions (masked cache columns) and partial characters
+    assert sum(g.retracted for g in seen["decoding"].cross) > 10
+    assert seen["stale"] > 0
+
+
+def test_cross_tokenizer_matches_stepwise_reference(cross_models):
+    base, guides, bl, ms = cross_models
+    rows = [bl(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    ids, mask = left_pad(bl, PROMPTS)
+    weights = [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [2.0, -1.0]]
+    steps = 10
+    out = mogen.generate(base, ids, mask, guides=guides, tokenizer=bl, weights=weights, beta=2.0,
+                         max_new_tokens=steps)
+    ref = reference_greedy_cross(base, bl, guides, rows, weights, steps, beta=2.0)
+    assert out[:, ids.shape[1]:].tolist() == [r[-steps:] for r in ref]
+
+
+def test_cross_tokenizer_rows_alone_equal_batch(cross_models):
+    base, guides, bl, ms = cross_models
+    ids, mask = left_pad(bl, PROMPTS)
+    weights = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [1.0, 1.0]])
+    batched = mogen.generate(base, ids, mask, guides=guides, tokenizer=bl, weights=weights, beta=2.0,
+                             max_new_tokens=12)[:, ids.shape[1]:]
+    for b, p in enumerate(PROMPTS):
+        alone_ids = bl([p], return_tensors="pt", add_special_tokens=False)["input_ids"]
+        alone = mogen.generate(base, alone_ids, guides=guides, tokenizer=bl, weights=weights[b], beta=2.0,
+                               max_new_tokens=12)[:, alone_ids.shape[1]:]
+        assert batched[b].tolist() == alone[0].tolist(), b
+
+
+def test_same_vocabulary_cross_path_equals_shared_path(monkeypatch):
+    """Char-level tokenizers (every id sequence is its text's only encoding, multi-byte chars included)."""
+    tok = char_tokenizer()
+    twin = char_tokenizer()  # same vocabulary, another object
+    base = tiny_llama(len(tok), 0, hidden=48)
+    guides = [proxy_guide(len(tok), 10), proxy_guide(len(tok), 20)]
+    prompts = ["héllo wörld", "日本語 and ß", "a"]
+    ids, mask = pad_rows([tok(p)["input_ids"] for p in prompts])
+    weights = [[1.0, 0.5], [-0.5, 1.5], [2.0, 0.0]]
+    shared = mogen.generate(base, ids, mask, guides=guides, tokenizer=tok, weights=weights, max_new_tokens=20)
+
+    cross_guides = [mogen.ProxyGuide(g.expert, g.reference, tokenizer=twin) for g in guides]
+    assert mogen.decoding.shares_tokenizer(tok, twin)  # identical pipelines would take the fast path...
+    monkeypatch.setattr(gen_mod, "shares_tokenizer", lambda a, b: b is None or a is b)  # ...so force re-tokenization
+    seen = []
+    out = mogen.generate(base, ids, mask, guides=cross_guides, tokenizer=tok, weights=weights, max_new_tokens=20,
+                         _observer=lambda d, s: seen.append([len(g.runners) for g in d.cross]))
+    assert seen and all(n == [4] for n in seen)  # one re-tokenizing group (one tokenizer), 4 models
+    assert torch.equal(out, shared)
+    text = [tok.decode(r, skip_special_tokens=True) for r in out]
+    assert any(any(ord(c) > 127 for c in t[len(p):]) for t, p in zip(text, prompts)), "multi-byte chars generated"
+
+
+def test_cross_guides_mixed_with_shared_guides(cross_models):
+    base, guides, bl, ms = cross_models
+    shared = proxy_guide(len(bl), 30)
+    rows = [bl(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    ids, mask = left_pad(bl, PROMPTS)
+    mixed = [guides[0], shared, guides[1]]
+    weights = [0.7, 1.0, -0.4]
+    out = mogen.generate(base, ids, mask, guides=mixed, tokenizer=bl, weights=weights, max_new_tokens=8)
+    ref = reference_greedy_cross(base, bl, mixed, rows, weights, 8)
+    assert out[:, ids.shape[1]:].tolist() == [r[-8:] for r in ref]
+
+
+def test_identical_guide_tokenizers_share_one_group_and_a_shared_reference_runs_once(cross_models):
+    base, guides, bl, ms = cross_models
+    from mogen import tiny
+
+    ms_again = tiny.metaspace_bpe()  # same pipeline, another object (as when loaded from two folders)
+    ref = guides[0].reference
+    pair = [mogen.ProxyGuide(guides[0].expert, ref, tokenizer=ms),
+            mogen.ProxyGuide(guides[1].expert, ref, tokenizer=ms_again)]
+    shape = []
+    ids, mask = left_pad(bl, PROMPTS)
+    out = mogen.generate(base, ids, mask, guides=pair, tokenizer=bl, weights=[0.6, 0.4], max_new_tokens=6,
+                         _observer=lambda d, s: shape.append([len(g.runners) for g in d.cross]))
+    assert shape[0] == [3]  # one group: two experts and the shared reference
+    rows = [bl(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    ref_rows = reference_greedy_cross(base, bl, pair, rows, [0.6, 0.4], 6)
+    assert out[:, ids.shape[1]:].tolist() == [r[-6:] for r in ref_rows]

@@ -1,0 +1,125 @@
+"""`mogen decode` and `mogen demo` on local model folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mogen
+from mogen import cli
+from mogen.demo import DemoConfig, decode_demo, load_demo_models, nature_rate, city_rate
+
+from tiny_models import byte_level_tokenizer, metaspace_tokenizer, tiny_llama
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A byte-level base and a metaspace guide pair saved as local model folders."""
+    root = tmp_path_factory.mktemp("models")
+    bl, ms = byte_level_tokenizer(), metaspace_tokenizer()
+    paths = {}
+    for name, model, tok in [("base", tiny_llama(len(bl), 0, hidden=48, eos_token_id=bl.eos_token_id), bl),
+                             ("expert", tiny_llama(len(ms), 10), ms),
+                             ("reference", tiny_llama(len(ms), 11), ms)]:
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        paths[name] = str(root / name)
+    return paths
+
+
+def test_decode_streams_the_same_text_as_generate(folders, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompt = "The cat sees"
+    rc = cli.main(["decode", "--base", folders["base"], "--guide", f"{folders['expert']}:{folders['reference']}",
+                   "--weights", "1.5", "--prompt", prompt, "--max-new-tokens", "12"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    base = AutoModelForCausalLM.from_pretrained(folders["base"]).eval()
+    tok = AutoTokenizer.from_pretrained(folders["base"])
+    gtok = AutoTokenizer.from_pretrained(folders["expert"])
+    guide = mogen.ProxyGuide(AutoModelForCausalLM.from_pretrained(folders["expert"]).eval(),
+                             AutoModelForCausalLM.from_pretrained(folders["reference"]).eval(), tokenizer=gtok)
+    enc = tok([prompt], return_tensors="pt")
+    out = mogen.generate(base, enc["input_ids"], guides=[guide], tokenizer=tok, weights=[1.5], max_new_tokens=12)
+    expected = prompt + tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert printed.rstrip("\n") == expected
+
+
+def test_decode_sampling_bf16_and_explicit_tokenizer(folders, capsys):
+    spec = f"{folders['expert']}:{folders['reference']}:{folders['expert']}"
+    args = ["decode", "--base", folders["base"], "--guide", spec, "--guide", spec, "--weights", "0.3,0.7",
+            "--prompt", "A dog", "--max-new-tokens", "8", "--sample", "--top-p", "0.9", "--temperature", "0.8",
+            "--dtype", "bf16", "--seed", "3"]
+    assert cli.main(args) == 0
+    first = capsys.readouterr().out
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out == first and first.startswith("A dog")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--weights", "1,2"], "--weights has 2 values but 1 --guide"),
+    (["--weights", "a"], "comma-separated numbers"),
+    (["--dtype", "int8"], "dtype must be one of"),
+])
+def test_decode_errors(folders, capsys, args, message):
+    rc = cli.main(["decode", "--base", folders["base"], "--guide", f"{folders['expert']}:{folders['reference']}",
+                   "--prompt", "x", *args])
+    assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_decode_missing_folder_and_bad_guide_spec(folders, capsys):
+    assert cli.main(["decode", "--base", "/no/such/dir", "--prompt", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["decode", "--base", folders["base"], "--guide", "only_one", "--prompt", "x"]) == 2
+    assert "EXPERT_DIR:REF_DIR" in capsys.readouterr().err
+
+
+def test_rewards():
+    assert nature_rate("the river and the forest") == pytest.approx(0.4)
+    assert city_rate("the busy street near the train station") == pytest.approx(3 / 7)
+    assert nature_rate("") == 0.0
+
+
+SMALL = DemoConfig(corpus_size=600, topic_size=300, base_vocab=400, guide_vocab=300, base_hidden=32,
+                   base_layers=1, guide_hidden=32, guide_layers=1, batch=16, base_steps=20, reference_steps=20,
+                   expert_steps=10)
+
+
+def test_demo_builds_caches_and_decodes(tmp_path, capsys):
+    """A scaled-down demo: built once, deterministic, loaded from cache, decodable with `mogen decode`."""
+    logs: list[str] = []
+    first = load_demo_models(SMALL, tmp_path, log=logs.append)
+    assert any("building" in line for line in logs)
+    path = first.path
+    assert (path / "meta.json").is_file() and (path / "base" / "model.safetensors").is_file()
+    weights = {k: v.clone() for k, v in first.experts["city"].state_dict().items()}
+    logs.clear()
+    again = load_demo_models(SMALL, tmp_path, log=logs.append)
+    assert not logs  # loaded from the cache, nothing rebuilt
+    # deterministic: a rebuild gives the same weights
+    rebuilt = load_demo_models(SMALL, tmp_path, rebuild=True, log=logs.append)
+    for k, v in rebuilt.experts["city"].state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    res = decode_demo(again, samples=1, max_new_tokens=6, prompts=["one day i saw the", "after lunch"])
+    assert len(res.rewards) == 4 and all(len(r) == 2 for r in res.rewards)
+    rc = cli.main(["decode", "--base", str(path / "base"),
+                   "--guide", f"{path / 'expert_nature'}:{path / 'reference'}",
+                   "--guide", f"{path / 'expert_city'}:{path / 'reference'}",
+                   "--weights", "1,0", "--prompt", "one day i saw the", "--max-new-tokens", "6"])
+    assert rc == 0 and capsys.readouterr().out.startswith("one day i saw the")
+
+
+def test_demo_table_shows_the_tradeoff():
+    """With the real demo models (built by `make demo` / `mogen demo`): objective 1 is higher at (1, 0)
+    than at (0, 1), objective 2 the other way round."""
+    from mogen.demo.train import demo_dir
+
+    if not (demo_dir(DemoConfig()) / "meta.json").is_file():
+        pytest.skip("the demo models are not cached yet: run `make demo` (about a minute) to build them")
+    models = load_demo_models(DemoConfig(), log=lambda line: None)
+    res = decode_demo(models, samples=2)
+    rewards = dict(zip(res.weightings, res.rewards))
+    nature_first, city_first = rewards[(1.0, 0.0)], rewards[(0.0, 1.0)]
+    assert nature_first[0] > city_first[0] + 0.1
+    assert city_first[1] > nature_first[1] + 0.1
