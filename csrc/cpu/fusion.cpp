@@ -195,24 +195,43 @@ void add_ratio(const T* e, const T* r, int64_t n, float k, float d, float* out) 
 // out[v] += map[v] >= 0 ? k * D[map[v]] - d : cu      (D: one row of e - r, fp32)
 MOGEN_MULTIVERSION
 void add_ratio_mapped(const float* D, const int32_t* map, int64_t n, float k, float d, float cu, float* out) {
+  // D is read at random: prefetch a few blocks ahead so that many cache misses
+  // are in flight at once (the loop body alone overlaps only a few).
+  constexpr int64_t kAhead = 8 * kW;
   int64_t v = 0;
   for (; v + kW <= n; v += kW) {
+    if (v + kAhead + kW <= n)
+      for (int l = 0; l < kW; ++l) {
+        const int32_t j = map[v + kAhead + l];
+        __builtin_prefetch(D + (j & ~(j >> 31)));
+      }
+    // Unmapped lanes load D[0] and are masked below.
+    float g[kW];
+    for (int l = 0; l < kW; ++l) {
+      const int32_t j = map[v + l];
+      g[l] = D[j & ~(j >> 31)];
+    }
     vi j;
     std::memcpy(&j, map + v, sizeof(j));
-    const vi mapped = j >= 0;
-    const vi jj = mapped ? j : vi{};  // every lane loads something valid
-    vf g;
-    for (int l = 0; l < kW; ++l) g[l] = D[jj[l]];
-    const vf sum = load(out + v) + (mapped ? g * k - d : splat(cu));
+    const vf sum = load(out + v) + (j >= 0 ? load(g) * k - d : splat(cu));
     std::memcpy(out + v, &sum, sizeof(sum));
   }
   for (; v < n; ++v) out[v] += map[v] >= 0 ? k * D[map[v]] - d : cu;
 }
 
 // D[u] = e[u] - r[u] in fp32.
+MOGEN_MULTIVERSION
+void diff_row_f32(const float* e, const float* r, int64_t n, float* out) {
+  for (int64_t u = 0; u < n; ++u) out[u] = e[u] - r[u];
+}
+
 template <typename T>
 void diff_row(const T* e, const T* r, int64_t n, float* out) {
-  for (int64_t u = 0; u < n; ++u) out[u] = static_cast<float>(e[u]) - static_cast<float>(r[u]);
+  if constexpr (std::is_same_v<T, float>) {
+    diff_row_f32(e, r, n, out);
+  } else {
+    for (int64_t u = 0; u < n; ++u) out[u] = static_cast<float>(e[u]) - static_cast<float>(r[u]);
+  }
 }
 
 template <typename T>
