@@ -39,7 +39,8 @@ test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: install
-	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,ops -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest benchmarks/bench_fusion.py --benchmark-only --benchmark-columns=median,ops -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) benchmarks/bench_decode.py
 
 # .cu files must stay torch-free so this works with any torch (or none).
 cuda-check:
