@@ -215,15 +215,17 @@ def dare_keep_mask(seed: int, name: str, source: int, shape, density: float) -> 
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> Optional[torch.Tensor]:
-    """Bool mask keeping the ``int(density * numel)`` largest ``|delta|`` (ties: lower index first);
-    None when everything is kept."""
+    """Bool mask keeping the ``max(1, int(density * numel))`` largest ``|delta|`` (ties: lower index
+    first; nothing at density 0); None when everything is kept."""
     n = delta.numel()
-    k = int(density * n)
+    if density >= 1.0:
+        return None
+    if density <= 0.0 or n == 0:
+        return torch.zeros(delta.shape, dtype=torch.bool)
+    k = max(1, int(density * n))
     if k >= n:
         return None
     flat = delta.abs().reshape(-1)
-    if k <= 0:
-        return torch.zeros(delta.shape, dtype=torch.bool)
     thr = torch.kthvalue(flat, n - k + 1).values
     mask = flat > thr
     need = k - int(mask.sum())
