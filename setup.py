@@ -62,7 +62,8 @@ def extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     with_cuda = _want_cuda()
-    sources = _sources("csrc/*.cpp") + _sources("csrc/common/*.cpp") + _sources("csrc/cpu/*.cpp")
+    sources = (_sources("csrc/*.cpp") + _sources("csrc/common/*.cpp") + _sources("csrc/cpu/*.cpp")
+               + _sources("csrc/io/*.cpp"))
     # -fopenmp: at::parallel_for is an inline OpenMP loop in ATen's headers and
     # runs serially in code compiled without it. libgomp resolves to torch's copy.
     # -Wno-psabi: the 64-byte vector helpers in cpu/ are always inlined, so the

@@ -9,6 +9,9 @@
 
 namespace mogen {
 
+struct MergeSource;
+struct MergeSink;
+
 #define MOGEN_FUSION_PARAMS                                                                            \
   const at::Tensor &base, const std::vector<at::Tensor>&experts, const std::vector<at::Tensor>&refs, \
       const std::vector<std::optional<at::Tensor>>&maps, const at::Tensor &weights,                    \
@@ -17,12 +20,21 @@ namespace mogen {
 namespace cpu {
 at::Tensor fused_log_ratio(MOGEN_FUSION_PARAMS);
 std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int64_t k);
+// K3: out[k] = sum_i coef[k * N + i] * src_i over `numel` elements, fp32 accumulation,
+// cast on store; with `release`, each source's pages are dropped once read.
+void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<float>& coef,
+                 const std::vector<MergeSink>& sinks, int64_t numel, bool release);
 }  // namespace cpu
 
 #ifdef MOGEN_WITH_CUDA
 namespace cuda {
 at::Tensor fused_log_ratio(MOGEN_FUSION_PARAMS);
 std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int64_t k);
+// K3 into a CUDA tensor: dst = sum_i coef[i] * src_i (numel = dst.numel()), sources
+// staged through pinned host buffers with host-to-device copies overlapped with
+// the accumulation kernel.
+void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vector<float>& coef, at::Tensor& dst,
+                           bool release);
 }  // namespace cuda
 #endif
 

@@ -9,11 +9,16 @@ from typing import Any
 from . import ops, reference
 from ._version import __version__
 
-# Decoding pulls in transformers (seconds to import); load it on first use.
+# Decoding pulls in transformers and merging the merge engine (seconds to
+# import together); load each on first use so `import mogen` stays light.
 _LAZY = {
     "generate": "mogen.decoding",
     "ProxyGuide": "mogen.decoding",
     "MultiObjectiveLogitsProcessor": "mogen.decoding",
+    "merge": "mogen.merging",
+    "merge_into": "mogen.merging",
+    "bone_soup_coefficients": "mogen.merging",
+    "MergeReport": "mogen.merging",
 }
 
 __all__ = ["ops", "reference", "__version__", *_LAZY]

@@ -1,0 +1,320 @@
+"""End-to-end merge benchmark: mogen vs mergekit vs the machine's read-and-write floor.
+
+Generates N Llama-shaped checkpoints of about --size-gb each (random weights,
+--dtype), warms the page cache, then times, each in a fresh process:
+
+  floor     plain sequential read of every input file and write of one output
+            of the merged size (the least any merge must do)
+  mogen     mogen.merge, linear, K = 1 (and K = 5 from one pass)
+  mergekit  mergekit-yaml with the same linear config, from the PyPI package in
+            its own virtual environment, created here (--mergekit-venv) with
+            `pip install mergekit`; this interpreter's site-packages are visible
+            to it so torch is not downloaded again
+
+and prints wall time, peak RSS (the child's high-water mark, file-backed pages
+included) and GB/s ((bytes read + bytes written) / wall time) of each, then
+writes the table to benchmarks/results/merge_cpu.md.
+
+    python benchmarks/bench_merge.py --size-gb 1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path[:0] = [str(ROOT / "python"), str(ROOT)]  # this checkout's mogen, not an installed one
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def llama_shapes(size_gb: float, itemsize: int):
+    """A Llama-like config whose weights take about size_gb."""
+    hidden, inter, vocab, heads, kv = 2048, 5632, 32000, 16, 4
+    head = hidden // heads
+    per_layer = hidden * hidden * 2 + 2 * hidden * kv * head + 3 * hidden * inter + 2 * hidden
+    fixed = 2 * vocab * hidden + hidden
+    layers = max(1, round((size_gb * 1e9 / itemsize - fixed) / per_layer))
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+           "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
+           "num_key_value_heads": kv, "vocab_size": vocab, "rms_norm_eps": 1e-5, "max_position_embeddings": 4096,
+           "tie_word_embeddings": False, "hidden_act": "silu", "rope_theta": 10000.0}
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
+              "model.norm.weight": (hidden,)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update({p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.k_proj.weight": (kv * head, hidden),
+                       p + "self_attn.v_proj.weight": (kv * head, hidden), p + "self_attn.o_proj.weight": (hidden, hidden),
+                       p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
+                       p + "mlp.down_proj.weight": (hidden, inter), p + "input_layernorm.weight": (hidden,),
+                       p + "post_attention_layernorm.weight": (hidden,)})
+    return cfg, shapes
+
+
+def write_synthetic_llama(folder: Path, shapes: dict, cfg: dict, dtype, seed: int, shard_bytes: int) -> None:
+    """Random weights in safetensors shards of about shard_bytes (boundaries depend on shard_bytes)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    names = list(shapes)
+    shards, cur, used = [], [], 0
+    isz = torch.empty((), dtype=dtype).element_size()
+    for n in names:
+        nb = isz
+        for d in shapes[n]:
+            nb *= d
+        if cur and used + nb > shard_bytes:
+            shards.append(cur)
+            cur, used = [], 0
+        cur.append(n)
+        used += nb
+    shards.append(cur)
+    wm = {}
+    for i, group in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        sd = {n: (torch.randn(shapes[n], generator=g) * 0.02).to(dtype) for n in group}
+        save_file(sd, str(folder / fname), metadata={"format": "pt"})
+        wm.update({n: fname for n in group})
+        del sd
+    total = sum(os.path.getsize(folder / f) for f in set(wm.values()))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                     "weight_map": wm}))
+    (folder / "config.json").write_text(json.dumps({**cfg, "torch_dtype": str(dtype).split(".")[-1]}))
+
+
+# ---------------------------------------------------------------- measuring
+
+
+RUNNER = textwrap.dedent(r"""
+    import json, os, resource, subprocess, sys, time
+    cmd = json.loads(sys.argv[1])
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(json.dumps({"rc": r.returncode, "wall": wall, "peak_rss": peak, "stdout": r.stdout[-4000:],
+                      "stderr": r.stderr[-4000:]}))
+""")
+
+
+def measure(cmd: list[str], env=None) -> dict:
+    """Runs cmd in a fresh process (via a tiny runner that is its only child) and returns
+    wall seconds and the child's peak RSS."""
+    r = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(cmd)], capture_output=True, text=True,
+                       env=env or os.environ.copy())
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if out["rc"] != 0:
+        raise RuntimeError(f"{cmd[:3]}... failed:\n{out['stderr']}")
+    return out
+
+
+FLOOR = textwrap.dedent(r"""
+    import os, sys, json, time
+    t0 = time.perf_counter()
+    out, size, fsync = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+    files = json.loads(sys.argv[4])
+    buf = bytearray(16 << 20); mv = memoryview(buf)
+    with open(out, "wb") as o:
+        written = 0
+        for f in files:
+            with open(f, "rb", buffering=0) as i:
+                while True:
+                    n = i.readinto(buf)
+                    if not n:
+                        break
+                    if written < size:
+                        k = min(n, size - written)
+                        o.write(mv[:k]); written += k
+        while written < size:
+            k = min(len(buf), size - written); o.write(mv[:k]); written += k
+        o.flush()
+        if fsync:
+            os.fsync(o.fileno())
+    print(json.dumps({"work_s": time.perf_counter() - t0}))
+""")
+
+
+def page_cache_warm(paths) -> None:
+    for p in paths:
+        for f in sorted(Path(p).glob("*.safetensors")):
+            with open(f, "rb", buffering=0) as fh:
+                while fh.read(64 << 20):
+                    pass
+
+
+def ensure_mergekit(venv: Path) -> tuple[str | None, str]:
+    """The venv's python with mergekit installed (pip install mergekit), or None and why not."""
+    py = venv / "bin" / "python"
+    try:
+        if not py.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+            # Share this interpreter's packages (torch above all) instead of downloading them again.
+            Path(site, "_host_site.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        if subprocess.run([str(py), "-c", "import mergekit"], capture_output=True).returncode != 0:
+            subprocess.run([str(py), "-m", "pip", "install", "-q", "mergekit"], check=True)
+        ver = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('mergekit'))"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        return str(py), ver
+    except (subprocess.CalledProcessError, OSError) as exc:
+        return None, f"mergekit could not be installed: {exc}"
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-gb", type=float, default=1.0, help="size of each source checkpoint")
+    ap.add_argument("--sources", type=int, default=3)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--workdir", default="/tmp/mogen-bench-merge")
+    ap.add_argument("--mergekit-venv", default=str(ROOT / ".venv-mergekit"))
+    ap.add_argument("--skip-mergekit", action="store_true")
+    ap.add_argument("--k", type=int, default=5, help="outputs of the one-pass sweep")
+    ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    args = ap.parse_args()
+
+    import torch
+
+    dtype = getattr(torch, args.dtype)
+    isz = torch.empty((), dtype=dtype).element_size()
+    work = Path(args.workdir)
+    cfg, shapes = llama_shapes(args.size_gb, isz)
+    srcs = [work / f"src{i}" for i in range(args.sources)]
+    stamp = work / "stamp.json"
+    want = {"size": args.size_gb, "n": args.sources, "dtype": args.dtype}
+    if not (stamp.exists() and json.loads(stamp.read_text()) == want):
+        shutil.rmtree(work, ignore_errors=True)
+        for i, s in enumerate(srcs):
+            print(f"generating {s} ...", flush=True)
+            # Different shard sizes per source: shard boundaries differ between sources.
+            write_synthetic_llama(s, shapes, cfg, dtype, seed=i, shard_bytes=int((0.3 + 0.1 * i) * 1e9))
+        stamp.write_text(json.dumps(want))
+    in_bytes = sum(f.stat().st_size for s in srcs for f in s.glob("*.safetensors"))
+    out_bytes = in_bytes // args.sources
+    weights = [round(1.0 / args.sources + 0.05 * (i - 1), 6) for i in range(args.sources)]
+    weights[-1] = round(1.0 - sum(weights[:-1]), 6)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), str(ROOT)] + sys.path[1:]))
+    rows = []
+
+    def out_dir(name):
+        p = work / name
+        shutil.rmtree(p, ignore_errors=True)
+        return p
+
+    page_cache_warm(srcs)
+    files = [str(f) for s in srcs for f in sorted(s.glob("*.safetensors"))]
+    for fs in (False, True):
+        o = out_dir("floor.bin")
+        m = measure([sys.executable, "-c", FLOOR, str(o), str(out_bytes), "1" if fs else "0", json.dumps(files)])
+        o.unlink()
+        rows.append({"what": f"floor: read inputs + write 1 output{' + fsync' if fs else ''}", "wall": m["wall"],
+                     "peak_rss": m["peak_rss"], "bytes": in_bytes + out_bytes,
+                     "merge_s": json.loads(m["stdout"].strip().splitlines()[-1])["work_s"]})
+    merge_code = textwrap.dedent("""
+        import json, sys, mogen
+        srcs, coef, outs, fsync = json.loads(sys.argv[1])
+        r = mogen.merge(srcs, coef, outs if len(outs) > 1 else outs[0], dtype=%r, progress=False, fsync=fsync)
+        print(json.dumps({"merge_s": r.total_seconds, "peak": r.peak_rss, "base": r.baseline_rss}))
+    """ % args.dtype)
+    coef_k = [[round(w + 0.01 * k, 6) for w in weights] for k in range(args.k)]
+    for label, coef, k, fs in [("mogen linear, K=1", weights, 1, False), (f"mogen linear, K={args.k}", coef_k, args.k, False),
+                               ("mogen linear, K=1, fsync (default)", weights, 1, True)]:
+        outs = [str(out_dir(f"mogen{j}")) for j in range(k)]
+        page_cache_warm(srcs)
+        m = measure([sys.executable, "-c", merge_code, json.dumps([[str(s) for s in srcs], coef, outs, fs])], env)
+        info = json.loads(m["stdout"].strip().splitlines()[-1])
+        rows.append({"what": label, "wall": m["wall"], "peak_rss": m["peak_rss"], "bytes": in_bytes + k * out_bytes,
+                     "merge_s": info["merge_s"], "rss_above_base": info["peak"] - info["base"]})
+    mk_note = "skipped (--skip-mergekit)"
+    if not args.skip_mergekit:
+        py, ver = ensure_mergekit(Path(args.mergekit_venv))
+        if py is None:
+            mk_note = ver
+        else:
+            mk_note = f"mergekit {ver}"
+            cfg_path = work / "mergekit.yml"
+            import yaml
+            cfg_path.write_text(yaml.safe_dump({
+                "merge_method": "linear", "dtype": args.dtype,
+                "models": [{"model": str(s), "parameters": {"weight": w}} for s, w in zip(srcs, weights)],
+                "parameters": {"normalize": False}}))
+            o = out_dir("mergekit")
+            page_cache_warm(srcs)
+            mk_bin = str(Path(py).parent / "mergekit-yaml")
+            m = measure([mk_bin, str(cfg_path), str(o), "--quiet", "--lazy-unpickle"])
+            rows.append({"what": f"mergekit {ver} (mergekit-yaml, linear)", "wall": m["wall"],
+                         "peak_rss": m["peak_rss"], "bytes": in_bytes + out_bytes})
+            # Same config through mogen's YAML front end: outputs must agree.
+            diff = 0
+            import mogen.merging.io as mio
+            mine = mio.open_checkpoint(work / "mogen0")
+            theirs = mio.open_checkpoint(o)
+            checked = 0
+            for n, t in theirs.tensors.items():
+                if n in mine.tensors and checked < 40:
+                    a, b = mine.tensors[n].read().float(), t.read().float()
+                    ulp = (a - b).abs() / (b.abs() * 2 ** -7 + 1e-30)
+                    diff = max(diff, float(ulp.max()))
+                    checked += 1
+            mk_note += f"; outputs agree with mogen's to {diff:.2f} ulp (bf16) over {checked} tensors"
+    # ---- report
+    floor = rows[0]["wall"]
+    by = {r["what"]: r for r in rows}
+    lines = [f"# Merge benchmark ({args.sources} x {in_bytes / args.sources / 1e9:.2f} GB {args.dtype}, linear, CPU)", "",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
+             f"{mk_note}. Inputs in the page cache; each row a fresh process (wall includes interpreter start). "
+             "GB/s = (bytes read + bytes written) / wall.", "",
+             "'work s' is the time inside the process (the merge call; the floor's loop), without imports; "
+             "the floor ratio compares work times.", "",
+             "| run | wall s | work s | peak RSS MiB | GB/s (wall) | GB/s (work) | work vs floor |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ref = rows[1] if "fsync" in r["what"] else rows[0]
+        ws = r.get("merge_s")
+        work_s = "" if ws is None else f"{ws:.2f}"
+        gbs_work = "" if ws is None else f"{r['bytes'] / ws / 1e9:.2f}"
+        ratio = "" if ws is None else f"{ws / ref['merge_s']:.2f}x"
+        lines.append(f"| {r['what']} | {r['wall']:.2f} | {work_s} | {r['peak_rss'] / 2**20:.0f} | "
+                     f"{r['bytes'] / r['wall'] / 1e9:.2f} | {gbs_work} | {ratio} |")
+    mg = by.get("mogen linear, K=1")
+    mk = next((r for r in rows if r["what"].startswith("mergekit")), None)
+    kk = by.get(f"mogen linear, K={args.k}")
+    lines.append("")
+    if mk:
+        lines.append(f"- mogen vs mergekit: {mk['wall'] / mg['wall']:.2f}x less wall time, "
+                     f"{mk['peak_rss'] / mg['peak_rss']:.2f}x less peak RSS.")
+    lines.append(f"- mogen K=1 vs floor (no fsync), work time: {mg['merge_s'] / rows[0]['merge_s']:.2f}x "
+                 f"(wall: {mg['wall'] / floor:.2f}x, mostly `import torch`); in-process merge time {mg['merge_s']:.2f}s; "
+                 f"peak RSS above the interpreter's baseline during the merge: {mg['rss_above_base'] / 2**20:.0f} MiB.")
+    lines.append(f"- K={args.k} outputs from one pass vs K=1: {kk['wall'] / mg['wall']:.2f}x the wall time "
+                 f"({kk['merge_s'] / mg['merge_s']:.2f}x in-process).")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "merge_cpu.md").write_text(text)
+    if not args.keep:
+        for p in work.iterdir():
+            if p.name.startswith(("mogen", "mergekit", "floor")):
+                shutil.rmtree(p, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

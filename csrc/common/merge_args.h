@@ -1,0 +1,25 @@
+// Plain description of one K3 (streaming merge) step: out[k] = sum_i C[k, i] x_i
+// over `numel` elements of N inputs of mixed dtypes, fp32 accumulation, cast on
+// store. Torch-free: shared by the CPU kernel and the CUDA kernel (.cu).
+#pragma once
+
+#include <cstdint>
+
+#include "common/fusion_args.h"  // DType
+
+namespace mogen {
+
+// Inputs per CUDA launch (they travel by value in the kernel's arguments); the
+// CPU kernel takes any number.
+constexpr int kMaxMergeInputs = 32;
+
+MOGEN_HD int64_t dtype_size(DType d) { return d == DType::kFloat32 ? 4 : 2; }
+
+struct MergeInputs {
+  int32_t num_inputs = 0;
+  const void* data[kMaxMergeInputs] = {};
+  DType dtype[kMaxMergeInputs] = {};
+  float coef[kMaxMergeInputs] = {};  // one output row of C
+};
+
+}  // namespace mogen

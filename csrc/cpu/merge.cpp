@@ -1,0 +1,216 @@
+// K3 on CPU: streaming merge (DESIGN.md sections 1 and 3).
+//
+// out[k][j] = cast(sum_i C[k, i] * x_i[j]) for j in [0, numel), x_i memory-mapped
+// spans of mixed dtypes (fp32 / bf16 / fp16). Blocks of kBlock elements run in
+// parallel (at::parallel_for); within a block, tiles of kTile elements are
+// upcast once per input and accumulated into K fp32 rows that stay in L1/L2,
+// then cast on store either straight into memory (a live parameter) or into a
+// per-thread staging buffer that the same thread pwrites to its offset in the
+// output shard. Each input's pages are released (MADV_DONTNEED) as soon as the
+// block that read them is done, so resident memory is a few blocks per thread
+// whatever the size of the model.
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <vector>
+
+#include <ATen/Parallel.h>
+
+#include "common/checks.h"
+#include "common/merge_spans.h"
+#include "ops.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#define MOGEN_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MOGEN_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define MOGEN_MULTIVERSION
+#endif
+
+#if defined(__FLT16_MAX__)
+#define MOGEN_HAVE_FLOAT16 1
+#else
+#include <c10/util/Half.h>
+#endif
+
+namespace mogen {
+namespace cpu {
+namespace {
+
+constexpr int64_t kTile = 2048;         // elements per L1-resident tile
+constexpr int64_t kBlock = int64_t{1} << 17;  // elements per parallel task (and per pwrite)
+
+// ---- conversions (exact upcasts; round-to-nearest-even downcasts, NaN kept NaN)
+
+MOGEN_MULTIVERSION
+void bf16_to_f32(const uint16_t* x, int64_t n, float* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t bits = static_cast<uint32_t>(x[j]) << 16;
+    std::memcpy(out + j, &bits, 4);
+  }
+}
+
+MOGEN_MULTIVERSION
+void f16_to_f32(const uint16_t* x, int64_t n, float* out) {
+#ifdef MOGEN_HAVE_FLOAT16
+  for (int64_t j = 0; j < n; ++j) {
+    _Float16 h;
+    std::memcpy(&h, x + j, 2);
+    out[j] = static_cast<float>(h);
+  }
+#else
+  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(c10::Half(x[j], c10::Half::from_bits()));
+#endif
+}
+
+MOGEN_MULTIVERSION
+void f32_to_bf16(const float* x, int64_t n, uint16_t* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    uint32_t bits;
+    std::memcpy(&bits, x + j, 4);
+    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
+    out[j] = static_cast<uint16_t>(nan ? ((bits >> 16) | 0x40u) : rounded);
+  }
+}
+
+MOGEN_MULTIVERSION
+void f32_to_f16(const float* x, int64_t n, uint16_t* out) {
+#ifdef MOGEN_HAVE_FLOAT16
+  for (int64_t j = 0; j < n; ++j) {
+    const _Float16 h = static_cast<_Float16>(x[j]);
+    std::memcpy(out + j, &h, 2);
+  }
+#else
+  for (int64_t j = 0; j < n; ++j) out[j] = c10::Half(x[j]).x;
+#endif
+}
+
+// acc[j] = c * x[j]  /  acc[j] += c * x[j]
+MOGEN_MULTIVERSION
+void scale_into(const float* x, int64_t n, float c, float* acc) {
+  for (int64_t j = 0; j < n; ++j) acc[j] = c * x[j];
+}
+MOGEN_MULTIVERSION
+void axpy(const float* x, int64_t n, float c, float* acc) {
+  for (int64_t j = 0; j < n; ++j) acc[j] += c * x[j];
+}
+
+// Upcasts x[0, n) of dtype `dt` to fp32: a pointer to fp32 data (the input
+// itself when it already is fp32, else `buf`).
+const float* as_f32(const uint8_t* x, DType dt, int64_t n, float* buf) {
+  switch (dt) {
+    case DType::kFloat32:
+      return reinterpret_cast<const float*>(x);  // spans are 4-byte aligned (checked by the caller)
+    case DType::kBFloat16:
+      bf16_to_f32(reinterpret_cast<const uint16_t*>(x), n, buf);
+      return buf;
+    case DType::kFloat16:
+      f16_to_f32(reinterpret_cast<const uint16_t*>(x), n, buf);
+      return buf;
+  }
+  return buf;
+}
+
+void store(const float* acc, int64_t n, DType dt, uint8_t* out) {
+  switch (dt) {
+    case DType::kFloat32:
+      std::memcpy(out, acc, static_cast<size_t>(n) * 4);
+      break;
+    case DType::kBFloat16:
+      f32_to_bf16(acc, n, reinterpret_cast<uint16_t*>(out));
+      break;
+    case DType::kFloat16:
+      f32_to_f16(acc, n, reinterpret_cast<uint16_t*>(out));
+      break;
+  }
+}
+
+// One block [lo, lo + n) of every output.
+void merge_block(const MergeSource* srcs, int32_t ns, const float* coef, const MergeSink* sinks, int32_t nk,
+                 int64_t lo, int64_t n, std::vector<float>& acc, std::vector<uint8_t>& stage) {
+  acc.resize(static_cast<size_t>(nk * kTile + kTile));
+  float* xbuf = acc.data() + nk * kTile;
+  // Byte offset of each output's staging area (only sinks written through a file use it).
+  int64_t stage_bytes = 0;
+  for (int32_t k = 0; k < nk; ++k)
+    if (sinks[k].writer != nullptr) stage_bytes += n * dtype_size(sinks[k].dtype);
+  if (static_cast<int64_t>(stage.size()) < stage_bytes) stage.resize(static_cast<size_t>(stage_bytes));
+  for (int64_t t = 0; t < n; t += kTile) {
+    const int64_t len = std::min(kTile, n - t);
+    for (int32_t i = 0; i < ns; ++i) {
+      const MergeSource& s = srcs[i];
+      const float* x = as_f32(s.data + (lo + t) * dtype_size(s.dtype), s.dtype, len, xbuf);
+      for (int32_t k = 0; k < nk; ++k) {
+        const float c = coef[k * ns + i];
+        if (i == 0) scale_into(x, len, c, acc.data() + k * kTile);
+        else axpy(x, len, c, acc.data() + k * kTile);
+      }
+    }
+    int64_t soff = 0;
+    for (int32_t k = 0; k < nk; ++k) {
+      const MergeSink& d = sinks[k];
+      const int64_t isz = dtype_size(d.dtype);
+      uint8_t* out = d.writer != nullptr ? stage.data() + soff + t * isz : d.ptr + (lo + t) * isz;
+      store(acc.data() + k * kTile, len, d.dtype, out);
+      if (d.writer != nullptr) soff += n * isz;
+    }
+  }
+  int64_t soff = 0;
+  for (int32_t k = 0; k < nk; ++k) {
+    const MergeSink& d = sinks[k];
+    if (d.writer == nullptr) continue;
+    const int64_t isz = dtype_size(d.dtype);
+    d.writer->write(d.offset + lo * isz, stage.data() + soff, n * isz);
+    soff += n * isz;
+  }
+}
+
+}  // namespace
+
+void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<float>& coef,
+                 const std::vector<MergeSink>& sinks, int64_t numel, bool release) {
+  const int32_t ns = static_cast<int32_t>(srcs.size()), nk = static_cast<int32_t>(sinks.size());
+  MOGEN_CHECK_ARG(ns >= 1, "merge needs at least one source");
+  MOGEN_CHECK_ARG(nk >= 1, "merge needs at least one output");
+  MOGEN_CHECK_ARG(static_cast<int64_t>(coef.size()) == int64_t{ns} * nk, "coefficients must be [K, N] = [", nk,
+                  ", ", ns, "], got ", coef.size(), " values");
+  MOGEN_CHECK_ARG(numel >= 0, "numel must be >= 0, got ", numel);
+  for (int32_t i = 0; i < ns; ++i)
+    MOGEN_CHECK_ARG(srcs[i].dtype != DType::kFloat32 || reinterpret_cast<uintptr_t>(srcs[i].data) % 4 == 0,
+                    "source ", i, ": fp32 data is not 4-byte aligned");
+  if (numel == 0) return;
+  const int64_t blocks = (numel + kBlock - 1) / kBlock;
+  // Exceptions (a failed write) must not cross the OpenMP region: the first is kept and rethrown.
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  std::atomic<bool> failed{false};
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> acc;
+    std::vector<uint8_t> stage;
+    for (int64_t b = b0; b < b1 && !failed.load(std::memory_order_relaxed); ++b) {
+      const int64_t lo = b * kBlock, n = std::min(kBlock, numel - lo);
+      try {
+        merge_block(srcs.data(), ns, coef.data(), sinks.data(), nk, lo, n, acc, stage);
+      } catch (...) {
+        const std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+        failed.store(true);
+        return;
+      }
+      if (release)
+        for (const MergeSource& s : srcs)
+          if (s.reader != nullptr) {
+            const int64_t isz = dtype_size(s.dtype);
+            s.reader->release(s.offset + lo * isz, s.offset + (lo + n) * isz);
+          }
+    }
+  });
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace cpu
+}  // namespace mogen

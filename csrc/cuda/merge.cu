@@ -1,0 +1,66 @@
+// K3 on CUDA: one accumulation step of the streaming merge, on device-resident
+// staging buffers. Torch-free (see DESIGN.md section 4); the pinned staging and
+// copy/compute overlap live in cuda/merge.cpp.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/merge_launch.h"
+
+namespace mogen {
+namespace cuda_impl {
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float load_as_float(const void* p, DType dt, int64_t j) {
+  switch (dt) {
+    case DType::kBFloat16:
+      return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[j]);
+    case DType::kFloat16:
+      return __half2float(static_cast<const __half*>(p)[j]);
+    default:
+      return static_cast<const float*>(p)[j];
+  }
+}
+
+__device__ __forceinline__ void store_from_float(void* p, DType dt, int64_t j, float v) {
+  switch (dt) {
+    case DType::kBFloat16:
+      static_cast<__nv_bfloat16*>(p)[j] = __float2bfloat16_rn(v);
+      break;
+    case DType::kFloat16:
+      static_cast<__half*>(p)[j] = __float2half_rn(v);
+      break;
+    default:
+      static_cast<float*>(p)[j] = v;
+  }
+}
+
+// Grid-stride over elements; the input loop is uniform across the block, so the
+// dtype switches do not diverge. int64 indices throughout.
+__global__ void merge_kernel(MergeInputs in, void* out, DType out_dtype, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n; j += stride) {
+    float acc = 0.0f;
+    for (int i = 0; i < in.num_inputs; ++i) acc += in.coef[i] * load_as_float(in.data[i], in.dtype[i], j);
+    store_from_float(out, out_dtype, j, acc);
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_merge(const MergeInputs& in, void* out, DType out_dtype, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  const int64_t want = (n + kThreads - 1) / kThreads;
+  const int blocks = static_cast<int>(want < int64_t{sms} * 8 ? want : int64_t{sms} * 8);
+  merge_kernel<<<blocks, kThreads, 0, stream>>>(in, out, out_dtype, n);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda_impl
+}  // namespace mogen

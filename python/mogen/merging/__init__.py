@@ -1,0 +1,13 @@
+"""mogen's streaming merge engine (DESIGN.md sections 1 and 3, kernel K3).
+
+``merge`` writes merged checkpoints (K of them from one read of the inputs),
+``merge_into`` merges into a live model's parameters, ``bone_soup_coefficients``
+gives MAGE's Stage-1 coefficients.
+"""
+
+from .bone_soup import bone_soup_coefficients
+from .engine import merge, merge_into
+from .methods import METHODS
+from .report import MergeReport
+
+__all__ = ["merge", "merge_into", "bone_soup_coefficients", "MergeReport", "METHODS"]

@@ -1,0 +1,445 @@
+"""The streaming merge engine: :func:`merge` (checkpoints to folders) and
+:func:`merge_into` (checkpoints into a live model's parameters)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .. import _backend
+from . import methods as _methods
+from .io import (MERGEABLE, TORCH_DTYPE, Checkpoint, OutputDir, copy_side_files, kernels, open_checkpoint,
+                 parse_dtype, parse_size, plan_shards, shard_names, write_index)
+from .plan import Item, build_plan
+from .report import MergeReport, RssTracker
+
+__all__ = ["merge", "merge_into"]
+
+PathLike = Union[str, os.PathLike]
+# Elements per kernel call: bounds the time between progress updates (and Ctrl-C checks).
+PIECE = 1 << 25
+
+
+def _paths(x, what: str) -> list[str]:
+    if isinstance(x, (str, os.PathLike)):
+        return [os.fspath(x)]
+    if not isinstance(x, (list, tuple)) or not x:
+        raise TypeError(f"{what} must be a path or a non-empty list of paths, got {x!r}")
+    for p in x:
+        if not isinstance(p, (str, os.PathLike)):
+            raise TypeError(f"{what} must hold paths, got {p!r}")
+    return [os.fspath(p) for p in x]
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool, desc: str):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=desc,
+                            dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _open_inputs(sources: list[str], base, sft) -> tuple[list[Checkpoint], list[str]]:
+    inputs, names = [], []
+    try:
+        for i, s in enumerate(sources):
+            inputs.append(open_checkpoint(s))
+            names.append(f"source {i}")
+        if base is not None:
+            inputs.append(open_checkpoint(base))
+            names.append("base")
+        if sft is not None:
+            inputs.append(open_checkpoint(sft))
+            names.append("sft")
+    except BaseException:
+        for ck in inputs:
+            ck.close()
+        raise
+    return inputs, names
+
+
+def _read_f32(ref) -> torch.Tensor:
+    return ref.read().to(torch.float32)
+
+
+def _nonlinear(spec: _methods.MethodSpec, item: Item, k: int, base_idx: Optional[int]) -> torch.Tensor:
+    """Output k of a per-tensor (non-linear) method, fp32."""
+    n = spec.num_sources
+    xs = [_read_f32(item.refs[i]) for i in range(n)]
+    if spec.name == "slerp":
+        t = float(spec.t[k])
+        s0, s1 = _methods.slerp_scales(t, xs[0], xs[1])
+        return xs[0] * s0 + xs[1] * s1
+    return _methods.sparse_task_merge(spec, k, item.name, _read_f32(item.refs[base_idx]), xs)
+
+
+def _linear_row(spec, item: Item) -> tuple[list[int], np.ndarray]:
+    """Inputs with a nonzero coefficient for this tensor, and their [K, n] coefficients."""
+    cols = [i for i in range(spec.num_inputs) if np.any(spec.coef[:, i] != 0.0) and item.refs[i] is not None]
+    if not cols:  # all coefficients zero: any present input times 0
+        cols = [next(i for i, r in enumerate(item.refs) if r is not None)]
+    return cols, spec.coef[:, cols]
+
+
+def merge(
+    sources,
+    coefficients=None,
+    out=None,
+    *,
+    base: Optional[PathLike] = None,
+    method: str = "linear",
+    dtype=None,
+    shard_size="5GB",
+    progress: bool = True,
+    rules=None,
+    on_missing: str = "error",
+    overwrite: bool = False,
+    fsync: bool = True,
+    **method_params,
+) -> MergeReport:
+    """Merges checkpoints into new checkpoint folders, reading every input once.
+
+    Args:
+        sources: checkpoint folders (one ``model.safetensors``, or shards with a
+            ``model.safetensors.index.json``) or ``.safetensors`` files; N of them.
+        coefficients: ``[N]`` with one ``out`` folder, or ``[K, N]`` with K folders:
+            all K merges come from one read of the inputs. Any finite reals. For
+            ``bone_soup`` the preference ``mu``; for ``ties``/``dare_*`` the per-source
+            weights (default 1); for ``slerp`` ``t`` (scalar or ``[K]``; or pass ``t=``).
+        out: the output folder, or a list of K folders.
+        base: base checkpoint (``task_arithmetic``, ``ties``, ``dare_*``: deltas are
+            taken from it); also the source of config/tokenizer files when given.
+        method: ``linear`` (``normalize=False``), ``task_arithmetic`` (``lambda``,
+            ``normalize``), ``bone_soup`` (``beta``, ``alpha``, ``sft``), ``ties``
+            (``density``, ``normalize=True``, ``lambda``), ``dare_linear`` / ``dare_ties``
+            (``density`` or ``drop_rate``, ``seed``, ``rescale=True``), ``slerp`` (``t``).
+        dtype: output dtype of merged tensors (default: the base's, else the first source's).
+        shard_size: largest output shard ("5GB", "500MB", bytes); a larger tensor gets its own.
+        rules: ``[(regex, "merge" | "skip" | "copy:K" | "copy:base")]``, first match wins.
+        on_missing: tensors absent from an input the merge needs: "error", "skip" or "first".
+        overwrite: replace existing output folders (only once the new ones are complete).
+        fsync: flush the output to disk before renaming it into place.
+
+    Output folders are written under temporary names and renamed into place when
+    complete; on any error nothing is left behind.
+    """
+    t_start = time.perf_counter()
+    rss = RssTracker()
+    src_paths = _paths(sources, "sources")
+    spec = _methods.resolve(method, len(src_paths), coefficients, base is not None, method_params)
+    K = spec.num_outputs
+    if out is None:
+        raise TypeError("merge needs out= (a folder, or a list of K folders)")
+    outs = [out] if isinstance(out, (str, os.PathLike)) else list(out)
+    outs = _paths(outs, "out")
+    if len(outs) != K:
+        raise ValueError(f"{K} merges were asked for (coefficients has {K} rows) but out names {len(outs)} folder(s)")
+    finals = [os.path.abspath(o) for o in outs]
+    if len(set(finals)) != len(finals):
+        raise ValueError(f"out names the same folder twice: {outs}")
+    inputs_abs = [os.path.abspath(p) for p in src_paths + [base, spec.params.get("sft")] if p is not None]
+    for o in finals:
+        for p in inputs_abs:
+            if o == p or p.startswith(o + os.sep) or o.startswith(p + os.sep):
+                raise ValueError(f"output folder {o!r} overlaps input {p!r}")
+    dtype_code = parse_dtype(dtype)
+    shard_bytes = parse_size(shard_size)
+    C = kernels()
+
+    seconds = {}
+    t0 = time.perf_counter()
+    inputs, input_names = _open_inputs(src_paths, base, spec.params.get("sft"))
+    seconds["open"] = time.perf_counter() - t0
+    dirs: list[OutputDir] = []
+    writers = []
+    bar = None
+    try:
+        t0 = time.perf_counter()
+        # Inputs the method combines: sources, then base and sft where used.
+        used = list(range(spec.num_sources))
+        if spec.uses_base:
+            used.append(input_names.index("base"))
+        if spec.uses_sft:
+            used.append(input_names.index("sft"))
+        used_inputs = [inputs[i] for i in used]
+        used_names = [input_names[i] for i in used]
+        items = build_plan(spec, used_inputs, used_names, dtype_code, rules, on_missing)
+        base_idx = used_names.index("base") if "base" in used_names else None
+        entries = [(it.name, it.out_dtype, list(it.shape), it.out_nbytes) for it in items]
+        shards = plan_shards(entries, shard_bytes)
+        names = shard_names(len(shards))
+        side_folder = inputs[input_names.index("base")].folder if base is not None else inputs[0].folder
+        seconds["plan"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        for o in outs:
+            dirs.append(OutputDir(o, overwrite))
+        where: dict[str, list[tuple]] = {}  # name -> [(writer, data offset)] per output
+        weight_map = {}
+        for d in dirs:
+            for shard, fname in zip(shards, names):
+                w = C.SafetensorsWriter(str(d.tmp / fname), [e[:3] for e in shard], {"format": "pt"})
+                writers.append(w)
+                for name, _dt, _shape, begin, _end in w.tensors():
+                    where.setdefault(name, []).append((w, begin))
+                    weight_map[name] = fname
+        total_read = 0
+        for it in items:
+            if it.action == "copy":
+                total_read += it.refs[it.copy_from].nbytes
+            elif spec.linear:
+                cols, _ = _linear_row(spec, it)
+                total_read += sum(it.refs[i].nbytes for i in cols)
+            else:
+                total_read += sum(r.nbytes for r in it.refs if r is not None)
+        bar = _Progress(total_read, progress, f"mogen {method}")
+        bytes_read = 0
+        for it in items:
+            sinks = where[it.name]
+            bytes_read += _produce(C, spec, it, sinks, base_idx, bar)
+        bar.close()
+        for w in writers:
+            w.finish(fsync)
+        bytes_written = sum(w.file_size for w in writers)
+        total_size = sum(e[3] for e in entries)
+        for d in dirs:
+            if len(shards) > 1:
+                write_index(d.tmp, weight_map, total_size)
+            copy_side_files(side_folder, d.tmp, dtype_code)
+        seconds["merge"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for d in dirs:
+            d.commit(fsync)
+        seconds["finalize"] = time.perf_counter() - t0
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        for w in writers:
+            w.abort()
+        for d in dirs:
+            d.abort()
+        raise
+    finally:
+        for ck in inputs:
+            ck.close()
+    del t_start
+    return MergeReport(method=method, outputs=[str(d.final) for d in dirs], num_tensors=len(items),
+                       bytes_read=bytes_read, bytes_written=bytes_written, seconds=seconds,
+                       baseline_rss=rss.baseline, peak_rss=rss.peak())
+
+
+def _call_kernel(C, srcs, coef, outputs, numel) -> None:
+    """One K3 call (a module-level hook, so tests can make a write fail midway)."""
+    C.merge_to_files(srcs, coef, outputs, numel, True)
+
+
+def _produce(C, spec, it: Item, sinks: list, base_idx, bar) -> int:
+    """Writes tensor `it` to every output; returns the input bytes it read."""
+    out_isz = TORCH_DTYPE[it.out_dtype].itemsize
+    if it.action == "copy":
+        ref = it.refs[it.copy_from]
+        if ref.dtype == it.out_dtype:
+            for w, off in sinks:
+                w.copy_from(off, ref.reader, ref.begin, ref.nbytes, False)
+            ref.reader.release(ref.begin, ref.end)
+        else:
+            _stream(C, [ref], np.ones((len(sinks), 1)), it, sinks, out_isz, bar)
+            return ref.nbytes
+        bar.update(ref.nbytes)
+        return ref.nbytes
+    if spec.linear:
+        cols, coef = _linear_row(spec, it)
+        refs = [it.refs[i] for i in cols]
+        _stream(C, refs, coef, it, sinks, out_isz, bar)
+        return sum(r.nbytes for r in refs)
+    nbytes = sum(r.nbytes for r in it.refs if r is not None)
+    for k, (w, off) in enumerate(sinks):
+        res = _nonlinear(spec, it, k, base_idx)
+        w.write(off, res.to(TORCH_DTYPE[it.out_dtype]).contiguous())
+    bar.update(nbytes)
+    return nbytes
+
+
+def _stream(C, refs, coef: np.ndarray, it: Item, sinks, out_isz: int, bar) -> None:
+    numel = it.numel
+    flat = [float(x) for x in np.asarray(coef, dtype=np.float32).reshape(-1)]
+    in_isz = [TORCH_DTYPE[r.dtype].itemsize for r in refs]
+    for lo in range(0, max(numel, 1), PIECE):
+        n = min(PIECE, numel - lo)
+        srcs = [(r.reader, r.begin + lo * s, r.dtype) for r, s in zip(refs, in_isz)]
+        outs = [(w, off + lo * out_isz, it.out_dtype) for w, off in sinks]
+        _call_kernel(C, srcs, flat, outs, n)
+        bar.update(sum(n * s for s in in_isz))
+
+
+# ---------------------------------------------------------------- merge_into
+
+
+def _targets(model: torch.nn.Module) -> tuple[dict, dict]:
+    """name -> tensor for parameters and buffers (aliases included), and id -> [names]."""
+    by_name, groups = {}, {}
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(
+            model.named_buffers(remove_duplicate=False)):
+        by_name[name] = t
+        groups.setdefault(id(t), []).append(name)
+    return by_name, groups
+
+
+def merge_into(
+    model: torch.nn.Module,
+    sources,
+    coefficients=None,
+    *,
+    base: Optional[PathLike] = None,
+    method: str = "linear",
+    rules=None,
+    on_missing: str = "error",
+    progress: bool = False,
+    **method_params,
+) -> MergeReport:
+    """Merges checkpoints in place into ``model``'s parameters (CPU or CUDA), by name.
+
+    Each parameter is overwritten with the merge of the same-named tensor of the
+    sources, computed straight into its memory (on CUDA through pinned staging
+    buffers), so no second copy of the model is ever held: this is how a decoder
+    re-merges its base for a new preference without reloading. Tied parameters
+    are written once, under whichever of their names the checkpoints hold.
+    Parameters absent from the checkpoints, and checkpoint tensors the model
+    lacks, are errors unless ``on_missing="skip"`` or a ``skip`` rule covers them.
+    Buffers are merged when the checkpoints hold them. Every check runs before
+    the first parameter is written. Arguments as :func:`merge` (K must be 1).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    rss = RssTracker()
+    src_paths = _paths(sources, "sources")
+    spec = _methods.resolve(method, len(src_paths), coefficients, base is not None, method_params)
+    if spec.num_outputs != 1:
+        raise ValueError(f"merge_into writes one model; coefficients give {spec.num_outputs} merges")
+    C = kernels()
+    seconds = {}
+    t0 = time.perf_counter()
+    inputs, input_names = _open_inputs(src_paths, base, spec.params.get("sft"))
+    seconds["open"] = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        used = list(range(spec.num_sources))
+        if spec.uses_base:
+            used.append(input_names.index("base"))
+        if spec.uses_sft:
+            used.append(input_names.index("sft"))
+        used_inputs = [inputs[i] for i in used]
+        used_names = [input_names[i] for i in used]
+        base_idx = used_names.index("base") if "base" in used_names else None
+        by_name, groups = _targets(model)
+        ck_names = set()
+        for ck, role in zip(used_inputs, used_names):
+            if role != "sft":
+                ck_names.update(ck.tensors)
+        chosen = []  # (names of the target, the checkpoint name used)
+        for tid, names in groups.items():
+            hit = next((n for n in names if n in ck_names), None)
+            t = by_name[names[0]]
+            if hit is None:
+                if isinstance(t, torch.nn.Parameter) and on_missing == "error":
+                    raise ValueError(f"parameter {names[0]!r} of the model is in none of the checkpoints; "
+                                     "pass on_missing='skip' to leave it unchanged")
+                continue
+            chosen.append(hit)
+        items = build_plan(spec, used_inputs, used_names, None, rules, on_missing, names=chosen)
+        planned = {it.name for it in items}
+        if on_missing == "error":
+            extra = sorted(n for n in ck_names - set(by_name) if n not in planned)
+            skipped = set(chosen) - planned  # removed by skip rules
+            extra = [n for n in extra if n not in skipped and not _skipped_by_rule(n, rules)]
+            if extra:
+                raise ValueError(f"checkpoint tensors {extra[:5]} have no counterpart in the model; "
+                                 "pass on_missing='skip' or a skip rule")
+        for it in items:
+            t = by_name[it.name]
+            if tuple(t.shape) != tuple(it.shape):
+                raise ValueError(f"tensor {it.name!r} is {list(it.shape)} in the checkpoints but "
+                                 f"{list(t.shape)} in the model")
+            if it.action == "merge" and t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                raise ValueError(f"model tensor {it.name!r} is {t.dtype}; merging writes float32, bfloat16 or float16")
+        seconds["plan"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        total = sum(sum(r.nbytes for r in it.refs if r is not None) for it in items)
+        bar = _Progress(total, progress, f"mogen {method} (in place)")
+        bytes_read = bytes_written = 0
+        try:
+            with torch.no_grad():
+                for it in items:
+                    t = by_name[it.name]
+                    bytes_read += _produce_into(C, spec, it, t, base_idx, bar)
+                    bytes_written += t.numel() * t.element_size()
+        finally:
+            bar.close()
+        if any(by_name[it.name].is_cuda for it in items):
+            torch.cuda.synchronize()
+        seconds["merge"] = time.perf_counter() - t0
+    finally:
+        for ck in inputs:
+            ck.close()
+    return MergeReport(method=method, outputs=[], num_tensors=len(items), bytes_read=bytes_read,
+                       bytes_written=bytes_written, seconds=seconds, baseline_rss=rss.baseline,
+                       peak_rss=rss.peak())
+
+
+def _skipped_by_rule(name: str, rules) -> bool:
+    import re
+
+    if not rules:
+        return False
+    for pattern, action in (rules.items() if isinstance(rules, dict) else rules):
+        if re.search(pattern, name):
+            return action == "skip"
+    return False
+
+
+def _produce_into(C, spec, it: Item, t: torch.Tensor, base_idx, bar) -> int:
+    data = t.data
+    if it.action == "copy":
+        ref = it.refs[it.copy_from]
+        data.copy_(ref.read())
+        bar.update(ref.nbytes)
+        return ref.nbytes
+    if not spec.linear:
+        data.copy_(_nonlinear(spec, it, 0, base_idx))
+        n = sum(r.nbytes for r in it.refs if r is not None)
+        bar.update(n)
+        return n
+    cols, coef = _linear_row(spec, it)
+    refs = [it.refs[i] for i in cols]
+    flat = [float(x) for x in np.asarray(coef, dtype=np.float32).reshape(-1)]
+    srcs = [(r.reader, r.begin, r.dtype) for r in refs]
+    on_device = data.device.type != "cpu"
+    if on_device and not _backend.has_kernels_for(data.device):
+        # No CUDA kernels in this build: merge on the CPU into a pinned buffer, then copy.
+        tmp = torch.empty(data.shape, dtype=data.dtype, pin_memory=torch.cuda.is_available())
+        C.merge_to_tensor(srcs, flat, tmp, True)
+        data.copy_(tmp)
+    elif data.is_contiguous():
+        C.merge_to_tensor(srcs, flat, data, True)
+    else:
+        tmp = torch.empty(data.shape, dtype=data.dtype, device=data.device)
+        C.merge_to_tensor(srcs, flat, tmp, True)
+        data.copy_(tmp)
+    n = sum(r.nbytes for r in refs)
+    bar.update(n)
+    return n

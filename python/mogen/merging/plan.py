@@ -1,0 +1,158 @@
+"""Which tensors a merge produces, from which inputs, in which dtype.
+
+Tensor-name rules are ``(regex, action)`` pairs, the first whose pattern
+``re.search``-matches a name deciding: ``"merge"``, ``"skip"``, or
+``"copy:K"`` / ``("copy", K)`` (take the tensor from source K unchanged; K may
+be ``"base"``). Tensors missing from some inputs a merge needs follow
+``on_missing``: ``"error"`` (default), ``"skip"`` (leave them out) or
+``"first"`` (copy from the first input that has them). Tensors that are not
+fp32 / bf16 / fp16 in every input (integer buffers, ...) are copied from the
+first input that has them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from .io import ITEMSIZE, MERGEABLE, Checkpoint, TensorRef, natural_key
+from .methods import MethodSpec
+
+ON_MISSING = ("error", "skip", "first")
+
+
+@dataclass
+class Item:
+    name: str
+    shape: tuple
+    out_dtype: str
+    action: str  # "merge" | "copy"
+    refs: list  # per input: TensorRef or None
+    copy_from: Optional[int] = None
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def out_nbytes(self) -> int:
+        return self.numel * ITEMSIZE[self.out_dtype]
+
+
+def parse_rules(rules, input_names: Sequence[str], num_sources: int) -> list[tuple]:
+    """Rules as ``[(compiled regex, action, copy input index or None)]``."""
+    if rules is None:
+        return []
+    if isinstance(rules, dict):
+        rules = list(rules.items())
+    out = []
+    for r in rules:
+        if not isinstance(r, (tuple, list)) or len(r) != 2:
+            raise ValueError(f"each rule must be (regex, action), got {r!r}")
+        pattern, action = r
+        try:
+            rx = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"rule pattern {pattern!r} is not a valid regex: {exc}") from None
+        src = None
+        if isinstance(action, (tuple, list)) and len(action) == 2 and action[0] == "copy":
+            action, src = "copy", action[1]
+        elif isinstance(action, str) and action.startswith("copy:"):
+            action, src = "copy", action.split(":", 1)[1]
+        if action not in ("merge", "skip", "copy"):
+            raise ValueError(f"rule action must be 'merge', 'skip' or 'copy:K', got {r[1]!r}")
+        if action == "copy":
+            if src == "base":
+                if "base" not in input_names:
+                    raise ValueError(f"rule {r!r} copies from base, but no base was given")
+                src = input_names.index("base")
+            else:
+                try:
+                    src = int(src)
+                except (TypeError, ValueError):
+                    raise ValueError(f"rule {r!r}: copy takes a source index or 'base'") from None
+                if not 0 <= src < num_sources:
+                    raise ValueError(f"rule {r!r}: source index {src} is not in [0, {num_sources})")
+        out.append((rx, action, src))
+    return out
+
+
+def build_plan(spec: MethodSpec, inputs: Sequence[Checkpoint], input_names: Sequence[str], dtype: Optional[str],
+               rules, on_missing: str, names: Optional[Sequence[str]] = None) -> list[Item]:
+    """One Item per output tensor, every check done (nothing is written before this returns).
+
+    ``inputs``/``input_names``: sources, then base / sft where the method uses them.
+    ``names`` restricts the tensors considered (merge_into: the model's names)."""
+    if on_missing not in ON_MISSING:
+        raise ValueError(f"on_missing must be one of {ON_MISSING}, got {on_missing!r}")
+    compiled = parse_rules(rules, input_names, spec.num_sources)
+    required = spec.required_inputs()
+    if names is None:
+        pool = set()
+        for ck, role in zip(inputs, input_names):
+            if role != "sft":
+                pool.update(ck.tensors)
+        names = sorted(pool, key=natural_key)
+    base_idx = input_names.index("base") if "base" in input_names else None
+    items = []
+    for name in names:
+        action, src = "merge", None
+        for rx, act, s in compiled:
+            if rx.search(name):
+                action, src = act, s
+                break
+        if action == "skip":
+            continue
+        refs = [ck.tensors.get(name) for ck in inputs]
+        if action == "copy":
+            if refs[src] is None:
+                raise ValueError(f"rule copies tensor {name!r} from {input_names[src]} ({inputs[src].path}), "
+                                 "which does not have it")
+            items.append(_copy_item(name, refs, src, dtype))
+            continue
+        missing = [i for i in required if refs[i] is None]
+        if missing:
+            if on_missing == "skip":
+                continue
+            if on_missing == "first":
+                order = ([base_idx] if base_idx is not None else []) + list(range(len(inputs)))
+                first = next(i for i in order if refs[i] is not None)
+                items.append(_copy_item(name, refs, first, dtype))
+                continue
+            where = ", ".join(f"{input_names[i]} ({inputs[i].path})" for i in missing)
+            raise ValueError(f"tensor {name!r} is missing from {where}; pass on_missing='skip' or 'first', "
+                             "or a rule for it")
+        present = [i for i in required if refs[i] is not None]
+        if not present:  # all coefficients zero and nobody has it: impossible by construction
+            continue
+        shapes = {refs[i].shape for i in present}
+        if len(shapes) > 1:
+            detail = ", ".join(f"{input_names[i]}: {list(refs[i].shape)}" for i in present)
+            raise ValueError(f"tensor {name!r} has different shapes across inputs ({detail})")
+        dtypes = {refs[i].dtype for i in present}
+        if not dtypes <= set(MERGEABLE):
+            if dtypes & set(MERGEABLE) or len(dtypes) > 1:
+                detail = ", ".join(f"{input_names[i]}: {refs[i].dtype}" for i in present)
+                raise ValueError(f"tensor {name!r} cannot be merged: dtypes {detail}; merging takes F32, BF16 "
+                                 "and F16 (add a copy or skip rule)")
+            first = base_idx if base_idx is not None and refs[base_idx] is not None else present[0]
+            items.append(Item(name, refs[first].shape, refs[first].dtype, "copy", refs, copy_from=first))
+            continue
+        if dtype is not None:
+            out = dtype
+        elif base_idx is not None and refs[base_idx] is not None:
+            out = refs[base_idx].dtype
+        else:
+            out = refs[present[0]].dtype
+        items.append(Item(name, refs[present[0]].shape, out, "merge", refs))
+    return items
+
+
+def _copy_item(name: str, refs: list, src: int, dtype: Optional[str]) -> Item:
+    r: TensorRef = refs[src]
+    out = dtype if dtype is not None and r.dtype in MERGEABLE else r.dtype
+    return Item(name, r.shape, out, "copy", refs, copy_from=src)

@@ -1,0 +1,105 @@
+"""Checkpoint builders and fp64 comparisons shared by the merge tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+OUT_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def save_ckpt(folder, tensors: dict, shards=None, config=True) -> Path:
+    """A checkpoint folder: one model.safetensors, or shards (lists of names) with an index."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if shards is None:
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        assert sorted(sum(shards, [])) == sorted(tensors)
+        wm = {}
+        for i, names in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file({n: tensors[n] for n in names}, str(folder / fname), metadata={"format": "pt"})
+            wm.update({n: fname for n in names})
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    if config:
+        (folder / "config.json").write_text(json.dumps({"model_type": "tiny", "torch_dtype": "float32"}))
+        (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+def load_ckpt(folder) -> dict:
+    folder = Path(folder)
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def model_tensors(seed: int, dtypes=None, vocab=97, hidden=24, layers=2, value_head=True, big=0) -> dict:
+    """A small decoder-shaped state dict: tied embeddings (no lm_head), a value head,
+    a 0-dim scalar, an empty tensor, an int buffer, and optionally one `big` tensor."""
+    g = torch.Generator().manual_seed(seed)
+    d = dtypes or {}
+
+    def r(*shape, name):
+        return (torch.randn(shape, generator=g) * 0.5).to(d.get(name, torch.float32))
+
+    t = {"model.embed_tokens.weight": r(vocab, hidden, name="embed")}
+    for i in range(layers):
+        t[f"model.layers.{i}.self_attn.q_proj.weight"] = r(hidden, hidden, name="q")
+        t[f"model.layers.{i}.mlp.up_proj.weight"] = r(2 * hidden, hidden, name="up")
+        t[f"model.layers.{i}.input_layernorm.weight"] = r(hidden, name="norm")
+    t["model.norm.weight"] = r(hidden, name="norm")
+    t["logit_scale"] = r(name="scalar")  # 0-dim
+    t["model.empty"] = torch.zeros(0, hidden, dtype=d.get("empty", torch.float32))
+    t["model.position_ids"] = torch.arange(7, dtype=torch.int64)
+    if value_head:
+        t["v_head.weight"] = r(vocab, hidden, name="v_head")
+        t["v_head.bias"] = r(vocab, name="v_head")
+    if big:
+        t["model.big"] = r(big, name="big")
+    return t
+
+
+def ordered(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision bit patterns as integers ordered like the values (for ulp distances)."""
+    v = x.contiguous().view(torch.int16).to(torch.int64)
+    return torch.where(v < 0, -(v & 0x7FFF), v)
+
+
+def assert_matches_fp64(got: torch.Tensor, want64: np.ndarray, scale64: np.ndarray, name: str) -> None:
+    """fp32: within fp32 accumulation error (4e-7 * sum |c_i x_i|) of the fp64 result.
+    bf16/fp16: the fp64 result rounded to that dtype, at most 1 ulp off; the only
+    exceptions allowed are results so near 0 after cancellation (sum |c_i x_i| >> |result|)
+    that the fp32 accumulation error itself exceeds an ulp of the result, and they must
+    be rare (< 1e-4 of the elements) and still within that error."""
+    want = torch.from_numpy(np.asarray(want64, dtype=np.float64)).reshape(got.shape)
+    scale = torch.from_numpy(np.asarray(scale64, dtype=np.float64)).reshape(got.shape)
+    acc_err = 4e-7 * scale + 1e-30
+    err = (got.double() - want).abs()
+    if got.dtype == torch.float32:
+        assert bool((err <= acc_err).all()), f"{name}: max error {err.max().item():.3g} above fp32 accumulation error"
+        return
+    if not got.numel():
+        return
+    rounded = want.to(torch.float32).to(got.dtype) if got.dtype == torch.float16 else want.to(got.dtype)
+    ulps = (ordered(got) - ordered(rounded)).abs()
+    ulp = (got.double().abs() * (2.0 ** -7 if got.dtype == torch.bfloat16 else 2.0 ** -10))
+    off = ulps > 1
+    explained = err <= acc_err + ulp
+    assert bool(explained[off].all()), f"{name}: {ulps.max().item()} ulp off beyond fp32 accumulation error"
+    assert off.sum().item() <= 1e-4 * got.numel() + 1, f"{name}: {off.sum().item()} elements more than 1 ulp off"
+
+
+def np64(t: torch.Tensor) -> np.ndarray:
+    return t.to(torch.float64).numpy()
+
+
+def listdir_clean(parent) -> list[str]:
+    return sorted(os.listdir(parent))
