@@ -18,7 +18,7 @@ CU_SRCS := $(wildcard csrc/cuda/*.cu)
 EXT_SRCS := $(shell find csrc -type f) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench cuda-check cmake clean
+.PHONY: install demo test bench cuda-check cmake clean mergekit
 
 $(VENV)/.deps: requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ test: install
 bench: install
 	$(PY) -m pytest benchmarks/bench_fusion.py --benchmark-only --benchmark-columns=median,ops -p no:cacheprovider $(PYTEST_ARGS)
 	$(PY) benchmarks/bench_decode.py
+
+# mergekit in its own venv (.venv-mergekit, sharing .venv's torch) for the
+# agreement tests and the merge benchmark; the tests skip without it.
+mergekit: $(VENV)/.deps
+	$(PY) -c "import sys; sys.path.insert(0, 'benchmarks'); from bench_merge import ensure_mergekit, ROOT; \
+	py, why = ensure_mergekit(ROOT / '.venv-mergekit'); print('mergekit', why if py is None else 'ready: ' + why); sys.exit(py is None)"
 
 # .cu files must stay torch-free so this works with any torch (or none).
 cuda-check:
