@@ -242,65 +242,53 @@ const T* row_ptr(const LogitsView& x, int64_t b) {
 int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
 int64_t round_up(int64_t x, int64_t m) { return ceil_div(x, m) * m; }
 
-// Vocab chunk per task: whole rows when rows alone keep every thread busy,
-// else rows split so that there are a few tasks per thread.
+// Vocab chunk per task: whole rows (any vocabulary) when rows alone keep every
+// thread busy, else rows split so that there are a few tasks per thread.
+constexpr int64_t kWholeRow = std::numeric_limits<int64_t>::max() / 4;
+
 int64_t pick_chunk(int64_t batch, int64_t vocab) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  if (batch >= 2 * threads) return std::max<int64_t>(vocab, 1);
+  if (batch >= 2 * threads) return kWholeRow;
   const int64_t chunk = ceil_div(vocab, ceil_div(4 * threads, std::max<int64_t>(batch, 1)));
   return round_up(std::max(kMinChunk, chunk), kW);
 }
 
-// Phase 1: the log-sum-exp of every needed input, [B, num_inputs], and the
-// differences D_i ([B, V_i] fp32 at d_offset[i] in `diffs`) of mapped guides.
-std::vector<float> phase1(const FusionArgs& a, float* diffs, const int64_t* d_offset) {
-  const int32_t ni = a.num_inputs();
-  int64_t max_vocab = a.vocab;
-  for (int32_t i = 0; i < a.num_guides; ++i) max_vocab = std::max(max_vocab, a.guides[i].expert.vocab);
-  const int64_t B = a.batch, chunk = pick_chunk(B, max_vocab), C = ceil_div(max_vocab, chunk);
-  std::vector<Lse> part(static_cast<size_t>(B * ni * C));
-  auto partial = [&](int64_t b, int32_t j, int64_t c) -> Lse& { return part[(b * ni + j) * C + c]; };
-  // Task t = (row, unit, chunk); unit 0 is the base, unit 1 + i guide i (expert and reference).
-  const int64_t units = 1 + a.num_guides;
-  at::parallel_for(0, B * units * C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / (units * C), c = t % C;
-      const int32_t unit = static_cast<int32_t>((t / C) % units);
-      const int64_t lo = c * chunk;
-      if (unit == 0) {
-        if (lo >= a.vocab) continue;
-        dispatch_logits(a.base.dtype, [&](auto tag) {
-          using T = decltype(tag);
-          lse_update(row_ptr<T>(a.base, b) + lo, std::min(chunk, a.vocab - lo), a.base_inv_temp, &partial(b, 0, c));
-        });
-        continue;
-      }
-      const int32_t i = unit - 1;
-      const GuideView& g = a.guides[i];
-      if (lo >= g.expert.vocab || a.coef(b, i) == 0.0f) continue;  // a guide weighted 0 on a row is skipped
-      const int64_t n = std::min(chunk, g.expert.vocab - lo);
-      dispatch_logits(g.expert.dtype, [&](auto tag) {
-        using T = decltype(tag);
-        const T* e = row_ptr<T>(g.expert, b) + lo;
-        const T* r = row_ptr<T>(g.ref, b) + lo;
-        lse_update(e, n, g.inv_temp, &partial(b, 1 + 2 * i, c));
-        lse_update(r, n, g.inv_temp, &partial(b, 2 + 2 * i, c));
-        if (g.map != nullptr) diff_row(e, r, n, diffs + d_offset[i] + b * g.expert.vocab + lo);
-      });
-    }
-  });
-  std::vector<float> lse(static_cast<size_t>(B * ni), 0.0f);
-  for (int64_t bj = 0; bj < B * ni; ++bj) {
-    const Lse* pc = &part[bj * C];
-    float m = kNegInf;
-    for (int64_t c = 0; c < C; ++c) m = std::max(m, pc[c].m);
-    float s = 0.0f;
-    if (m != kNegInf)
-      for (int64_t c = 0; c < C; ++c)
-        if (pc[c].m != kNegInf) s += pc[c].s * std::exp(pc[c].m - m);
-    lse[bj] = m + std::log(s);
+// One phase-1 task: row b, unit (0 = base, 1 + i = guide i: its expert and
+// reference together), vocab [lo, lo + chunk). Folds into part[j] (the row's
+// partials of input j for this chunk, stride `cstride`) and writes D rows.
+void phase1_task(const FusionArgs& a, int64_t b, int32_t unit, int64_t lo, int64_t chunk, Lse* part,
+                 int64_t cstride, float* diffs, const int64_t* d_offset) {
+  if (unit == 0) {
+    if (lo >= a.vocab) return;
+    dispatch_logits(a.base.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      lse_update(row_ptr<T>(a.base, b) + lo, std::min(chunk, a.vocab - lo), a.base_inv_temp, &part[0]);
+    });
+    return;
   }
-  return lse;
+  const int32_t i = unit - 1;
+  const GuideView& g = a.guides[i];
+  if (lo >= g.expert.vocab || a.coef(b, i) == 0.0f) return;  // a guide weighted 0 on a row is skipped
+  const int64_t n = std::min(chunk, g.expert.vocab - lo);
+  dispatch_logits(g.expert.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* e = row_ptr<T>(g.expert, b) + lo;
+    const T* r = row_ptr<T>(g.ref, b) + lo;
+    lse_update(e, n, g.inv_temp, &part[(1 + 2 * i) * cstride]);
+    lse_update(r, n, g.inv_temp, &part[(2 + 2 * i) * cstride]);
+    if (g.map != nullptr) diff_row(e, r, n, diffs + d_offset[i] + b * g.expert.vocab + lo);
+  });
+}
+
+// log-sum-exp from C chunk partials: the max over chunks first, then the rescaled sum.
+float combine(const Lse* pc, int64_t C) {
+  float m = kNegInf;
+  for (int64_t c = 0; c < C; ++c) m = std::max(m, pc[c].m);
+  float s = 0.0f;
+  if (m != kNegInf)
+    for (int64_t c = 0; c < C; ++c)
+      if (pc[c].m != kNegInf) s += pc[c].s * std::exp(pc[c].m - m);
+  return m + std::log(s);
 }
 
 // Phase 2 for one task: fused scores of row b, base ids [lo, lo + n), into out[0, n).
@@ -328,8 +316,9 @@ void phase2(const FusionArgs& a, const float* lse, const float* diffs, const int
   }
 }
 
-// Runs phase 1, then body(task, b, lo, n, lse, diffs, d_offset) for every
-// (row, chunk) of phase 2 in parallel; returns the number of chunks per row.
+// Runs both phases and calls body(task, b, lo, n, lse, diffs, d_offset) for
+// every (row, chunk) of phase 2 (task = b * chunks + chunk index), where lse is
+// [B, num_inputs]; returns the number of chunks per row.
 template <typename Body>
 int64_t run_fusion(const FusionArgs& a, int64_t chunk, Body&& body) {
   // D scratch is reused across calls of the calling thread: a fresh allocation
@@ -337,14 +326,44 @@ int64_t run_fusion(const FusionArgs& a, int64_t chunk, Body&& body) {
   // it through `diffs`; by name they would see their own, empty, instance.)
   thread_local std::vector<float> scratch;
   std::vector<int64_t> d_offset(static_cast<size_t>(a.num_guides), -1);
-  int64_t total = 0;
-  for (int32_t i = 0; i < a.num_guides; ++i)
+  int64_t total = 0, max_vocab = a.vocab;
+  for (int32_t i = 0; i < a.num_guides; ++i) {
+    max_vocab = std::max(max_vocab, a.guides[i].expert.vocab);
     if (a.guides[i].map != nullptr) d_offset[i] = total, total += a.guides[i].expert.vocab * a.batch;
+  }
   if (static_cast<int64_t>(scratch.size()) < total) scratch.resize(static_cast<size_t>(total));
   float* const diffs = scratch.data();
-  const std::vector<float> lse = phase1(a, diffs, d_offset.data());
-  const int64_t chunks = ceil_div(a.vocab, chunk);
-  at::parallel_for(0, a.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+  const int32_t ni = a.num_inputs(), units = 1 + a.num_guides;
+  const int64_t B = a.batch, chunks = ceil_div(a.vocab, chunk);
+  std::vector<float> lse(static_cast<size_t>(B * ni));
+
+  if (chunk >= max_vocab) {
+    // Rows alone fill the threads: one task does both phases of a row, which
+    // reads its inputs the second time from cache rather than from memory.
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<Lse> part(static_cast<size_t>(ni));
+      for (int64_t b = begin; b < end; ++b) {
+        std::fill(part.begin(), part.end(), Lse{});
+        for (int32_t unit = 0; unit < units; ++unit) phase1_task(a, b, unit, 0, chunk, part.data(), 1, diffs, d_offset.data());
+        for (int32_t j = 0; j < ni; ++j) lse[b * ni + j] = combine(&part[j], 1);
+        body(b, b, 0, a.vocab, lse.data(), diffs, d_offset.data());
+      }
+    });
+    return chunks;
+  }
+
+  // Phase 1 over (row, unit, chunk) tasks, then phase 2 over (row, chunk) tasks.
+  const int64_t C = ceil_div(max_vocab, chunk);
+  std::vector<Lse> part(static_cast<size_t>(B * ni * C));
+  at::parallel_for(0, B * units * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / (units * C), c = t % C;
+      phase1_task(a, b, static_cast<int32_t>((t / C) % units), c * chunk, chunk, &part[b * ni * C + c], C, diffs,
+                  d_offset.data());
+    }
+  });
+  for (int64_t bj = 0; bj < B * ni; ++bj) lse[bj] = combine(&part[bj * C], C);
+  at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / chunks, lo = (t % chunks) * chunk;
       body(t, b, lo, std::min(chunk, a.vocab - lo), lse.data(), diffs, d_offset.data());
