@@ -23,17 +23,8 @@
 #include "common/checks.h"
 #include "common/dispatch.h"
 #include "common/fusion_inputs.h"
+#include "common/multiversion.h"
 #include "ops.h"
-
-// The hot loops are compiled once per ISA level and picked at load time, so a
-// generic x86-64 build still runs AVX2 / AVX-512 code where the CPU has it.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
-#define MOGEN_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MOGEN_MULTIVERSION __attribute__((target_clones("avx2", "default")))
-#else
-#define MOGEN_MULTIVERSION
-#endif
 
 namespace mogen {
 namespace cpu {

@@ -20,15 +20,8 @@
 
 #include "common/checks.h"
 #include "common/merge_spans.h"
+#include "common/multiversion.h"
 #include "ops.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
-#define MOGEN_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MOGEN_MULTIVERSION __attribute__((target_clones("avx2", "default")))
-#else
-#define MOGEN_MULTIVERSION
-#endif
 
 #if defined(__FLT16_MAX__)
 #define MOGEN_HAVE_FLOAT16 1

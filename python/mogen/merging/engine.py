@@ -73,6 +73,17 @@ def _open_inputs(sources: list[str], base, sft) -> tuple[list[Checkpoint], list[
     return inputs, names
 
 
+def _used_inputs(spec, inputs: list, input_names: list[str]) -> tuple[list, list[str], Optional[int]]:
+    """The inputs the method combines (sources, then base and sft where used), their names, and base's index."""
+    used = list(range(spec.num_sources))
+    if spec.uses_base:
+        used.append(input_names.index("base"))
+    if spec.uses_sft:
+        used.append(input_names.index("sft"))
+    names = [input_names[i] for i in used]
+    return [inputs[i] for i in used], names, names.index("base") if "base" in names else None
+
+
 def _read_f32(ref) -> torch.Tensor:
     return ref.read().to(torch.float32)
 
@@ -138,7 +149,6 @@ def merge(
     Output folders are written under temporary names and renamed into place when
     complete; on any error nothing is left behind.
     """
-    t_start = time.perf_counter()
     rss = RssTracker()
     src_paths = _paths(sources, "sources")
     spec = _methods.resolve(method, len(src_paths), coefficients, base is not None, method_params)
@@ -170,16 +180,8 @@ def merge(
     bar = None
     try:
         t0 = time.perf_counter()
-        # Inputs the method combines: sources, then base and sft where used.
-        used = list(range(spec.num_sources))
-        if spec.uses_base:
-            used.append(input_names.index("base"))
-        if spec.uses_sft:
-            used.append(input_names.index("sft"))
-        used_inputs = [inputs[i] for i in used]
-        used_names = [input_names[i] for i in used]
+        used_inputs, used_names, base_idx = _used_inputs(spec, inputs, input_names)
         items = build_plan(spec, used_inputs, used_names, dtype_code, rules, on_missing)
-        base_idx = used_names.index("base") if "base" in used_names else None
         entries = [(it.name, it.out_dtype, list(it.shape), it.out_nbytes) for it in items]
         shards = plan_shards(entries, shard_bytes)
         names = shard_names(len(shards))
@@ -237,7 +239,6 @@ def merge(
     finally:
         for ck in inputs:
             ck.close()
-    del t_start
     return MergeReport(method=method, outputs=[str(d.final) for d in dirs], num_tensors=len(items),
                        bytes_read=bytes_read, bytes_written=bytes_written, seconds=seconds,
                        baseline_rss=rss.baseline, peak_rss=rss.peak())
@@ -338,14 +339,7 @@ def merge_into(
     seconds["open"] = time.perf_counter() - t0
     try:
         t0 = time.perf_counter()
-        used = list(range(spec.num_sources))
-        if spec.uses_base:
-            used.append(input_names.index("base"))
-        if spec.uses_sft:
-            used.append(input_names.index("sft"))
-        used_inputs = [inputs[i] for i in used]
-        used_names = [input_names[i] for i in used]
-        base_idx = used_names.index("base") if "base" in used_names else None
+        used_inputs, used_names, base_idx = _used_inputs(spec, inputs, input_names)
         by_name, groups = _targets(model)
         ck_names = set()
         for ck, role in zip(used_inputs, used_names):

@@ -6,6 +6,7 @@ and the temporary output folder that is renamed into place only when complete.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -98,10 +99,7 @@ class TensorRef:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
