@@ -99,7 +99,7 @@ std::vector<mogen::MergeSource> make_sources(const std::vector<SourceSpec>& spec
   return out;
 }
 
-void merge_to_files(const std::vector<SourceSpec>& srcs, const std::vector<float>& coef,
+void merge_to_files(const std::vector<SourceSpec>& srcs, const std::vector<double>& coef,
                     const std::vector<SinkSpec>& dsts, int64_t numel, bool release) {
   std::vector<mogen::MergeSource> sources = make_sources(srcs, numel);
   std::vector<mogen::MergeSink> sinks;
@@ -116,7 +116,7 @@ void merge_to_files(const std::vector<SourceSpec>& srcs, const std::vector<float
   mogen::cpu::merge_spans(sources, coef, sinks, numel, release);
 }
 
-void merge_to_tensor(const std::vector<SourceSpec>& srcs, const std::vector<float>& coef, at::Tensor dst,
+void merge_to_tensor(const std::vector<SourceSpec>& srcs, const std::vector<double>& coef, at::Tensor dst,
                      bool release) {
   MOGEN_CHECK_ARG(dst.is_contiguous(), "the destination tensor must be contiguous");
   std::vector<mogen::MergeSource> sources = make_sources(srcs, dst.numel());

@@ -20,9 +20,9 @@ struct MergeSink;
 namespace cpu {
 at::Tensor fused_log_ratio(MOGEN_FUSION_PARAMS);
 std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int64_t k);
-// K3: out[k] = sum_i coef[k * N + i] * src_i over `numel` elements, fp32 accumulation,
-// cast on store; with `release`, each source's pages are dropped once read.
-void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<float>& coef,
+// K3: out[k] = sum_i coef[k * N + i] * src_i over `numel` elements, fp32 (compensated)
+// accumulation, cast on store; with `release`, each source's pages are dropped once read.
+void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<double>& coef,
                  const std::vector<MergeSink>& sinks, int64_t numel, bool release);
 }  // namespace cpu
 
@@ -33,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int
 // K3 into a CUDA tensor: dst = sum_i coef[i] * src_i (numel = dst.numel()), sources
 // staged through pinned host buffers with host-to-device copies overlapped with
 // the accumulation kernel.
-void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vector<float>& coef, at::Tensor& dst,
+void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vector<double>& coef, at::Tensor& dst,
                            bool release);
 }  // namespace cuda
 #endif

@@ -19,7 +19,10 @@ struct MergeInputs {
   int32_t num_inputs = 0;
   const void* data[kMaxMergeInputs] = {};
   DType dtype[kMaxMergeInputs] = {};
-  float coef[kMaxMergeInputs] = {};  // one output row of C
+  // One output row of C, each coefficient as an fp32 pair coef + coef_lo (the part
+  // of the double the float drops), so rounding C itself costs no accuracy.
+  float coef[kMaxMergeInputs] = {};
+  float coef_lo[kMaxMergeInputs] = {};
 };
 
 }  // namespace mogen

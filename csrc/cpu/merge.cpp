@@ -10,6 +10,7 @@
 // block that read them is done, so resident memory is a few blocks per thread
 // whatever the size of the model.
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstring>
 #include <exception>
@@ -82,14 +83,44 @@ void f32_to_f16(const float* x, int64_t n, uint16_t* out) {
 #endif
 }
 
-// acc[j] = c * x[j]  /  acc[j] += c * x[j]
-MOGEN_MULTIVERSION
-void scale_into(const float* x, int64_t n, float c, float* acc) {
-  for (int64_t j = 0; j < n; ++j) acc[j] = c * x[j];
+// The sum sum_i c_i x_i is kept as an unevaluated fp32 pair hi + lo: each
+// product's rounding error (an FMA gives it exactly) and each addition's (TwoSum)
+// go into lo. Still fp32 arithmetic, but the result is within about one fp32 ulp
+// of the exact sum even when the terms cancel, so a bf16 / fp16 output is the
+// exact result rounded, at most 1 ulp off. fp-contract=off: a compiler-fused
+// c * x + hi would break the error-free transformations.
+#define MOGEN_EXACT_FP __attribute__((optimize("fp-contract=off")))
+
+// The coefficient is a pair too: c + c_lo (the part of the double the float drops).
+
+// hi + lo = (c + c_lo) * x[j]
+MOGEN_MULTIVERSION MOGEN_EXACT_FP
+void product_into(const float* x, int64_t n, float c, float c_lo, float* hi, float* lo) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float p = c * x[j];
+    hi[j] = p;
+    lo[j] = std::fma(c, x[j], -p) + c_lo * x[j];
+  }
 }
-MOGEN_MULTIVERSION
-void axpy(const float* x, int64_t n, float c, float* acc) {
-  for (int64_t j = 0; j < n; ++j) acc[j] += c * x[j];
+
+// hi + lo += (c + c_lo) * x[j]
+MOGEN_MULTIVERSION MOGEN_EXACT_FP
+void product_add(const float* x, int64_t n, float c, float c_lo, float* hi, float* lo) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float p = c * x[j];
+    const float p_err = std::fma(c, x[j], -p) + c_lo * x[j];
+    const float s = hi[j] + p;
+    const float b = s - hi[j];
+    const float s_err = (hi[j] - (s - b)) + (p - b);
+    hi[j] = s;
+    lo[j] += s_err + p_err;
+  }
+}
+
+// hi[j] = hi[j] + lo[j]: the pair rounded to one fp32.
+MOGEN_MULTIVERSION MOGEN_EXACT_FP
+void collapse(float* hi, const float* lo, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) hi[j] += lo[j];
 }
 
 // Upcasts x[0, n) of dtype `dt` to fp32: a pointer to fp32 data (the input
@@ -123,10 +154,13 @@ void store(const float* acc, int64_t n, DType dt, uint8_t* out) {
 }
 
 // One block [lo, lo + n) of every output.
-void merge_block(const MergeSource* srcs, int32_t ns, const float* coef, const MergeSink* sinks, int32_t nk,
+void merge_block(const MergeSource* srcs, int32_t ns, const float* coef, const float* coef_lo, const MergeSink* sinks,
+                 int32_t nk,
                  int64_t lo, int64_t n, std::vector<float>& acc, std::vector<uint8_t>& stage) {
-  acc.resize(static_cast<size_t>(nk * kTile + kTile));
-  float* xbuf = acc.data() + nk * kTile;
+  // [nk] hi tiles, [nk] lo tiles, one upcast tile.
+  acc.resize(static_cast<size_t>(2 * nk * kTile + kTile));
+  float* const lo_acc = acc.data() + nk * kTile;
+  float* const xbuf = acc.data() + 2 * nk * kTile;
   // Byte offset of each output's staging area (only sinks written through a file use it).
   int64_t stage_bytes = 0;
   for (int32_t k = 0; k < nk; ++k)
@@ -138,11 +172,12 @@ void merge_block(const MergeSource* srcs, int32_t ns, const float* coef, const M
       const MergeSource& s = srcs[i];
       const float* x = as_f32(s.data + (lo + t) * dtype_size(s.dtype), s.dtype, len, xbuf);
       for (int32_t k = 0; k < nk; ++k) {
-        const float c = coef[k * ns + i];
-        if (i == 0) scale_into(x, len, c, acc.data() + k * kTile);
-        else axpy(x, len, c, acc.data() + k * kTile);
+        const float c = coef[k * ns + i], c_lo = coef_lo[k * ns + i];
+        if (i == 0) product_into(x, len, c, c_lo, acc.data() + k * kTile, lo_acc + k * kTile);
+        else product_add(x, len, c, c_lo, acc.data() + k * kTile, lo_acc + k * kTile);
       }
     }
+    for (int32_t k = 0; k < nk; ++k) collapse(acc.data() + k * kTile, lo_acc + k * kTile, len);
     int64_t soff = 0;
     for (int32_t k = 0; k < nk; ++k) {
       const MergeSink& d = sinks[k];
@@ -164,7 +199,7 @@ void merge_block(const MergeSource* srcs, int32_t ns, const float* coef, const M
 
 }  // namespace
 
-void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<float>& coef,
+void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<double>& coef,
                  const std::vector<MergeSink>& sinks, int64_t numel, bool release) {
   const int32_t ns = static_cast<int32_t>(srcs.size()), nk = static_cast<int32_t>(sinks.size());
   MOGEN_CHECK_ARG(ns >= 1, "merge needs at least one source");
@@ -176,6 +211,12 @@ void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<float>&
     MOGEN_CHECK_ARG(srcs[i].dtype != DType::kFloat32 || reinterpret_cast<uintptr_t>(srcs[i].data) % 4 == 0,
                     "source ", i, ": fp32 data is not 4-byte aligned");
   if (numel == 0) return;
+  std::vector<float> c_hi(coef.size()), c_lo(coef.size());
+  for (size_t q = 0; q < coef.size(); ++q) {
+    MOGEN_CHECK_ARG(std::isfinite(coef[q]), "coefficients must be finite, got ", coef[q]);
+    c_hi[q] = static_cast<float>(coef[q]);
+    c_lo[q] = static_cast<float>(coef[q] - static_cast<double>(c_hi[q]));
+  }
   const int64_t blocks = (numel + kBlock - 1) / kBlock;
   // Exceptions (a failed write) must not cross the OpenMP region: the first is kept and rethrown.
   std::exception_ptr error;
@@ -187,7 +228,7 @@ void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<float>&
     for (int64_t b = b0; b < b1 && !failed.load(std::memory_order_relaxed); ++b) {
       const int64_t lo = b * kBlock, n = std::min(kBlock, numel - lo);
       try {
-        merge_block(srcs.data(), ns, coef.data(), sinks.data(), nk, lo, n, acc, stage);
+        merge_block(srcs.data(), ns, c_hi.data(), c_lo.data(), sinks.data(), nk, lo, n, acc, stage);
       } catch (...) {
         const std::lock_guard<std::mutex> lock(error_mutex);
         if (!error) error = std::current_exception();

@@ -49,7 +49,7 @@ struct Events {
 
 }  // namespace
 
-void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vector<float>& coef, at::Tensor& dst,
+void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vector<double>& coef, at::Tensor& dst,
                            bool release) {
   MOGEN_CHECK_ARG(dst.is_cuda(), "the CUDA merge got a destination on ", dst.device());
   MOGEN_CHECK_ARG(dst.is_contiguous(), "the destination tensor must be contiguous");
@@ -105,7 +105,8 @@ void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vect
                                      static_cast<size_t>(bytes), cudaMemcpyHostToDevice, copy));
       in.data[i] = dev + s * slot_bytes + off[i];
       in.dtype[i] = srcs[i].dtype;
-      in.coef[i] = coef[i];
+      in.coef[i] = static_cast<float>(coef[i]);
+      in.coef_lo[i] = static_cast<float>(coef[i] - static_cast<double>(in.coef[i]));
     }
     C10_CUDA_CHECK(cudaEventRecord(ev.copied[s], copy));
     C10_CUDA_CHECK(cudaStreamWaitEvent(compute, ev.copied[s], 0));

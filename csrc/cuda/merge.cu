@@ -41,9 +41,21 @@ __device__ __forceinline__ void store_from_float(void* p, DType dt, int64_t j, f
 __global__ void merge_kernel(MergeInputs in, void* out, DType out_dtype, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n; j += stride) {
-    float acc = 0.0f;
-    for (int i = 0; i < in.num_inputs; ++i) acc += in.coef[i] * load_as_float(in.data[i], in.dtype[i], j);
-    store_from_float(out, out_dtype, j, acc);
+    // As the CPU kernel: the sum as an fp32 pair hi + lo with every product's and
+    // addition's rounding error kept in lo (FMA product error, TwoSum). The _rn
+    // intrinsics are never contracted into FMAs, which would break the pair.
+    float hi = 0.0f, lo = 0.0f;
+    for (int i = 0; i < in.num_inputs; ++i) {
+      const float c = in.coef[i], x = load_as_float(in.data[i], in.dtype[i], j);
+      const float p = __fmul_rn(c, x);
+      const float p_err = __fadd_rn(fmaf(c, x, -p), __fmul_rn(in.coef_lo[i], x));
+      const float s = __fadd_rn(hi, p);
+      const float b = __fsub_rn(s, hi);
+      const float s_err = __fadd_rn(__fsub_rn(hi, __fsub_rn(s, b)), __fsub_rn(p, b));
+      hi = s;
+      lo = __fadd_rn(lo, __fadd_rn(s_err, p_err));
+    }
+    store_from_float(out, out_dtype, j, __fadd_rn(hi, lo));
   }
 }
 

@@ -278,7 +278,7 @@ def _produce(C, spec, it: Item, sinks: list, base_idx, bar) -> int:
 
 def _stream(C, refs, coef: np.ndarray, it: Item, sinks, out_isz: int, bar) -> None:
     numel = it.numel
-    flat = [float(x) for x in np.asarray(coef, dtype=np.float32).reshape(-1)]
+    flat = [float(x) for x in np.asarray(coef, dtype=np.float64).reshape(-1)]
     in_isz = [TORCH_DTYPE[r.dtype].itemsize for r in refs]
     for lo in range(0, max(numel, 1), PIECE):
         n = min(PIECE, numel - lo)
@@ -420,7 +420,7 @@ def _produce_into(C, spec, it: Item, t: torch.Tensor, base_idx, bar) -> int:
         return n
     cols, coef = _linear_row(spec, it)
     refs = [it.refs[i] for i in cols]
-    flat = [float(x) for x in np.asarray(coef, dtype=np.float32).reshape(-1)]
+    flat = [float(x) for x in np.asarray(coef, dtype=np.float64).reshape(-1)]
     srcs = [(r.reader, r.begin, r.dtype) for r in refs]
     on_device = data.device.type != "cpu"
     if on_device and not _backend.has_kernels_for(data.device):
