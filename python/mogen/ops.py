@@ -20,7 +20,7 @@ import torch
 
 from . import _backend, reference
 
-__all__ = ["fused_log_ratio", "fused_log_ratio_topk"]
+__all__ = ["fused_log_ratio", "fused_log_ratio_topk", "top_p_mask", "sample"]
 
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TensorList = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -294,3 +294,29 @@ def fused_log_ratio_topk(
     _backend.warn_fallback(device)
     return reference.fused_log_ratio_topk(a["base"], a["experts"], a["refs"], a["weights"], k,
                                           **_reference_args(a))
+
+
+# ---------------------------------------------------------------- sampling
+# Plain torch for now (a softmax and a cumsum over the sorted candidates, one
+# multinomial draw); decoding calls them here so that a fused sampling kernel
+# can take their place without touching the decoding loop.
+
+
+def top_p_mask(sorted_scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus (top-p) mask for scores sorted best first, bool ``[B, K]``.
+
+    Keeps the shortest prefix whose probability mass (``softmax`` over the K
+    given scores) reaches ``top_p``: candidate ``j`` is kept when the mass of the
+    candidates before it is ``< top_p``. The best candidate is always kept.
+    """
+    probs = torch.softmax(sorted_scores.float(), dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    keep = mass_before < top_p
+    keep[:, :1] = True
+    return keep
+
+
+def sample(scores: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One draw per row from ``softmax(scores)``, int64 ``[B]``; ``-inf`` entries are never drawn."""
+    probs = torch.softmax(scores.float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)

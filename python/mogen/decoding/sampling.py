@@ -1,7 +1,9 @@
 """Next-token selection: greedy, or sampling after temperature, top-k and top-p.
 
-All filtering math lives here (:func:`nucleus_keep`, :func:`filter_scores`);
-:class:`TokenSelector` applies it to the fused scores ``s`` of DESIGN.md
+The top-p mask and the draw are :func:`mogen.ops.top_p_mask` and
+:func:`mogen.ops.sample` (re-exported here as ``nucleus_keep`` and
+``sample_indices``); :func:`filter_scores` is the full-row reference of the
+filters. :class:`TokenSelector` applies them to the fused scores ``s`` of DESIGN.md
 section 1 in the order ``transformers`` uses: temperature, then top-k, then
 top-p, then a draw from ``softmax`` with the caller's ``torch.Generator``.
 
@@ -17,24 +19,13 @@ from typing import Callable, Optional
 
 import torch
 
+from ..ops import sample as sample_indices
+from ..ops import top_p_mask as nucleus_keep
+
 __all__ = ["nucleus_keep", "filter_scores", "sample_indices", "TokenSelector"]
 
 FullScores = Callable[[], torch.Tensor]
 TopKScores = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]
-
-
-def nucleus_keep(sorted_scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Top-p mask for scores sorted best first, bool ``[B, K]``.
-
-    Keeps the shortest prefix whose probability mass (``softmax`` over the K
-    given scores) reaches ``top_p``: candidate ``j`` is kept when the mass of
-    the candidates before it is ``< top_p``. The best candidate is always kept.
-    """
-    probs = torch.softmax(sorted_scores.float(), dim=-1)
-    mass_before = torch.cumsum(probs, dim=-1) - probs
-    keep = mass_before < top_p
-    keep[:, :1] = True
-    return keep
 
 
 def filter_scores(scores: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
@@ -57,12 +48,6 @@ def filter_scores(scores: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
         mask = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
         out = out.masked_fill(mask, float("-inf"))
     return out
-
-
-def sample_indices(scores: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """One draw per row from ``softmax(scores)``, int64 ``[B]`` (``-inf`` entries are never drawn)."""
-    probs = torch.softmax(scores.float(), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 class TokenSelector:
