@@ -244,6 +244,12 @@ void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<double>
     }
   });
   if (error) std::rethrow_exception(error);
+  // A page fault maps a window of neighbouring cached pages too ("fault-around"),
+  // which can reach back into a block another thread has already released;
+  // one last pass over the whole span unmaps those stragglers.
+  if (release)
+    for (const MergeSource& s : srcs)
+      if (s.reader != nullptr) s.reader->release(s.offset, s.offset + numel * dtype_size(s.dtype));
 }
 
 }  // namespace cpu
