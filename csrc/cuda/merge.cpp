@@ -116,6 +116,10 @@ void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vect
   // The staging buffers are freed on return: wait for the last two chunks.
   for (int s = 0; s < 2; ++s)
     if (chunks > s) C10_CUDA_CHECK(cudaEventSynchronize(ev.done[s]));
+  // As on CPU: fault-around may have mapped pages behind a released chunk again.
+  if (release)
+    for (const MergeSource& src : srcs)
+      if (src.reader != nullptr) src.reader->release(src.offset, src.offset + numel * dtype_size(src.dtype));
 }
 
 }  // namespace cuda
