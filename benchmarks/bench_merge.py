@@ -243,6 +243,29 @@ def main() -> int:
         info = json.loads(m["stdout"].strip().splitlines()[-1])
         rows.append({"what": label, "wall": m["wall"], "peak_rss": m["peak_rss"], "bytes": in_bytes + k * out_bytes,
                      "merge_s": info["merge_s"], "rss_above_base": info["peak"] - info["base"]})
+    # merge_into: a model loaded from the first source, re-merged in place; the
+    # peak is measured against the process once the model is loaded.
+    into_code = textwrap.dedent("""
+        import json, sys, time, torch, mogen
+        from transformers import AutoModelForCausalLM
+        srcs, coef = json.loads(sys.argv[1])
+        model = AutoModelForCausalLM.from_pretrained(srcs[0], dtype=torch.%s)
+        # from_pretrained may leave parameters backed by the mapped file, resident
+        # only once touched; give them their own memory so that the baseline holds
+        # the whole model and the peak shows only what merge_into adds.
+        with torch.no_grad():
+            for p in model.parameters():
+                p.data = p.data.clone()
+        import gc; gc.collect()
+        t0 = time.perf_counter()
+        r = mogen.merge_into(model, srcs, coef)
+        print(json.dumps({"merge_s": time.perf_counter() - t0, "peak": r.peak_rss, "base": r.baseline_rss}))
+    """ % args.dtype)
+    page_cache_warm(srcs)
+    m = measure([sys.executable, "-c", into_code, json.dumps([[str(s) for s in srcs], weights])], env)
+    info = json.loads(m["stdout"].strip().splitlines()[-1])
+    rows.append({"what": "mogen merge_into (in place, model loaded)", "wall": m["wall"], "peak_rss": m["peak_rss"],
+                 "bytes": in_bytes, "merge_s": info["merge_s"], "rss_above_base": info["peak"] - info["base"]})
     mk_note = "skipped (--skip-mergekit)"
     if not args.skip_mergekit:
         py, ver = ensure_mergekit(Path(args.mergekit_venv))
@@ -306,6 +329,9 @@ def main() -> int:
     lines.append(f"- mogen K=1 vs floor (no fsync), work time: {mg['merge_s'] / rows[0]['merge_s']:.2f}x "
                  f"(wall: {mg['wall'] / floor:.2f}x, mostly `import torch`); in-process merge time {mg['merge_s']:.2f}s; "
                  f"peak RSS above the interpreter's baseline during the merge: {mg['rss_above_base'] / 2**20:.0f} MiB.")
+    mi = by["mogen merge_into (in place, model loaded)"]
+    lines.append(f"- merge_into: peak RSS above the loaded model during the in-place merge: "
+                 f"{mi['rss_above_base'] / 2**20:.0f} MiB; {mi['merge_s']:.2f}s.")
     lines.append(f"- K={args.k} outputs from one pass vs K=1: {kk['wall'] / mg['wall']:.2f}x the wall time "
                  f"({kk['merge_s'] / mg['merge_s']:.2f}x in-process); the floor itself grows "
                  f"{by[floor_k]['merge_s'] / rows[0]['merge_s']:.2f}x from writing 1 output to {args.k}, and K={args.k} "
