@@ -63,23 +63,21 @@ MOGEN_INLINE float hsum(vf v) {
   return s;
 }
 
-// exp(x) for x <= 88 with ~1 ulp error, branch-free so it runs 16 lanes at a
-// time: Cody-Waite reduction x = n ln2 + r, a degree-6 minimax polynomial for
-// exp(r) on [-ln2/2, ln2/2], and 2^n built in the exponent bits. Inputs below
-// -87 flush to exp(-87) (~1.6e-38), far below what a log-sum-exp can resolve.
+// exp(x) for x <= 0 (every caller passes x - max), relative error ~2.5e-7,
+// branch-free so that it runs 16 lanes at a time: x = n ln2 + r with n the
+// nearest integer (one FMA), exp(r) = 1 + r + r^2 P(r) with P a cubic fitted
+// for least maximum relative error on [-ln2/2, ln2/2], and 2^n built in the
+// exponent bits. Inputs below -87 flush to exp(-87) (~1.6e-38), far below what
+// a log-sum-exp can resolve; NaN stays NaN.
 MOGEN_INLINE vf vexp(vf x) {
   x = x < splat(-87.0f) ? splat(-87.0f) : x;
-  x = x > splat(88.0f) ? splat(88.0f) : x;
   const vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  vf r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const vf y = p * r * r + r + 1.0f;
+  const vf r = x - n * 0.693147180559945f;
+  vf p = splat(8.3125513047e-3f);
+  p = p * r + 4.1890107095e-2f;
+  p = p * r + 1.6667114198e-1f;
+  p = p * r + 4.9999231100e-1f;
+  const vf y = p * (r * r) + r + 1.0f;
   const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
   vf scale;
   std::memcpy(&scale, &bits, sizeof(scale));

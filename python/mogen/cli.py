@@ -18,6 +18,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    guide_vocab = None if args.guide_vocab == 0 else args.guide_vocab
+    setting = dict(batch=args.batch, vocab=args.vocab, guides=args.guides, guide_vocab=guide_vocab,
+                   dtype=args.dtype, device=args.device)
+    print(bench.describe(bench.time_fusion(**setting), **setting))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.fusion:
         from .showcase import run_fusion_showcase
@@ -161,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="show how the compiled extension was built")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("bench", help="time the fusion kernel against the eager composite on this machine",
+                       description="Times mogen.ops.fused_log_ratio against its eager PyTorch composite on random "
+                                   "logits (the full matrix: make bench).")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=151936, help="base vocabulary V_b")
+    p.add_argument("--guides", type=int, default=2)
+    p.add_argument("--guide-vocab", type=int, default=128256,
+                   help="vocabulary of the last guide, reached through a map (0: all share the base's)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="run the embedded demo (no downloads)")
     p.add_argument("--seed", type=int, default=0)

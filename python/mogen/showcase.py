@@ -11,13 +11,12 @@ moves the base's next-token distribution toward the topics by the weights.
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 from typing import Callable, Sequence
 
 import torch
 
-from . import ops, reference, tiny, vocab
+from . import bench, ops, tiny, vocab
 
 
 def _unigram_logits(tokenizer, lines: Sequence[str], size: int) -> torch.Tensor:
@@ -33,32 +32,6 @@ def _show(tokenizer, token_id: int) -> str:
     """A token as text, or as its byte-level spelling when it is part of a multi-byte character."""
     text = tokenizer.decode([token_id])
     return repr(text) if "\ufffd" not in text else f"<{tokenizer.convert_ids_to_tokens(token_id)}>"
-
-
-def _timing(out: Callable[[str], None]) -> None:
-    batch, vb, vg = 8, 151936, 128256
-    g = torch.Generator().manual_seed(0)
-    base = torch.randn(batch, vb, generator=g)
-    experts = [torch.randn(batch, vb, generator=g), torch.randn(batch, vg, generator=g)]
-    refs = [torch.randn(batch, vb, generator=g), torch.randn(batch, vg, generator=g)]
-    vmap = torch.randint(-1, vg, (vb,), generator=g, dtype=torch.int32)
-    kw = dict(vocab_maps=[None, vmap])
-    w = torch.tensor([0.5, 0.5])
-
-    def best(fn, n=5):
-        fn()
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    t_k = best(lambda: ops.fused_log_ratio(base, experts, refs, w, **kw))
-    t_e = best(lambda: reference.fused_log_ratio(base, experts, refs, w, **kw))
-    out(f"\nK1 at scale (B=8, V_b=151936, 2 guides, one through a 128256-token map, fp32, "
-        f"{torch.get_num_threads()} threads): kernel {t_k * 1e3:.2f} ms, eager {t_e * 1e3:.2f} ms, "
-        f"{t_e / t_k:.1f}x")
 
 
 def run_fusion_showcase(seed: int = 0, out: Callable[[str], None] = print) -> None:
@@ -93,4 +66,5 @@ def run_fusion_showcase(seed: int = 0, out: Callable[[str], None] = print) -> No
         words = " ".join(_show(base_tok, i) for i in top[0].tolist())
         out(f"{str(w):>20} | {probs[ids['cat']]:7.2%} | {probs[ids['dog']]:7.2%} | {words}")
     assert math.isfinite(float(scores.sum()))
-    _timing(out)
+    setting = dict(batch=8, vocab=151936, guides=2, guide_vocab=128256, dtype="fp32", device="cpu")
+    out("\n" + bench.describe(bench.time_fusion(**setting), **setting))
