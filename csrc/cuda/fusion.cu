@@ -9,6 +9,8 @@
 //      rescaled sum, as the CPU does), then gathers every guide's log-ratio and
 //      writes the fused score, or keeps the chunk's best k in shared memory.
 // Small batches split the vocabulary across blocks so that B = 1 fills the GPU.
+// exp is the CUDA library's expf where the CPU uses its own vectorised
+// polynomial; both are within ~2.5e-7 relative, far inside the tests' tolerance.
 #include <cfloat>
 #include <climits>
 #include <cstdint>
