@@ -46,6 +46,18 @@ def test_decode_streams_the_same_text_as_generate(folders, capsys):
     assert printed.rstrip("\n") == expected
 
 
+def test_decode_with_a_device_map_places_models_and_decodes_the_same(folders, capsys):
+    # device_map (accelerate) is how models too big for one GPU are spread over several;
+    # on this machine "auto" places everything on the CPU, which must not change the text.
+    pytest.importorskip("accelerate", reason="--device-map needs the accelerate package")
+    args = ["decode", "--base", folders["base"], "--guide", f"{folders['expert']}:{folders['reference']}",
+            "--weights", "1.5", "--prompt", "The cat sees", "--max-new-tokens", "10"]
+    assert cli.main(args) == 0
+    plain = capsys.readouterr().out
+    assert cli.main(args + ["--device-map", "auto"]) == 0
+    assert capsys.readouterr().out == plain
+
+
 def test_decode_sampling_bf16_and_explicit_tokenizer(folders, capsys):
     spec = f"{folders['expert']}:{folders['reference']}:{folders['expert']}"
     args = ["decode", "--base", folders["base"], "--guide", spec, "--guide", spec, "--weights", "0.3,0.7",
