@@ -6,32 +6,15 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
+from mogen.bench import best_time
+
 RESULTS = Path(__file__).parent / "results"
 _rows: dict[str, list[dict]] = {}
-
-
-def best_time(fn: Callable[[], object], *, repeat: int = 5, min_time: float = 0.2) -> float:
-    """Best wall time of one call in seconds (after a warm-up), over at least `repeat` calls and `min_time`."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    fn()
-    sync()
-    best, spent, n = float("inf"), 0.0, 0
-    while n < repeat or spent < min_time:
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        dt = time.perf_counter() - t0
-        best, spent, n = min(best, dt), spent + dt, n + 1
-    return best
-
-
 _copy_buffers: list[torch.Tensor] = []
 
 
@@ -40,7 +23,7 @@ def copy_bandwidth() -> float:
     """Measured copy bandwidth in GB/s (bytes read + bytes written per second) of a 256 MB torch copy."""
     src = torch.randn(64 * 1024 * 1024)
     dst = torch.empty_like(src)
-    t = best_time(lambda: dst.copy_(src), repeat=5)
+    t = best_time(lambda: dst.copy_(src), repeat=5, min_time=0.2)
     # Kept alive: freeing 256 MB blocks raises glibc's mmap threshold, after which
     # every large temporary of the eager baselines is page-faulted in again (6x slower).
     _copy_buffers.extend([src, dst])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 
@@ -29,32 +29,40 @@ class FusionTiming:
         return self.eager_s / self.kernel_s
 
 
-def best_time(fn: Callable[[], object], repeat: int = 5, device: Optional[torch.device] = None) -> float:
-    """Best wall time of one call, in seconds, after a warm-up call."""
+def best_time(fn: Callable[[], object], *, repeat: int = 5, min_time: float = 0.0,
+              device: Optional[torch.device] = None) -> float:
+    """Best wall time of one call in seconds, after a warm-up call, over at least
+    ``repeat`` calls and ``min_time`` seconds."""
     sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     fn()
     sync()
-    best = float("inf")
-    for _ in range(repeat):
+    best, spent, n = float("inf"), 0.0, 0
+    while n < repeat or spent < min_time:
         t0 = time.perf_counter()
         fn()
         sync()
-        best = min(best, time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        best, spent, n = min(best, dt), spent + dt, n + 1
     return best
 
 
-def time_fusion(batch: int = 8, vocab: int = 151936, guides: int = 2, guide_vocab: Optional[int] = 128256,
-                dtype: str = "fp32", device: str = "cpu", seed: int = 0) -> FusionTiming:
-    """Times ``ops.fused_log_ratio`` against ``reference.fused_log_ratio`` on random logits.
+FusionInputs = Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor], List[Optional[torch.Tensor]], torch.Tensor]
+
+
+def fusion_inputs(batch: int = 8, vocab: int = 151936, guides: int = 2, guide_vocab: Optional[int] = 128256,
+                  dtype: Union[str, torch.dtype] = "fp32", device: str = "cpu", seed: int = 0) -> FusionInputs:
+    """Random K1 inputs ``(base [B, V_b], experts, refs, maps, weights [M])``.
 
     The last guide has its own ``guide_vocab``-token vocabulary behind a random
     map (5% unmapped) unless ``guide_vocab`` is None; the others share the base's.
     """
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        dtype = _DTYPES[dtype]
     dev = torch.device(device)
     g = torch.Generator().manual_seed(seed)
-    rand = lambda v: (torch.randn(batch, v, generator=g) * 3).to(_DTYPES[dtype]).to(dev)  # noqa: E731
+    rand = lambda v: (torch.randn(batch, v, generator=g) * 3).to(dtype).to(dev)  # noqa: E731
     base, experts, refs, maps = rand(vocab), [], [], []
     for i in range(guides):
         own = guide_vocab is not None and i == guides - 1
@@ -67,12 +75,23 @@ def time_fusion(batch: int = 8, vocab: int = 151936, guides: int = 2, guide_voca
             maps.append(ids.to(dev))
         else:
             maps.append(None)
-    w = torch.full((guides,), 1.0 / max(guides, 1), device=dev)
+    return base, experts, refs, maps, torch.full((guides,), 1.0 / max(guides, 1), device=dev)
+
+
+def fusion_bytes(base: torch.Tensor, experts, refs, maps) -> int:
+    """Bytes the fused op cannot avoid: every input and map read once, the fp32 output written once."""
+    n = sum(t.numel() * t.element_size() for t in [base, *experts, *refs])
+    return n + sum(m.numel() * 4 for m in maps if m is not None) + base.numel() * 4
+
+
+def time_fusion(batch: int = 8, vocab: int = 151936, guides: int = 2, guide_vocab: Optional[int] = 128256,
+                dtype: str = "fp32", device: str = "cpu", seed: int = 0) -> FusionTiming:
+    """Times ``ops.fused_log_ratio`` against ``reference.fused_log_ratio`` on :func:`fusion_inputs`."""
+    base, experts, refs, maps, w = fusion_inputs(batch, vocab, guides, guide_vocab, dtype, device, seed)
+    dev = torch.device(device)
     kernel = best_time(lambda: ops.fused_log_ratio(base, experts, refs, w, vocab_maps=maps), device=dev)
     eager = best_time(lambda: reference.fused_log_ratio(base, experts, refs, w, vocab_maps=maps), device=dev)
-    nbytes = sum(t.numel() * t.element_size() for t in [base, *experts, *refs])
-    nbytes += sum(m.numel() * 4 for m in maps if m is not None) + base.numel() * 4
-    return FusionTiming(kernel, eager, nbytes)
+    return FusionTiming(kernel, eager, fusion_bytes(base, experts, refs, maps))
 
 
 def describe(t: FusionTiming, batch: int, vocab: int, guides: int, guide_vocab: Optional[int], dtype: str,
