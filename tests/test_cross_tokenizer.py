@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import mogen
-import mogen.decoding.generation as gen_mod
+import mogen.decoding.binding as binding_mod
+import mogen.decoding.runners as runners_mod
 from mogen import tiny
 from mogen.decoding.retokenize import GuideTokenContext, IncrementalDetokenizer, special_prefix, window_mode
 
@@ -233,7 +234,9 @@ def test_same_vocabulary_cross_path_equals_shared_path(monkeypatch):
 
     cross_guides = [mogen.ProxyGuide(g.expert, g.reference, tokenizer=twin) for g in guides]
     assert mogen.decoding.shares_tokenizer(tok, twin)  # identical pipelines would take the fast path...
-    monkeypatch.setattr(gen_mod, "shares_tokenizer", lambda a, b: b is None or a is b)  # ...so force re-tokenization
+    same_object = lambda a, b: b is None or a is b  # noqa: E731 - ...so force re-tokenization
+    for module in (binding_mod, runners_mod):
+        monkeypatch.setattr(module, "shares_tokenizer", same_object)
     seen = []
     out = mogen.generate(base, ids, mask, guides=cross_guides, tokenizer=tok, weights=weights, max_new_tokens=20,
                          _observer=lambda d, s: seen.append([len(g.runners) for g in d.cross]))

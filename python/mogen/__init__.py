@@ -14,6 +14,7 @@ from ._version import __version__
 _LAZY = {
     "generate": "mogen.decoding",
     "ProxyGuide": "mogen.decoding",
+    "ValueGuide": "mogen.decoding",
     "MultiObjectiveLogitsProcessor": "mogen.decoding",
     "merge": "mogen.merging",
     "merge_into": "mogen.merging",

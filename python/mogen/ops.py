@@ -320,3 +320,11 @@ def sample(scores: torch.Tensor, generator: Optional[torch.Generator] = None) ->
     """One draw per row from ``softmax(scores)``, int64 ``[B]``; ``-inf`` entries are never drawn."""
     probs = torch.softmax(scores.float(), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def topk_value_scores(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor,
+                      bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """K2 (provisional reference path): ``hidden[b] . weight[ids[b, c]] + bias[ids[b, c]]``, float32 ``[B, k]``."""
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
+        raise ValueError(f"ids must be in [0, V) = [0, {weight.shape[0]})")
+    return reference.topk_value_scores(hidden, weight, ids, bias)

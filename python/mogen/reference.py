@@ -206,3 +206,16 @@ def merge_slerp(v0: torch.Tensor, v1: torch.Tensor, t: float, dot_threshold: flo
         return (1.0 - t) * a + t * b
     theta = _math.acos(max(-1.0, min(1.0, cos)))
     return (_math.sin((1.0 - t) * theta) * a + _math.sin(t * theta) * b) / _math.sin(theta)
+
+
+# ---------------------------------------------------------------- K2 (provisional; replaced by the kernel branch)
+
+
+def topk_value_scores(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor,
+                      bias: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``out[b, c] = hidden[b] . weight[ids[b, c]] + bias[ids[b, c]]`` in ``dtype``, ``[B, k]``."""
+    rows = weight.to(dtype)[ids.long()]  # [B, k, H]
+    out = torch.einsum("bkh,bh->bk", rows, hidden.to(dtype))
+    if bias is not None:
+        out = out + bias.to(dtype)[ids.long()]
+    return out

@@ -8,13 +8,14 @@
 """
 
 from .generation import generate
-from .guides import ProxyGuide, shares_tokenizer
+from .guides import ProxyGuide, ValueGuide, shares_tokenizer
 from .processor import MultiObjectiveLogitsProcessor
 from .sampling import TokenSelector, filter_scores
 
 __all__ = [
     "generate",
     "ProxyGuide",
+    "ValueGuide",
     "MultiObjectiveLogitsProcessor",
     "TokenSelector",
     "filter_scores",

@@ -25,13 +25,13 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .models import LMRunner, context_length
+from .models import LMRunner, RunnerRegistry, context_length
 from .retokenize import GuideTokenContext, IncrementalDetokenizer
 
 __all__ = ["RetokenizingGroup"]
 
 
-class RetokenizingGroup:
+class RetokenizingGroup(RunnerRegistry):
     """The models of every guide that uses one tokenizer, over ``B`` rows.
 
     Guides sharing a tokenizer see the same text and hence the same ids, so
@@ -53,8 +53,7 @@ class RetokenizingGroup:
         self.device = device
         self.name = name
         self.max_lookbehind = max_lookbehind
-        self.runners: list[LMRunner] = []
-        self._by_model: dict[int, int] = {}
+        super().__init__()
         self.max_positions: Optional[int] = None
         pad = getattr(tokenizer, "pad_token_id", None)
         self._pad_id = int(pad) if pad is not None else 0
@@ -67,16 +66,10 @@ class RetokenizingGroup:
         self._any_stale = False
         self.retracted = 0  # ids masked out after re-tokenization (statistics)
 
-    def add(self, runner: LMRunner) -> int:
-        """Register a model; returns its index for :meth:`logits` (one runner per distinct model)."""
-        key = id(runner.model)
-        if key not in self._by_model:
-            self._by_model[key] = len(self.runners)
-            self.runners.append(runner)
-            limit = context_length(runner.model)
-            if limit is not None:
-                self.max_positions = limit if self.max_positions is None else min(self.max_positions, limit)
-        return self._by_model[key]
+    def _on_add(self, runner: LMRunner) -> None:
+        limit = context_length(runner.model)
+        if limit is not None:
+            self.max_positions = limit if self.max_positions is None else min(self.max_positions, limit)
 
     def prefill(self, prompt_ids: Sequence[Sequence[int]]) -> None:
         """Start every row from its prompt (base ids without padding)."""
@@ -165,14 +158,41 @@ class RetokenizingGroup:
             new = runner.forward(ids, self._mask, positions, keep=width)[rows, last].to(self.device)
             self._last[k] = new if everyone else torch.where(keep_old, self._last[k], new)
 
-    def logits(self, index: int) -> torch.Tensor:
-        """Logits ``[B, V_g]`` of model ``index`` after each row's latest guide token.
+    def output(self, index: int) -> torch.Tensor:
+        """Output of runner ``index`` after each row's latest guide token: logits ``[B, V_g]`` or hidden ``[B, H]``.
 
         Rows whose base text ends inside an incomplete character get zeros for
-        every model, so their expert/reference log-ratio is exactly 0 this step.
+        every model, so their expert/reference log-ratio is exactly 0 this step
+        (value terms use :meth:`stale_rows` to zero theirs).
         """
         last = self._last[index]
         if not self._any_stale:
             return last
         stale = self._stale.to(self.device).unsqueeze(1)
         return torch.where(stale, torch.zeros((), dtype=last.dtype, device=self.device), last)
+
+    # Older name of ``output``, kept for callers of the proxy-only API.
+    logits = output
+
+    def stale_rows(self) -> Optional[torch.Tensor]:
+        """Bool ``[B]``: rows whose text ends inside an incomplete character, or None when there is none."""
+        return self._stale.to(self.device) if self._any_stale else None
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row ``b`` becomes old row ``index[b]``: text state, cache columns, mask, caches and last outputs.
+
+        Rows may repeat (beam duplication): each copy gets its own text state.
+        """
+        rows = index.tolist()
+        self.detoks = [self.detoks[i].clone() for i in rows]
+        self.contexts = [self.contexts[i].clone() for i in rows]
+        self._cols = [list(self._cols[i]) for i in rows]
+        cpu_index = index.cpu()
+        self._mask = self._mask.index_select(0, cpu_index)
+        if self._any_stale:  # otherwise _stale may hold an older step's flags
+            self._stale = self._stale.index_select(0, cpu_index)
+            self._any_stale = bool(self._stale.any())
+        dev_index = index.to(self.device)
+        self._last = [t.index_select(0, dev_index) for t in self._last]
+        for r in self.runners:
+            r.reorder(index)

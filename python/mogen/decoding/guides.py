@@ -1,5 +1,7 @@
 """Guides: small models that steer the base model's next-token distribution.
 
+Two kinds, mixed freely in one call (DESIGN.md section 1):
+
 A :class:`ProxyGuide` is an aligned "expert" and its unaligned "reference"
 (MPAW's weak pair). At each step it contributes, for every base token ``v``,
 
@@ -8,7 +10,14 @@ A :class:`ProxyGuide` is an aligned "expert" and its unaligned "reference"
 taken over the guide tokenizer's real vocabulary, where ``m`` maps base ids to
 guide ids (the identity when the guide shares the base's tokenizer; see
 :mod:`mogen.vocab` otherwise). ``mogen.generate`` adds ``beta * sum_i w_i term_i``
-to the base's log-probabilities (DESIGN.md section 1).
+to the base's log-probabilities.
+
+A :class:`ValueGuide` is an explicit value model (:mod:`mogen.value.format`):
+its head gives ``Q(x, y<t)[v]``, the expected reward if ``v`` comes next, and
+``mogen.generate`` adds ``gamma * sum_j u_j Q_j(m_j(v))`` (MAGE eq. 25, a
+weighted ensemble of value models). With ``top_k=k`` only the ``k`` best
+candidates of the rest of the score are valued (kernel K2) and every other
+token is out.
 """
 
 from __future__ import annotations
@@ -16,17 +25,39 @@ from __future__ import annotations
 import json
 import math
 import weakref
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
-__all__ = ["ProxyGuide", "shares_tokenizer", "tokenizer_vocab_size", "logits_width"]
+__all__ = ["ProxyGuide", "ValueGuide", "Guide", "shares_tokenizer", "tokenizer_vocab_size", "logits_width"]
 
 
 def _is_causal_lm(model: Any) -> bool:
     return isinstance(model, torch.nn.Module) and hasattr(model, "config") and callable(
         getattr(model, "forward", None)
     )
+
+
+def _check_model(model: Any, name: str) -> None:
+    if not _is_causal_lm(model):
+        raise TypeError(
+            f"{name} must be a transformers causal LM (torch.nn.Module with a config), got {type(model).__name__}"
+        )
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ValueError(f"{name} is an encoder-decoder model; guides must be decoder-only LMs")
+
+
+def _check_weight(weight: Any, name: str) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(weight).__name__}")
+    if not math.isfinite(float(weight)):
+        raise ValueError(f"{name} must be finite, got {weight}")
+    return float(weight)
+
+
+def _check_tokenizer(tokenizer: Any, name: str) -> None:
+    if tokenizer is not None and not hasattr(tokenizer, "decode"):
+        raise TypeError(f"{name} must be a transformers tokenizer, got {type(tokenizer).__name__}")
 
 
 class ProxyGuide:
@@ -48,25 +79,14 @@ class ProxyGuide:
     def __init__(self, expert: Any, reference: Any, weight: float = 1.0, *, tokenizer: Any = None,
                  temperature: float = 1.0) -> None:
         for name, model in (("expert", expert), ("reference", reference)):
-            if not _is_causal_lm(model):
-                raise TypeError(
-                    f"ProxyGuide.{name} must be a transformers causal LM (torch.nn.Module with a config), "
-                    f"got {type(model).__name__}"
-                )
-            if getattr(model.config, "is_encoder_decoder", False):
-                raise ValueError(f"ProxyGuide.{name} is an encoder-decoder model; guides must be decoder-only LMs")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise TypeError(f"ProxyGuide.weight must be a number, got {type(weight).__name__}")
-        if not math.isfinite(float(weight)):
-            raise ValueError(f"ProxyGuide.weight must be finite, got {weight}")
+            _check_model(model, f"ProxyGuide.{name}")
         t = float(temperature)
         if not math.isfinite(t) or t <= 0.0:
             raise ValueError(f"ProxyGuide.temperature must be a finite number > 0, got {temperature}")
-        if tokenizer is not None and not hasattr(tokenizer, "decode"):
-            raise TypeError(f"ProxyGuide.tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}")
+        _check_tokenizer(tokenizer, "ProxyGuide.tokenizer")
         self.expert = expert
         self.reference = reference
-        self.weight = float(weight)
+        self.weight = _check_weight(weight, "ProxyGuide.weight")
         self.tokenizer = tokenizer
         self.temperature = t
 
@@ -74,6 +94,82 @@ class ProxyGuide:
         tok = "base's" if self.tokenizer is None else type(self.tokenizer).__name__
         return (f"ProxyGuide(expert={type(self.expert).__name__}, reference={type(self.reference).__name__}, "
                 f"weight={self.weight}, tokenizer={tok}, temperature={self.temperature})")
+
+
+class ValueGuide:
+    """An explicit value model: a causal LM whose output head is a value head.
+
+    Args:
+        model: the value model (``transformers`` causal LM; see
+            :mod:`mogen.value.format`). Its head is ``|V|`` wide for its tokenizer.
+        weight: the default weight ``u_j`` (``mogen.generate``'s ``weights``
+            overrides it, one column per guide in order). Finite; 0 disables it.
+        tokenizer: the value model's tokenizer, or None when it is the base's.
+            One of its own makes the guide follow the generated text, as a
+            :class:`ProxyGuide` with its own tokenizer does.
+        top_k: None values every token with the full head (MAGE eq. 25
+            exactly). ``k`` runs the backbone only and values the ``k`` best
+            candidates of the rest of the fused score with kernel K2; every
+            other token is out (``-inf``). Needs a plain linear head.
+
+    Raises:
+        ValueError: ``top_k`` < 1, a head whose width differs from
+        ``len(tokenizer)``, a head that is not a plain linear layer in top-k mode.
+    """
+
+    def __init__(self, model: Any, weight: float = 1.0, *, tokenizer: Any = None,
+                 top_k: Optional[int] = None) -> None:
+        _check_model(model, "ValueGuide.model")
+        _check_tokenizer(tokenizer, "ValueGuide.tokenizer")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"ValueGuide.top_k must be None or an int >= 1, got {top_k!r}")
+        if tokenizer is not None and logits_width(model) != len(tokenizer):
+            raise ValueError(
+                f"ValueGuide.model has a value head of {logits_width(model)} entries but its tokenizer has "
+                f"{len(tokenizer)} tokens; a value head has one entry per token of its tokenizer"
+            )
+        if top_k is not None:
+            from ..value.format import plain_linear_head
+
+            plain_linear_head(model)
+        self.model = model
+        self.weight = _check_weight(weight, "ValueGuide.weight")
+        self.tokenizer = tokenizer
+        self.top_k = top_k
+
+    @classmethod
+    def from_pretrained(cls, path: Any, weight: float = 1.0, *, tokenizer: Any = "auto", top_k: Optional[int] = None,
+                        dtype: Optional[torch.dtype] = None, device: Any = "cpu") -> "ValueGuide":
+        """Load a value model folder (``config.json`` with a ``mogen_value_model`` entry).
+
+        ``tokenizer="auto"`` loads the folder's tokenizer when it has one (the
+        guide then reads text through it; pass None to share the base's).
+        """
+        from ..value.format import read_value_entry
+        from .loading import has_tokenizer, load_tokenizer
+
+        read_value_entry(path)
+        from transformers import AutoModelForCausalLM
+
+        kwargs: dict[str, Any] = {"local_files_only": True}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(device).eval()
+        if isinstance(tokenizer, str) and tokenizer == "auto":
+            tokenizer = load_tokenizer(str(path), "value model") if has_tokenizer(str(path)) else None
+        return cls(model, weight, tokenizer=tokenizer, top_k=top_k)
+
+    @property
+    def models(self) -> tuple[Any, ...]:
+        return (self.model,)
+
+    def __repr__(self) -> str:
+        tok = "base's" if self.tokenizer is None else type(self.tokenizer).__name__
+        mode = "full head" if self.top_k is None else f"top_k={self.top_k}"
+        return f"ValueGuide(model={type(self.model).__name__}, weight={self.weight}, tokenizer={tok}, {mode})"
+
+
+Guide = Union[ProxyGuide, ValueGuide]
 
 
 # id(tokenizer) -> (weakref, serialized form); serialising a large tokenizer

@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["LMRunner", "input_device", "output_device", "param_devices", "has_placement", "context_length"]
+__all__ = ["LMRunner", "input_device", "output_device", "param_devices", "has_placement", "context_length",
+           "backbone", "RunnerRegistry"]
 
 
 def param_devices(model: torch.nn.Module) -> set[torch.device]:
@@ -57,6 +58,16 @@ def context_length(model: torch.nn.Module) -> Optional[int]:
     return None
 
 
+def backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The causal LM without its output head (what produces the last hidden state)."""
+    inner = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if isinstance(inner, torch.nn.Module) and inner is not model:
+        return inner
+    if hasattr(model, "get_decoder"):
+        return model.get_decoder()
+    raise TypeError(f"cannot find the backbone (the model without its head) of {type(model).__name__}")
+
+
 def _new_cache(model: torch.nn.Module) -> Any:
     from transformers import DynamicCache
 
@@ -68,28 +79,36 @@ def _new_cache(model: torch.nn.Module) -> Any:
 
 
 class LMRunner:
-    """A causal LM with its own KV cache.
+    """A causal LM with its own KV cache, over a batch of rows that can be reordered.
 
     Args:
         model: a ``transformers`` causal LM (eval mode is the caller's business).
         vocab_size: real vocabulary size; logits are sliced to ``[..., :vocab_size]``
             (a row-strided view, no copy), which drops padded LM-head rows.
-        name: used in error messages ("base", "guide 0 expert", ...).
+        name: used in error messages ("base", "guides[0].expert", ...).
+        output: ``"logits"`` (the head's output ``[B, keep, V]``) or ``"hidden"``
+            (the backbone's last hidden state ``[B, keep, H]``, head not run: for
+            scoring a few candidates of a value head, DESIGN K2).
     """
 
-    def __init__(self, model: torch.nn.Module, vocab_size: int, name: str) -> None:
+    def __init__(self, model: torch.nn.Module, vocab_size: int, name: str, output: str = "logits") -> None:
+        if output not in ("logits", "hidden"):
+            raise ValueError(f"output must be 'logits' or 'hidden', got {output!r}")
         self.model = model
         self.name = name
+        self.output = output
         self.vocab_size = int(vocab_size)
-        params = inspect.signature(model.forward).parameters
+        self._module = model if output == "logits" else backbone(model)
+        params = inspect.signature(self._module.forward).parameters
         accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if "cache" in params:
             self._cache_kw = "cache"
         elif "past_key_values" in params or accepts_kwargs:
             self._cache_kw = "past_key_values"
         else:  # pragma: no cover - every causal LM in transformers takes one of them
-            raise TypeError(f"{name}: {type(model).__name__}.forward takes no KV cache argument")
-        self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+            raise TypeError(f"{name}: {type(self._module).__name__}.forward takes no KV cache argument")
+        self._keep_kw = None if output == "hidden" else next(
+            (k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
         self._takes_positions = "position_ids" in params
         self.input_device = input_device(model)
         self.output_device = output_device(model)
@@ -99,6 +118,11 @@ class LMRunner:
         """Forget everything seen so far (a new generation)."""
         self.cache = _new_cache(self.model)
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row ``b`` of the cache becomes old row ``index[b]`` (rows may repeat or drop: beam selection)."""
+        if self.cache is not None and self.cache.get_seq_length() > 0:
+            self.cache.reorder_cache(index.to(self.input_device))
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -106,12 +130,13 @@ class LMRunner:
         position_ids: Optional[torch.Tensor],
         keep: int = 1,
     ) -> torch.Tensor:
-        """Feed ``input_ids [B, n]`` after everything cached; return logits ``[B, keep, V]``.
+        """Feed ``input_ids [B, n]`` after everything cached; return the last ``keep`` outputs.
 
         ``attention_mask`` is ``[B, cached + n]`` (1 = attend) or None for "no
-        padding anywhere"; ``position_ids`` is ``[B, n]``. The returned logits
-        are those of the last ``keep`` input columns, sliced to the real
-        vocabulary, on the model's output device.
+        padding anywhere"; ``position_ids`` is ``[B, n]``. Returns logits
+        ``[B, keep, V]`` sliced to the real vocabulary (``output="logits"``) or
+        hidden states ``[B, keep, H]`` (``output="hidden"``), on the model's
+        output device.
         """
         dev = self.input_device
         kwargs: dict[str, Any] = {self._cache_kw: self.cache, "use_cache": True}
@@ -121,14 +146,36 @@ class LMRunner:
             kwargs["position_ids"] = position_ids.to(dev, non_blocking=True)
         if self._keep_kw is not None:
             kwargs[self._keep_kw] = keep
-        out = self.model(input_ids=input_ids.to(dev, non_blocking=True), return_dict=True, **kwargs)
+        out = self._module(input_ids=input_ids.to(dev, non_blocking=True), return_dict=True, **kwargs)
         # Old-style models may hand back a new cache object instead of updating ours.
         new_cache = getattr(out, self._cache_kw, None) if self._cache_kw != "cache" else getattr(out, "cache", None)
         if new_cache is None:
             new_cache = getattr(out, "past_key_values", None)
         if new_cache is not None:
             self.cache = new_cache
+        if self.output == "hidden":
+            return out.last_hidden_state[:, -keep:].to(self.output_device, non_blocking=True)
         logits = out.logits
         if self._keep_kw is None or logits.shape[1] != keep:
             logits = logits[:, -keep:]
         return logits[..., : self.vocab_size]
+
+
+class RunnerRegistry:
+    """One runner per distinct (model, output kind): a reference shared by several guides runs once."""
+
+    def __init__(self) -> None:
+        self.runners: list[LMRunner] = []
+        self._index: dict[tuple[int, str], int] = {}
+
+    def add(self, runner: LMRunner) -> int:
+        """Register a runner; returns its index for ``output``."""
+        key = (id(runner.model), runner.output)
+        if key not in self._index:
+            self._index[key] = len(self.runners)
+            self.runners.append(runner)
+            self._on_add(runner)
+        return self._index[key]
+
+    def _on_add(self, runner: LMRunner) -> None:
+        pass

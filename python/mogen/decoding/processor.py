@@ -12,15 +12,13 @@ never text); use :func:`mogen.generate` for guides with their own tokenizer.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import torch
 
-from .. import ops
-from .generation import LockstepModels, _normal_tensor
-from .guides import logits_width, shares_tokenizer
-from .models import LMRunner
+from .binding import Guidance, bind_guides
+from .checks import finite_number
+from .guides import shares_tokenizer
 from .weights import as_guide_list, resolve_weights
 
 try:
@@ -32,13 +30,15 @@ __all__ = ["MultiObjectiveLogitsProcessor"]
 
 
 class MultiObjectiveLogitsProcessor(LogitsProcessor):
-    """Weighted proxy guides inside ``transformers``' ``generate``.
+    """Weighted guides inside ``transformers``' ``generate``.
 
     Args:
-        guides: :class:`mogen.ProxyGuide` or a list; each must share the base's
-            tokenizer (``tokenizer=None``, or one identical to ``tokenizer``).
+        guides: :class:`mogen.ProxyGuide` / :class:`mogen.ValueGuide` or a list;
+            each must share the base's tokenizer (``tokenizer=None``, or one
+            identical to ``tokenizer``).
         weights: ``[M]`` or ``[B, M]`` (per row); default the guides' weights.
-        beta: scale of the guidance.
+        beta: scale of the proxy guides' log-ratios.
+        gamma: scale of the value guides' ``Q``.
         tokenizer: the base's tokenizer, only to accept guides that name an
             identical tokenizer.
         pad_token_id: with left-padded prompts, the pad id, so the guides mask
@@ -47,7 +47,8 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
 
     The guides' caches live between calls of one generation. A call whose ids
     do not extend the previous call's ids by one column starts a new
-    generation (prefill); :meth:`reset` forces that.
+    generation (prefill); :meth:`reset` forces that. With a value guide in
+    top-k mode every token outside its candidates scores ``-inf``.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
         weights: Any = None,
         beta: float = 1.0,
         *,
+        gamma: float = 1.0,
         tokenizer: Any = None,
         pad_token_id: Optional[int] = None,
     ) -> None:
@@ -66,13 +68,10 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
                     f"guides[{i}] has its own tokenizer; MultiObjectiveLogitsProcessor only takes guides that share "
                     "the base's tokenizer (it sees token ids, not text). Use mogen.generate(..., tokenizer=...) instead"
                 )
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(float(beta)):
-            raise ValueError(f"beta must be a finite number, got {beta!r}")
-        self.beta = float(beta)
-        w, active = resolve_weights(weights, self.guides, None)
-        self.active = [i for i, a in enumerate(active) if a]
-        self._weights_cpu = w[..., self.active] if w.dim() == 2 else w[self.active]
-        self.temperatures = [self.guides[i].temperature for i in self.active]
+        self.beta = finite_number(beta, "beta")
+        self.gamma = finite_number(gamma, "gamma")
+        self._weights_cpu, _ = resolve_weights(weights, self.guides, None)
+        self.tokenizer = tokenizer
         self.pad_token_id = pad_token_id
         self._explicit_mask: Optional[torch.Tensor] = None
         self.reset()
@@ -80,11 +79,9 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
     def reset(self) -> None:
         """Forget the current generation; the next call prefills the guides."""
         self._prev_ids: Optional[torch.Tensor] = None
-        self._models: Optional[LockstepModels] = None
-        self._slots: list[tuple[int, int]] = []
+        self._guidance: Optional[Guidance] = None
         self._mask: Optional[torch.Tensor] = None
         self._next_pos: Optional[torch.Tensor] = None
-        self._weights: Optional[torch.Tensor] = None
 
     def set_attention_mask(self, attention_mask: Optional[torch.Tensor]) -> None:
         """The ``[B, T]`` prompt mask of the next generation (left padding)."""
@@ -125,46 +122,32 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
                 "(num_return_sequences and beam search multiply rows; give weights for every row)"
             )
         device = input_ids.device
-        self._weights = _normal_tensor(w, device)
-        models = LockstepModels(device)
-        slots = []
-        for i in self.active:
-            g = self.guides[i]
-            for role, model in (("expert", g.expert), ("reference", g.reference)):
-                if logits_width(model) < vocab:
-                    raise ValueError(
-                        f"guides[{i}].{role} has a vocabulary of {logits_width(model)} but the base's scores "
-                        f"have {vocab}"
-                    )
-            slots.append((models.add(LMRunner(g.expert, vocab, f"guides[{i}].expert")),
-                          models.add(LMRunner(g.reference, vocab, f"guides[{i}].reference"))))
-        self._models, self._slots = models, slots
+        self._guidance = bind_guides(self.guides, w, batch=batch, tokenizer=self.tokenizer, vocab_size=vocab,
+                                     device=device, beta=self.beta, gamma=self.gamma, strict_width=False)
         mask = self._prompt_mask(input_ids)
         if mask is None:
             positions = torch.arange(input_ids.shape[1], device=device).unsqueeze(0).expand(batch, -1)
+            prompt_mask = torch.ones_like(input_ids)
         else:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            prompt_mask = mask
         self._mask = mask
-        self._models.feed(input_ids, mask, positions)
+        self._guidance.runners.prefill(input_ids, mask, positions, prompt_mask)
         self._next_pos = positions[:, -1:] + 1
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Fused scores ``[B, V]`` (float32, log-probability scale) for ``scores [B, V]``."""
-        if not self.active:
-            return torch.log_softmax(scores.float(), dim=-1)
         vocab = scores.shape[-1]
-        if self._continues(input_ids):
-            assert self._models is not None and self._next_pos is not None
+        if self._continues(input_ids) and self._guidance is not None:
+            assert self._next_pos is not None
             if self._mask is not None:
                 self._mask = torch.cat([self._mask, self._mask.new_ones(self._mask.shape[0], 1)], dim=1)
-            self._models.feed(input_ids[:, -1:], self._mask, self._next_pos)
+            self._guidance.runners.step(input_ids[:, -1], self._mask, self._next_pos)
             self._next_pos = self._next_pos + 1
         else:
             self._prefill(input_ids, vocab)
         self._prev_ids = input_ids
-        assert self._models is not None
-        experts = [self._models.logits(e) for e, _ in self._slots]
-        refs = [self._models.logits(r) for _, r in self._slots]
-        return ops.fused_log_ratio(
-            scores, experts, refs, self._weights, beta=self.beta, temperatures=self.temperatures
-        )
+        assert self._guidance is not None
+        if self._guidance.fusion.empty:
+            return torch.log_softmax(scores.float(), dim=-1)
+        return self._guidance.fusion.step(scores).full()

@@ -46,6 +46,7 @@ a word in pieces that the guide, reading text, sees merged.
 
 from __future__ import annotations
 
+import copy
 import weakref
 from typing import Any, Optional, Sequence
 
@@ -168,6 +169,12 @@ class IncrementalDetokenizer:
         self._prefix = 0
         self._read = complete - start
 
+    def clone(self) -> "IncrementalDetokenizer":
+        """An independent copy (the tokenizer is shared)."""
+        out = copy.copy(self)
+        out._ids = list(self._ids)
+        return out
+
     def _decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
@@ -230,6 +237,12 @@ class GuideTokenContext:
         else:
             self._toks, self._starts = _encode_offsets(tokenizer, text)
         self.full_reencodes = 0  # steps that fell back to re-encoding everything
+
+    def clone(self) -> "GuideTokenContext":
+        """An independent copy (the tokenizer is shared)."""
+        out = copy.copy(self)
+        out.prefix, out._toks, out._starts = list(self.prefix), list(self._toks), list(self._starts)
+        return out
 
     @property
     def ids(self) -> list[int]:

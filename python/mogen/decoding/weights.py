@@ -6,28 +6,28 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .guides import ProxyGuide
+from .guides import Guide, ProxyGuide, ValueGuide
 
 __all__ = ["as_guide_list", "resolve_weights"]
 
 
-def as_guide_list(guides: Any) -> list[ProxyGuide]:
-    """``guides`` as a list of :class:`ProxyGuide` (one guide may be given bare)."""
+def as_guide_list(guides: Any) -> list[Guide]:
+    """``guides`` as a list of :class:`ProxyGuide` / :class:`ValueGuide` (one guide may be given bare)."""
     if guides is None:
         return []
-    if isinstance(guides, ProxyGuide):
+    if isinstance(guides, (ProxyGuide, ValueGuide)):
         return [guides]
     if not isinstance(guides, (list, tuple)):
-        raise TypeError(f"guides must be a ProxyGuide or a list of them, got {type(guides).__name__}")
+        raise TypeError(f"guides must be a ProxyGuide, a ValueGuide or a list of them, got {type(guides).__name__}")
     out = list(guides)
     for i, g in enumerate(out):
-        if not isinstance(g, ProxyGuide):
-            raise TypeError(f"guides[{i}] must be a mogen.ProxyGuide, got {type(g).__name__}")
+        if not isinstance(g, (ProxyGuide, ValueGuide)):
+            raise TypeError(f"guides[{i}] must be a mogen.ProxyGuide or mogen.ValueGuide, got {type(g).__name__}")
     return out
 
 
 def resolve_weights(
-    weights: Any, guides: Sequence[ProxyGuide], batch: Optional[int]
+    weights: Any, guides: Sequence[Guide], batch: Optional[int]
 ) -> tuple[torch.Tensor, list[bool]]:
     """The weights as a float32 CPU tensor ``[M]`` or ``[B, M]``, and which guides are active.
 

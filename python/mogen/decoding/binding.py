@@ -1,0 +1,134 @@
+"""Guides bound to one decoding call: their runners (layer 1) and terms (layer 2).
+
+:func:`bind_guides` validates the guides against the base (vocabularies, maps,
+devices, weights), registers one runner per distinct model and output kind,
+and returns the :class:`~mogen.decoding.terms.Fusion` a driver calls each step.
+Every driver (``generate``, the logits processor, chunk search) binds its
+guides here, so none of them knows which kinds of guides it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from ..vocab import build_vocab_map
+from .checks import normal_tensor
+from .guides import Guide, ProxyGuide, ValueGuide, logits_width, shares_tokenizer
+from .models import LMRunner
+from .runners import RunnerSet
+from .terms import Fusion, ProxyTerm, ValueTerm
+from .weights import as_guide_list, resolve_weights
+
+__all__ = ["Guidance", "bind_guides"]
+
+
+@dataclass
+class Guidance:
+    """The guides of one call, bound: ``runners`` to feed, ``fusion`` to score with."""
+
+    guides: list[Guide]
+    active: list[int]  # indices into ``guides`` of the guides that run
+    runners: RunnerSet
+    fusion: Fusion
+    lockstep_models: dict[str, torch.nn.Module] = field(default_factory=dict)  # read the base's ids
+    models: dict[str, torch.nn.Module] = field(default_factory=dict)  # every guide model, by name
+
+
+def _width_ok(model: Any, need: int, exact: bool, name: str, what: str) -> None:
+    width = logits_width(model)
+    if width < need or (exact and width != need):
+        raise ValueError(f"{name} has {what} of {width} but the base has {need}; {_WIDTH_HINT}")
+
+
+_WIDTH_HINT = ("a guide without its own tokenizer must share the base's vocabulary (pass tokenizer= so padded "
+               "LM-head rows are excluded, or give the guide its tokenizer)")
+
+
+class _Binder:
+    def __init__(self, tokenizer: Any, vocab_size: int, device: torch.device, strict_width: bool) -> None:
+        self.tokenizer = tokenizer
+        self.exact = strict_width and tokenizer is None
+        self.vocab_size = vocab_size
+        self.device = device
+        self.runners = RunnerSet(device, tokenizer)
+        self.lockstep: dict[str, torch.nn.Module] = {}
+        self.models: dict[str, torch.nn.Module] = {}
+
+    def need(self, g: Guide, shared: bool) -> int:
+        return self.vocab_size if shared else len(g.tokenizer)
+
+    def vmap(self, g: Guide, shared: bool) -> Optional[torch.Tensor]:
+        return None if shared else normal_tensor(build_vocab_map(self.tokenizer, g.tokenizer), self.device)
+
+    def runner(self, model: Any, width: int, name: str, g: Guide, shared: bool, output: str = "logits") -> tuple:
+        self.models[name] = model
+        if shared:
+            self.lockstep[name] = model
+        return self.runners.add(LMRunner(model, width, name, output), None if shared else g.tokenizer, name)
+
+    def proxy(self, i: int, column: int, g: ProxyGuide, shared: bool) -> ProxyTerm:
+        need = self.need(g, shared)
+        for role, model in (("expert", g.expert), ("reference", g.reference)):
+            if shared:
+                _width_ok(model, need, self.exact, f"guides[{i}].{role}", "a vocabulary")
+            elif logits_width(model) < need:
+                raise ValueError(f"guides[{i}].{role} has a vocabulary of {logits_width(model)} but its "
+                                 f"tokenizer has {need} tokens")
+        e = self.runner(g.expert, need, f"guides[{i}].expert", g, shared)
+        r = self.runner(g.reference, need, f"guides[{i}].reference", g, shared)
+        return ProxyTerm(g, column, e, r, self.vmap(g, shared), g.temperature)
+
+    def value(self, i: int, column: int, g: ValueGuide, shared: bool) -> ValueTerm:
+        need = self.need(g, shared)
+        name = f"guides[{i}].model"
+        if shared:  # own tokenizers were checked by ValueGuide itself
+            _width_ok(g.model, need, self.exact, name, "a value head")
+        head = None
+        if g.top_k is not None:
+            from ..value.format import plain_linear_head
+
+            weight, bias = plain_linear_head(g.model, name)
+            head = (weight, bias)
+        run = self.runner(g.model, need, name, g, shared, "logits" if head is None else "hidden")
+        return ValueTerm(g, column, run, self.vmap(g, shared), head)
+
+
+def bind_guides(guides: Any, weights: Any, *, batch: Optional[int], tokenizer: Any, vocab_size: int,
+                device: torch.device, beta: float, gamma: float, strict_width: bool = True) -> Guidance:
+    """Validate ``guides`` and bind them to runners and terms (DESIGN section 2).
+
+    A guide runs when its weight is non-zero on some row (and, for value
+    guides, ``gamma != 0``). Without a base tokenizer a guide sharing the
+    base's ids must have exactly ``vocab_size`` logits (``strict_width``) or at
+    least that many. Raises ValueError / TypeError naming the guide.
+    """
+    guide_list = as_guide_list(guides)
+    shared = [shares_tokenizer(tokenizer, g.tokenizer) for g in guide_list]
+    for i, (g, same) in enumerate(zip(guide_list, shared)):
+        if not same and tokenizer is None:
+            raise ValueError(
+                f"guides[{i}] has its own tokenizer but no base tokenizer was given: pass tokenizer=<the base "
+                "model's tokenizer> so the generated text can be re-tokenized for the guide"
+            )
+    w, nonzero = resolve_weights(weights, guide_list, batch)
+    active = [i for i, (g, a) in enumerate(zip(guide_list, nonzero))
+              if a and not (isinstance(g, ValueGuide) and gamma == 0.0)]
+    w = w[..., active]
+    binder = _Binder(tokenizer, vocab_size, device, strict_width)
+    proxies: list[ProxyTerm] = []
+    values: list[ValueTerm] = []
+    for column, i in enumerate(active):
+        g = guide_list[i]
+        if isinstance(g, ProxyGuide):
+            proxies.append(binder.proxy(i, column, g, shared[i]))
+        else:
+            values.append(binder.value(i, column, g, shared[i]))
+    ks = sorted({t.guide.top_k for t in values if t.head is not None})
+    if len(ks) > 1:
+        raise ValueError(f"value guides in top-k mode must share one top_k in a call, got top_k values {ks}")
+    fusion = Fusion(proxies, values, normal_tensor(w, device), beta=beta, gamma=gamma,
+                    value_top_k=ks[0] if ks else None)
+    return Guidance(guide_list, active, binder.runners, fusion, binder.lockstep, binder.models)

@@ -1,0 +1,129 @@
+"""Layer 1 of decoding (DESIGN section 2): runners, the models fed step by step.
+
+Every model of a decoding call is an :class:`~mogen.decoding.models.LMRunner`
+(one KV cache) in a *group* that says what it reads:
+
+- :class:`LockstepGroup`: the base's token ids as they are (guides that share
+  the base's tokenizer);
+- :class:`~mogen.decoding.crossguide.RetokenizingGroup`: the generated text
+  through one other tokenizer (look-behind re-tokenization).
+
+:class:`RunnerSet` holds all groups of one call, so a driver (``generate``,
+the logits processor, chunk search) feeds, reorders and resets them without
+knowing which guides they serve. Every group can reorder and duplicate its rows
+by index (beam selection), which costs a cache gather, never a new prefill.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+
+from .crossguide import RetokenizingGroup
+from .guides import shares_tokenizer
+from .models import LMRunner, RunnerRegistry
+
+__all__ = ["LockstepGroup", "RunnerSet", "RunnerRef"]
+
+
+class LockstepGroup(RunnerRegistry):
+    """Models that read the base's token ids as they are."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+        self._last: list[torch.Tensor] = []
+
+    def reset(self) -> None:
+        for r in self.runners:
+            r.reset()
+        self._last = []
+
+    def feed(self, ids: torch.Tensor, mask: Optional[torch.Tensor], positions: torch.Tensor) -> None:
+        """Run every model once on ``ids [B, n]`` and keep its last output ``[B, D]``."""
+        self._last = [r.forward(ids, mask, positions)[:, -1].to(self.device) for r in self.runners]
+
+    def output(self, index: int) -> torch.Tensor:
+        """The last output of runner ``index``: logits ``[B, V]`` or a hidden state ``[B, H]``."""
+        return self._last[index]
+
+    # Older name of ``output``, kept for callers of the proxy-only API.
+    logits = output
+
+    def stale_rows(self) -> Optional[torch.Tensor]:
+        """Rows whose guide has not seen the latest text (never, in lockstep)."""
+        return None
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row ``b`` becomes old row ``index[b]`` (caches and last outputs)."""
+        for r in self.runners:
+            r.reorder(index)
+        dev_index = index.to(self.device)
+        self._last = [t.index_select(0, dev_index) for t in self._last]
+
+
+Group = Union[LockstepGroup, RetokenizingGroup]
+RunnerRef = tuple[Any, int]  # (group, runner index): where a guide term reads its model's output
+
+
+class RunnerSet:
+    """Every guide model of one decoding call, grouped by what it reads.
+
+    Args:
+        device: where outputs are returned (the fusion device).
+        base_tokenizer: the base's tokenizer (None: every guide must read the base's ids).
+    """
+
+    def __init__(self, device: torch.device, base_tokenizer: Any = None) -> None:
+        self.device = device
+        self.base_tokenizer = base_tokenizer
+        self.lockstep = LockstepGroup(device)
+        self.cross: list[RetokenizingGroup] = []
+
+    def add(self, runner: LMRunner, tokenizer: Any = None, name: str = "") -> RunnerRef:
+        """Register a runner reading the base's ids (``tokenizer`` None or the base's) or text through ``tokenizer``."""
+        if shares_tokenizer(self.base_tokenizer, tokenizer):
+            group: Any = self.lockstep
+        else:
+            # Identical tokenizers (e.g. loaded once per guide folder) share a group.
+            group = next((c for c in self.cross if shares_tokenizer(c.tokenizer, tokenizer)), None)
+            if group is None:
+                group = RetokenizingGroup(tokenizer, self.base_tokenizer, self.device, name)
+                self.cross.append(group)
+        return group, group.add(runner)
+
+    @property
+    def groups(self) -> list[Group]:
+        return ([self.lockstep] if self.lockstep.runners else []) + list(self.cross)
+
+    @property
+    def empty(self) -> bool:
+        return not self.groups
+
+    def prefill(self, ids: torch.Tensor, mask: Optional[torch.Tensor], positions: torch.Tensor,
+                prompt_mask: torch.Tensor) -> None:
+        """Start every group from the prompt ``ids [B, T]`` (left padded; ``prompt_mask [B, T]``)."""
+        if self.lockstep.runners:
+            self.lockstep.reset()
+            self.lockstep.feed(ids, mask, positions)
+        if self.cross:
+            rows = [row[m.bool()].tolist() for row, m in zip(ids.cpu(), prompt_mask.cpu())]
+            for g in self.cross:
+                g.prefill(rows)
+
+    def step(self, tokens: torch.Tensor, mask: Optional[torch.Tensor], positions: torch.Tensor,
+             unfinished: Optional[torch.Tensor] = None) -> None:
+        """Append one base token per row (``tokens [B]``); rows not ``unfinished`` are skipped by text readers."""
+        if self.lockstep.runners:
+            self.lockstep.feed(tokens.unsqueeze(1), mask, positions)
+        if self.cross:
+            host_tokens = tokens.tolist()
+            live = [True] * len(host_tokens) if unfinished is None else unfinished.tolist()
+            for g in self.cross:
+                g.push(host_tokens, live)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row ``b`` of every group becomes old row ``index[b]`` (``index`` int64 ``[B']``)."""
+        for g in self.groups:
+            g.reorder(index)
