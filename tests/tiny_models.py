@@ -246,3 +246,101 @@ def script_model(model, scripts: Sequence[Sequence[int]]):
         return out
 
     return model.register_forward_hook(hook, with_kwargs=True)
+
+
+def value_llama(vocab_size: int, seed: int, *, scale: float = 4.0, **kw):
+    """A random tiny Llama turned into a value model (full head kept, random values of spread ~``scale``)."""
+    from mogen.value.format import make_value_model
+
+    model = tiny_llama(vocab_size, seed, **kw)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(scale / 8.0)
+    return make_value_model(model, objectives=[f"objective{seed}"], reset_head=False)
+
+
+def _guide_term_rows(g, rows, n_prompt, base_tokenizer, vocab, vmap_cache):
+    """Per row, the guide's term over the base vocabulary in float64 ``[B, V_b]`` (None entries: no term).
+
+    Proxy: ``log_softmax(z_e / t) - log_softmax(z_r / t)``; value: the head's ``Q``.
+    A guide with its own tokenizer reads ``prefix + encode(decode(base ids))``
+    and is gathered through ``build_vocab_map`` (0 where unmapped).
+    """
+    from mogen.decoding.guides import ProxyGuide
+    from mogen.decoding.retokenize import special_prefix
+    from mogen.vocab import build_vocab_map
+
+    def term(ids_rows, width):
+        if isinstance(g, ProxyGuide):
+            le = torch.log_softmax(_last_logits(g.expert, ids_rows, width) / g.temperature, dim=-1)
+            lr = torch.log_softmax(_last_logits(g.reference, ids_rows, width) / g.temperature, dim=-1)
+            return le - lr
+        return _last_logits(g.model, ids_rows, width)
+
+    if g.tokenizer is None:
+        return list(term(rows, vocab))
+    key = id(g.tokenizer)
+    if key not in vmap_cache:
+        vmap_cache[key] = build_vocab_map(base_tokenizer, g.tokenizer).long()
+    vmap = vmap_cache[key]
+    def text(ids):
+        return base_tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    out = []
+    for r, n in zip(rows, n_prompt):
+        t = text(r)
+        if len(r) > n and (t.endswith("\ufffd") or t == text(r[:-1])):
+            out.append(None)  # the guide has not seen this row's partial character yet
+            continue
+        gids = special_prefix(g.tokenizer) + g.tokenizer(t, add_special_tokens=False)["input_ids"]
+        diff = term([gids], len(g.tokenizer))[0]
+        out.append(torch.where(vmap >= 0, diff[vmap.clamp(min=0)], torch.zeros_like(diff[:1])))
+    return out
+
+
+def reference_greedy_guided(base, guides, prompts: Sequence[Sequence[int]], weights, steps: int, *,
+                            beta: float = 1.0, gamma: float = 1.0, base_tokenizer=None,
+                            vocab: Optional[int] = None) -> list[list[int]]:
+    """Greedy decoding with proxy and value guides, every model recomputed from scratch each step, float64.
+
+    ``s = log_softmax(z_b) + beta * sum_i w_i term_i + gamma * sum_j u_j Q_j`` (DESIGN section 1). Value
+    guides with ``top_k = k`` value only the k best ids of the rest of ``s`` (ties: lower id first); every
+    other id is out.
+    """
+    from mogen.decoding.guides import ValueGuide
+
+    vocab = vocab or (len(base_tokenizer) if base_tokenizer is not None else base.config.vocab_size)
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if w.dim() == 1:
+        w = w.unsqueeze(0).expand(len(prompts), -1)
+    rows = [list(p) for p in prompts]
+    n_prompt = [len(p) for p in prompts]
+    vmaps: dict = {}
+    with torch.no_grad():
+        for _ in range(steps):
+            rest = torch.log_softmax(_last_logits(base, rows, vocab), dim=-1)
+            topk_q = []
+            for i, g in enumerate(guides):
+                is_value = isinstance(g, ValueGuide)
+                coef = (gamma if is_value else beta) * w[:, i]
+                if not bool((coef != 0).any()):
+                    continue
+                terms = _guide_term_rows(g, rows, n_prompt, base_tokenizer, vocab, vmaps)
+                full = torch.stack([t if t is not None else torch.zeros(vocab, dtype=torch.float64) for t in terms])
+                if is_value and g.top_k is not None:
+                    topk_q.append((coef, full, g.top_k))
+                else:
+                    rest = rest + coef.unsqueeze(1) * full
+            if topk_q:
+                k = topk_q[0][2]
+                order = torch.sort(rest, dim=-1, descending=True, stable=True).indices[:, :k]
+                cand = rest.gather(1, order)
+                for coef, full, _ in topk_q:
+                    cand = cand + coef.unsqueeze(1) * full.gather(1, order)
+                by_id = torch.sort(order, dim=-1)
+                best = cand.gather(1, by_id.indices).argmax(dim=-1, keepdim=True)
+                nxt = by_id.values.gather(1, best).squeeze(1).tolist()
+            else:
+                nxt = rest.argmax(dim=-1).tolist()
+            for b in range(len(rows)):
+                rows[b].append(nxt[b])
+    return rows
