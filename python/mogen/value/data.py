@@ -1,0 +1,119 @@
+"""Training data for value models: sampled responses scored by a reward function.
+
+A value model regresses the final reward of a response at every response
+token (MAGE eq. 16). :func:`sample_responses` draws responses to prompts from a
+policy with :func:`mogen.generate` (seeded, batched) and :func:`score` calls the
+user's ``reward(prompt, response) -> float`` on each, refusing non-finite
+rewards with the text named. :func:`encode_example` finds the response's
+tokens as the value model will read them at decoding time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+__all__ = ["Example", "checked", "sample_responses", "score", "encode_example", "spearman"]
+
+Reward = Callable[[str, str], float]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One (prompt, response, reward) triple."""
+
+    prompt: str
+    response: str
+    reward: float
+
+
+def sample_responses(policy: Any, tokenizer: Any, prompts: Sequence[str], *, samples_per_prompt: int,
+                     max_new_tokens: int, seed: int, top_p: Optional[float] = None, temperature: float = 1.0,
+                     batch_size: int = 64) -> list[tuple[str, str]]:
+    """``samples_per_prompt`` sampled responses per prompt: ``[(prompt, response)]`` in prompt order."""
+    from ..decoding import generate
+
+    rows = [p for p in prompts for _ in range(samples_per_prompt)]
+    gen = torch.Generator(device=_device_of(policy)).manual_seed(seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[tuple[str, str]] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True)
+            ids = generate(policy, enc["input_ids"], enc["attention_mask"], guides=None, max_new_tokens=max_new_tokens,
+                           do_sample=True, temperature=temperature, top_p=top_p, generator=gen, pad_token_id=pad)
+            texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out.extend(zip(chunk, texts))
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def _device_of(model: Any) -> torch.device:
+    from ..decoding.models import output_device
+
+    return output_device(model)
+
+
+def checked(prompt: str, response: str, r: Any) -> Example:
+    """``Example(prompt, response, r)``; TypeError / ValueError naming the text unless ``r`` is a finite number."""
+    try:
+        value = float(r)
+    except (TypeError, ValueError):
+        raise TypeError(f"the reward of (prompt={prompt!r}, response={response!r}) is {r!r}, not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"the reward of (prompt={prompt!r}, response={response!r}) is {value}; rewards must be finite")
+    return Example(str(prompt), str(response), value)
+
+
+def score(pairs: Sequence[tuple[str, str]], reward: Reward) -> list[Example]:
+    """``reward(prompt, response)`` of every pair, checked by :func:`checked`."""
+    return [checked(prompt, response, reward(prompt, response)) for prompt, response in pairs]
+
+
+def encode_example(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], int]:
+    """``(ids, n_prompt)``: the ids of ``prompt + response`` as a guide reads them, and where the response starts.
+
+    The value model reads ``special_prefix + encode(text)`` at decoding time
+    (:mod:`mogen.decoding.retokenize`); tokens that encode the prompt's text
+    the same way alone and joined belong to the prompt, the rest to the response.
+    """
+    from ..decoding.retokenize import special_prefix
+
+    prefix = special_prefix(tokenizer)
+    full = prefix + tokenizer(prompt + response, add_special_tokens=False)["input_ids"]
+    alone = prefix + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    n = 0
+    while n < min(len(full), len(alone)) and full[n] == alone[n]:
+        n += 1
+    return full, max(n, 1)
+
+
+def _ranks(x: Sequence[float]) -> list[float]:
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    ranks = [0.0] * len(x)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in range(i, j + 1):  # ties share their average rank
+            ranks[order[k]] = (i + j) / 2.0
+        i = j + 1
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation of two equal-length sequences (NaN when either is constant)."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"spearman needs two sequences of one length >= 2, got {len(a)} and {len(b)}")
+    ra, rb = torch.tensor(_ranks(a), dtype=torch.float64), torch.tensor(_ranks(b), dtype=torch.float64)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denom if denom > 0 else float("nan")
