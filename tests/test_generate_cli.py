@@ -95,7 +95,7 @@ def test_rewards():
 
 SMALL = DemoConfig(corpus_size=600, topic_size=300, base_vocab=400, guide_vocab=300, base_hidden=32,
                    base_layers=1, guide_hidden=32, guide_layers=1, batch=16, base_steps=20, reference_steps=20,
-                   expert_steps=10)
+                   expert_steps=10, value_prompts=8, value_samples=2, value_tokens=6, value_epochs=1)
 
 
 def test_demo_builds_caches_and_decodes(tmp_path, capsys):
@@ -113,8 +113,11 @@ def test_demo_builds_caches_and_decodes(tmp_path, capsys):
     rebuilt = load_demo_models(SMALL, tmp_path, rebuild=True, log=logs.append)
     for k, v in rebuilt.experts["city"].state_dict().items():
         assert torch.equal(v, weights[k]), k
-    res = decode_demo(again, samples=1, max_new_tokens=6, prompts=["one day i saw the", "after lunch"])
-    assert len(res.rewards) == 4 and all(len(r) == 2 for r in res.rewards)
+    for method in ("proxy", "value", "value-merged"):
+        res = decode_demo(again, method=method, samples=1, max_new_tokens=6, prompts=["one day i saw the", "after lunch"])
+        assert len(res.rewards) == 4 and all(len(r) == 2 for r in res.rewards)
+    assert set(again.values) == {"nature", "city"}
+    assert again.values["city"].config.mogen_value_model["objectives"] == ["city"]
     rc = cli.main(["decode", "--base", str(path / "base"),
                    "--guide", f"{path / 'expert_nature'}:{path / 'reference'}",
                    "--guide", f"{path / 'expert_city'}:{path / 'reference'}",
@@ -122,16 +125,36 @@ def test_demo_builds_caches_and_decodes(tmp_path, capsys):
     assert rc == 0 and capsys.readouterr().out.startswith("one day i saw the")
 
 
-def test_demo_table_shows_the_tradeoff():
-    """With the real demo models (built by `make demo` / `mogen demo`): objective 1 is higher at (1, 0)
-    than at (0, 1), objective 2 the other way round."""
+def _cached_demo():
     from mogen.demo.train import demo_dir
 
     if not (demo_dir(DemoConfig()) / "meta.json").is_file():
         pytest.skip("the demo models are not cached yet: run `make demo` (about a minute) to build them")
-    models = load_demo_models(DemoConfig(), log=lambda line: None)
-    res = decode_demo(models, samples=2)
+    return load_demo_models(DemoConfig(), log=lambda line: None)
+
+
+@pytest.mark.parametrize("method,margin", [("proxy", 0.1), ("value", 0.1), ("value-merged", 0.1)])
+def test_demo_table_shows_the_tradeoff(method, margin):
+    """With the real demo models (built by `make demo` / `mogen demo`): objective 1 is higher at (1, 0)
+    than at (0, 1), objective 2 the other way round, for proxy guides and for explicit value guidance
+    (ensembled and merged)."""
+    from mogen.demo.run import DEMO_GAMMA
+
+    res = decode_demo(_cached_demo(), method=method, samples=2, gamma=DEMO_GAMMA)
     rewards = dict(zip(res.weightings, res.rewards))
     nature_first, city_first = rewards[(1.0, 0.0)], rewards[(0.0, 1.0)]
-    assert nature_first[0] > city_first[0] + 0.1
-    assert city_first[1] > nature_first[1] + 0.1
+    assert nature_first[0] > city_first[0] + margin
+    assert city_first[1] > nature_first[1] + margin
+
+
+def test_demo_value_models_predict_their_rewards():
+    """Each demo value model trained in at most 60 s and ranks held-out responses by reward (Spearman >= 0.5)."""
+    import json
+
+    meta = json.loads((_cached_demo().path / "meta.json").read_text())
+    stats = meta["value_models"]
+    assert set(stats) == {"nature", "city"}
+    for name, st in stats.items():
+        assert st["heldout_spearman"] >= 0.5, (name, st)
+        assert st["seconds"] <= 60, (name, st)
+        assert st["heldout_examples"] >= 50, (name, st)

@@ -36,9 +36,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 0
     from .demo import run_demo
 
-    result = run_demo(seed=args.seed, rebuild=args.rebuild, samples=args.samples, beta=args.beta)
+    gamma = {} if args.gamma is None else {"gamma": args.gamma}
+    results = run_demo(seed=args.seed, rebuild=args.rebuild, samples=args.samples, beta=args.beta, **gamma)
     # A demo whose trade-off does not move with the weights is a failure, not a show.
-    return 0 if result.tradeoff_moves else 1
+    return 0 if all(r.tradeoff_moves for r in results) else 1
 
 
 def _parse_weights(text: Optional[str], n: int) -> Optional[list[float]]:
@@ -189,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", action="store_true", help="run the fusion-kernel showcase instead")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached demo models")
     p.add_argument("--samples", type=int, default=4, help="samples per prompt and weighting")
-    p.add_argument("--beta", type=float, default=1.0, help="guidance scale")
+    p.add_argument("--beta", type=float, default=1.0, help="scale of the proxy guides' log-ratios")
+    p.add_argument("--gamma", type=float, default=None,
+                   help="scale of the value guides' values (default: mogen.demo.run.DEMO_GAMMA)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(

@@ -17,7 +17,7 @@ import random
 import re
 from typing import Callable, Sequence
 
-__all__ = ["NATURE", "CITY", "PROMPTS", "OBJECTIVES", "corpus", "topic_sentences", "nature_rate", "city_rate"]
+__all__ = ["NATURE", "CITY", "PROMPTS", "OBJECTIVES", "corpus", "topic_sentences", "neutral_prompts", "nature_rate", "city_rate"]
 
 NATURE: tuple[str, ...] = (
     "forest", "river", "tree", "trees", "bird", "birds", "flower", "flowers", "mountain", "rain", "leaf",
@@ -87,6 +87,13 @@ def city_rate(text: str) -> float:
 
 #: (name, reward function) of the demo's two objectives, in weight order.
 OBJECTIVES: tuple[tuple[str, Callable[[str], float]], ...] = (("nature", nature_rate), ("city", city_rate))
+
+
+def neutral_prompts(n: int, seed: int) -> list[str]:
+    """``n`` neutral prompts in the style of :data:`PROMPTS` (opener, subject, motion, "the" / "a")."""
+    rng = random.Random(f"prompts:{seed}")
+    return [" ".join((rng.choice(_OPENERS), rng.choice(_SUBJECTS), rng.choice(_MOTION),
+                      "the" if rng.random() < 0.7 else "a")) for _ in range(n)]
 
 
 def _sentence(rng: random.Random, topic: str) -> str:

@@ -7,7 +7,11 @@ What gets built, deterministically from :class:`DemoConfig`:
 - ``reference/``: a weaker Llama trained on the same corpus with a
   sentencepiece style metaspace BPE tokenizer (a different vocabulary);
 - ``expert_nature/`` and ``expert_city/``: the reference fine-tuned on the
-  sentences of one topic each.
+  sentences of one topic each;
+- ``value_nature/`` and ``value_city/``: explicit value models (mogen's
+  value-model format) trained from the reference with
+  :func:`mogen.value.train_value_model` on responses the reference samples
+  to neutral prompts, scored by each objective's reward function.
 
 Each folder is a ``transformers`` model folder (``config.json``,
 ``model.safetensors``) with its tokenizer files, so ``mogen decode`` and
@@ -41,7 +45,7 @@ from . import corpus as demo_corpus
 
 __all__ = ["DemoConfig", "DemoModels", "cache_root", "build_demo_models", "load_demo_models", "demo_dir"]
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,11 @@ class DemoConfig:
     expert_steps: int = 150
     lr: float = 3e-3
     expert_lr: float = 1e-3
+    value_prompts: int = 96
+    value_samples: int = 4
+    value_tokens: int = 20
+    value_epochs: int = 6
+    value_lr: float = 2e-3
     threads: int = 2
 
     def key(self) -> str:
@@ -82,6 +91,7 @@ class DemoModels:
     experts: dict  # objective name -> expert model
     guide_tokenizer: Any
     path: Path
+    values: dict = dataclasses.field(default_factory=dict)  # objective name -> value model
 
 
 def cache_root() -> Path:
@@ -207,8 +217,9 @@ def build_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = 
         for name, (model, tok) in folders.items():
             model.save_pretrained(tmp / name)
             tok.save_pretrained(tmp / name)
+        value_stats = _train_value_models(config, reference, guide_tok, tmp, log)
         meta = {"version": DEMO_VERSION, "config": dataclasses.asdict(config),
-                "objectives": [n for n, _ in demo_corpus.OBJECTIVES],
+                "objectives": [n for n, _ in demo_corpus.OBJECTIVES], "value_models": value_stats,
                 "build_seconds": round(time.perf_counter() - t0, 1)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if target.exists():
@@ -219,6 +230,29 @@ def build_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = 
     finally:
         torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _train_value_models(cfg: DemoConfig, reference: Any, tok: Any, folder: Path,
+                        log: Callable[[str], None]) -> dict:
+    """One value model per objective from the reference; returns their training figures."""
+    from ..value import train_value_model
+
+    prompts = demo_corpus.neutral_prompts(cfg.value_prompts, seed=cfg.seed)
+    stats = {}
+    for k, (name, fn) in enumerate(demo_corpus.OBJECTIVES):
+        torch.manual_seed(cfg.seed + 20 + k)
+        res = train_value_model(
+            reference, tok, prompts=prompts, reward=lambda prompt, response, fn=fn: fn(response),
+            objectives=[name], samples_per_prompt=cfg.value_samples, max_new_tokens=cfg.value_tokens, top_p=0.95,
+            epochs=cfg.value_epochs, lr=cfg.value_lr, heldout=0.2, seed=cfg.seed + 20 + k, progress=False,
+            save_to=folder / f"value_{name}",
+        )
+        stats[name] = {"heldout_spearman": round(res.heldout_spearman, 3), "seconds": round(res.seconds, 1),
+                       "train_examples": res.train_examples, "heldout_examples": res.heldout_examples,
+                       "final_loss": round(res.losses[-1], 4)}
+        log(f"  value_{name}: {res.train_examples} sampled responses, {cfg.value_epochs} epochs, final loss "
+            f"{res.losses[-1]:.3f}, held-out Spearman {res.heldout_spearman:.3f} ({res.seconds:.1f}s)")
+    return stats
 
 
 def load_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = None, *, rebuild: bool = False,
@@ -237,4 +271,5 @@ def load_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = N
     for tok in (base_tok, guide_tok):
         tok.padding_side = "left"
     experts = {name: model(f"expert_{name}") for name, _ in demo_corpus.OBJECTIVES}
-    return DemoModels(model("base"), base_tok, model("reference"), experts, guide_tok, path)
+    values = {name: model(f"value_{name}") for name, _ in demo_corpus.OBJECTIVES}
+    return DemoModels(model("base"), base_tok, model("reference"), experts, guide_tok, path, values)
