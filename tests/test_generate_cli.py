@@ -70,7 +70,7 @@ def test_decode_sampling_bf16_and_explicit_tokenizer(folders, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--weights", "1,2"], "--weights has 2 values but 1 --guide"),
+    (["--weights", "1,2"], "--weights has 2 values but 1 guides"),
     (["--weights", "a"], "comma-separated numbers"),
     (["--dtype", "int8"], "dtype must be one of"),
 ])
@@ -123,6 +123,13 @@ def test_demo_builds_caches_and_decodes(tmp_path, capsys):
                    "--guide", f"{path / 'expert_city'}:{path / 'reference'}",
                    "--weights", "1,0", "--prompt", "one day i saw the", "--max-new-tokens", "6"])
     assert rc == 0 and capsys.readouterr().out.startswith("one day i saw the")
+    for top_k in ([], ["--value-top-k", "5"]):
+        rc = cli.main(["decode", "--base", str(path / "base"), "--value", str(path / "value_nature"),
+                       "--value", str(path / "value_city"), "--weights", "1,0", "--gamma", "3",
+                       "--prompt", "one day i saw the", "--max-new-tokens", "6", *top_k])
+        assert rc == 0 and capsys.readouterr().out.startswith("one day i saw the")
+    assert cli.main(["decode", "--base", str(path / "base"), "--value", str(path / "reference"), "--prompt", "x"]) == 2
+    assert "not a mogen value model" in capsys.readouterr().err
 
 
 def _cached_demo():

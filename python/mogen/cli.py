@@ -50,7 +50,7 @@ def _parse_weights(text: Optional[str], n: int) -> Optional[list[float]]:
     except ValueError:
         raise ValueError(f"--weights must be comma-separated numbers, got {text!r}") from None
     if len(weights) != n:
-        raise ValueError(f"--weights has {len(weights)} values but {n} --guide were given")
+        raise ValueError(f"--weights has {len(weights)} values but {n} guides (--guide, then --value) were given")
     return weights
 
 
@@ -72,7 +72,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     quiet_transformers()
     dtype = parse_dtype(args.dtype)
     specs = [parse_guide_spec(s) for s in args.guide]
-    weights = _parse_weights(args.weights, len(specs))
+    weights = _parse_weights(args.weights, len(specs) + len(args.value))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available in this torch build / machine")
 
@@ -100,6 +100,13 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         guides.append(decoding.ProxyGuide(model(expert_dir, f"guide {i} expert"),
                                           model(ref_dir, f"guide {i} reference"), tokenizer=guide_tok,
                                           temperature=args.guide_temperature))
+    for j, value_dir in enumerate(args.value):
+        from .value import read_value_entry
+
+        read_value_entry(value_dir)  # a clear error for a folder that is not a value model
+        value_tok = tokenizer(value_dir, f"value {j} tokenizer") if has_tokenizer(value_dir) else None
+        guides.append(decoding.ValueGuide(model(value_dir, f"value model {j}"), tokenizer=value_tok,
+                                          top_k=args.value_top_k))
     enc = base_tok([args.prompt], return_tensors="pt")
     generator = None
     if args.sample:
@@ -108,7 +115,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     streamer = TextStreamer(base_tok, skip_prompt=False, skip_special_tokens=True)
     decoding.generate(
         base, enc["input_ids"], enc["attention_mask"], guides=guides, tokenizer=base_tok, weights=weights,
-        beta=args.beta, max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+        beta=args.beta, gamma=args.gamma, max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, streamer=streamer, generator=generator,
     )
     return 0
@@ -197,16 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "decode", help="decode a prompt with a base model steered by weighted guides (streams the text)",
-        description="Decode with a base model steered by weighted expert/reference guides. Loads local model "
-                    "folders (safetensors); a guide's tokenizer is TOKENIZER_DIR, else the expert folder's, "
-                    "else the base's.")
+        description="Decode with a base model steered by weighted expert/reference guides and value models. "
+                    "Loads local model folders (safetensors); a guide's tokenizer is TOKENIZER_DIR, else the "
+                    "expert folder's, else the base's.")
     p.add_argument("--base", required=True, metavar="DIR", help="base model folder (with its tokenizer)")
     p.add_argument("--guide", action="append", default=[], metavar="EXPERT_DIR:REF_DIR[:TOKENIZER_DIR]",
                    help="a guide (repeat for several)")
-    p.add_argument("--weights", metavar="W1,W2,...", help="one weight per guide (default 1 each)")
+    p.add_argument("--value", action="append", default=[], metavar="VALUE_DIR",
+                   help="a value model folder (mogen value-model format; its tokenizer if the folder has one); "
+                        "repeat for an ensemble")
+    p.add_argument("--value-top-k", type=int, default=None, metavar="K",
+                   help="value only the K best candidates (kernel K2) instead of the full value head")
+    p.add_argument("--gamma", type=float, default=1.0, help="scale of the value models' values")
+    p.add_argument("--weights", metavar="W1,W2,...",
+                   help="one weight per guide, --guide ones first, then --value ones (default 1 each)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--beta", type=float, default=1.0, help="guidance scale")
+    p.add_argument("--beta", type=float, default=1.0, help="scale of the proxy guides' log-ratios")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=None)
