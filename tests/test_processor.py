@@ -85,3 +85,51 @@ def test_processor_errors(models):
     proc = mogen.MultiObjectiveLogitsProcessor(guides, weights=[[1.0, 0.0]] * 3)
     with pytest.raises(ValueError, match="per row for 3 rows but generate runs 1"):
         hf_generate(base, torch.tensor([[1, 2]]), None, proc)
+
+
+class _FromScratch(mogen.MultiObjectiveLogitsProcessor):
+    """The processor recomputing every guide over the whole sequence on every call."""
+
+    def __call__(self, input_ids, scores):
+        self.reset()
+        return super().__call__(input_ids, scores)
+
+
+def _count_guide_tokens(guides):
+    count = {"tokens": 0}
+    models = {id(m): m for g in guides for m in (g.expert, g.reference)}.values()
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, args, kwargs: count.__setitem__("tokens", count["tokens"] + kwargs["input_ids"].numel()),
+        with_kwargs=True) for m in models]
+    return count, hooks
+
+
+@pytest.mark.parametrize("weights", [[0.8, -0.3], [[1.0, 0.2]] * 6])
+def test_processor_beam_search_follows_beams_by_index(models, weights):
+    """num_beams=3: the same tokens as recomputing every guide from scratch each call, and the guides
+    process at most 1.1x as many tokens per generated token as in greedy decoding (counted)."""
+    base, guides = models
+    ids = torch.tensor([[4, 5, 6, 7], [9, 8, 7, 6]])
+    steps = 10
+
+    def beams(proc):
+        return base.generate(ids, logits_processor=[proc], do_sample=False, num_beams=3, num_return_sequences=3,
+                             max_new_tokens=steps, pad_token_id=0)
+
+    count, hooks = _count_guide_tokens(guides)
+    try:
+        out = beams(mogen.MultiObjectiveLogitsProcessor(guides, weights=weights))
+        beam_tokens = count["tokens"]
+        expected = beams(_FromScratch(guides, weights=weights))
+        count["tokens"] = 0
+        greedy_weights = weights if not isinstance(weights[0], list) else weights[:2]
+        hf_generate(base, ids, None, mogen.MultiObjectiveLogitsProcessor(guides, weights=greedy_weights), steps)
+        greedy_tokens = count["tokens"]
+    finally:
+        for h in hooks:
+            h.remove()
+    assert torch.equal(out, expected)
+    assert not torch.equal(out[0::3], out[1::3])  # the beams differ: rows really were reordered
+    per_generated_beam = beam_tokens / (ids.shape[0] * 3 * steps)
+    per_generated_greedy = greedy_tokens / (ids.shape[0] * steps)
+    assert per_generated_beam <= 1.1 * per_generated_greedy, (per_generated_beam, per_generated_greedy)

@@ -45,9 +45,11 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
             the leading padding the same way the base does. Alternatively
             call :meth:`set_attention_mask` before ``generate``.
 
-    The guides' caches live between calls of one generation. A call whose ids
-    do not extend the previous call's ids by one column starts a new
-    generation (prefill); :meth:`reset` forces that. With a value guide in
+    The guides' caches live between calls of one generation. A call whose rows
+    extend the previous call's rows by one column, in order or reordered and
+    duplicated (beam search, ``num_return_sequences``), continues it: the
+    caches follow the rows by index. Any other call starts a new generation
+    (prefill); :meth:`reset` forces that. With a value guide in
     top-k mode every token outside its candidates scores ``-inf``.
     """
 
@@ -97,6 +99,18 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
             and torch.equal(input_ids[:, :-1], prev)
         )
 
+    def _reordered(self, input_ids: torch.Tensor) -> Optional[torch.Tensor]:
+        """The index of each row's previous row when ``input_ids`` are the previous call's rows, reordered or
+        duplicated (beam search, ``num_return_sequences``), plus one column; else None."""
+        prev = self._prev_ids
+        if prev is None or input_ids.shape[1] != prev.shape[1] + 1:
+            return None
+        where = {tuple(row): i for i, row in enumerate(prev.tolist())}
+        index = [where.get(tuple(row)) for row in input_ids[:, :-1].tolist()]
+        if any(i is None for i in index):
+            return None
+        return torch.tensor(index, dtype=torch.long, device=input_ids.device)
+
     def _prompt_mask(self, input_ids: torch.Tensor) -> Optional[torch.Tensor]:
         m = self._explicit_mask
         if m is not None:
@@ -138,6 +152,14 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Fused scores ``[B, V]`` (float32, log-probability scale) for ``scores [B, V]``."""
         vocab = scores.shape[-1]
+        index = None if self._continues(input_ids) or self._guidance is None else self._reordered(input_ids)
+        if index is not None:  # beams were selected: follow them by index instead of prefilling again
+            assert self._guidance is not None and self._next_pos is not None
+            self._guidance.runners.reorder(index)
+            self._guidance.fusion.reorder(index)
+            self._next_pos = self._next_pos[index]
+            self._mask = None if self._mask is None else self._mask[index]
+            self._prev_ids = self._prev_ids[index]
         if self._continues(input_ids) and self._guidance is not None:
             assert self._next_pos is not None
             if self._mask is not None:

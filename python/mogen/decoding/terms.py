@@ -122,6 +122,13 @@ class Fusion:
     def empty(self) -> bool:
         return not (self.proxies or self.full_values or self.topk_values)
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Per-row weights follow their rows when a driver reorders them (beam selection)."""
+        if self.weights.dim() == 2:
+            self.weights = self.weights.index_select(0, index.to(self.weights.device))
+            if self.proxy_weights is not None:
+                self.proxy_weights = self.weights[:, [t.column for t in self.proxies]].contiguous()
+
     def value_coef(self, term: ValueTerm) -> torch.Tensor:
         """``gamma * u_j`` as ``[B, 1]`` (or ``[1]``)."""
         return self.gamma * self.weights[..., term.column : term.column + 1]
