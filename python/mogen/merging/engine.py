@@ -376,11 +376,12 @@ def merge_into(
         total = sum(sum(r.nbytes for r in it.refs if r is not None) for it in items)
         bar = _Progress(total, progress, f"mogen {method} (in place)")
         bytes_read = bytes_written = 0
+        staging = C.MergeStaging()  # CUDA staging buffers, reused across tensors
         try:
             with torch.no_grad():
                 for it in items:
                     t = by_name[it.name]
-                    bytes_read += _produce_into(C, spec, it, t, base_idx, bar)
+                    bytes_read += _produce_into(C, spec, it, t, base_idx, bar, staging)
                     bytes_written += t.numel() * t.element_size()
         finally:
             bar.close()
@@ -406,7 +407,7 @@ def _skipped_by_rule(name: str, rules) -> bool:
     return False
 
 
-def _produce_into(C, spec, it: Item, t: torch.Tensor, base_idx, bar) -> int:
+def _produce_into(C, spec, it: Item, t: torch.Tensor, base_idx, bar, staging) -> int:
     data = t.data
     if it.action == "copy":
         ref = it.refs[it.copy_from]
@@ -429,10 +430,10 @@ def _produce_into(C, spec, it: Item, t: torch.Tensor, base_idx, bar) -> int:
         C.merge_to_tensor(srcs, flat, tmp, True)
         data.copy_(tmp)
     elif data.is_contiguous():
-        C.merge_to_tensor(srcs, flat, data, True)
+        C.merge_to_tensor(srcs, flat, data, True, staging)
     else:
         tmp = torch.empty(data.shape, dtype=data.dtype, device=data.device)
-        C.merge_to_tensor(srcs, flat, tmp, True)
+        C.merge_to_tensor(srcs, flat, tmp, True, staging)
         data.copy_(tmp)
     n = sum(r.nbytes for r in refs)
     bar.update(n)
