@@ -81,16 +81,28 @@ mogen::DType tensor_dtype(const at::Tensor& t, const char* what) {
   return mogen::DType::kFloat32;
 }
 
+// True if `count` items of `itemsize` bytes at byte `offset` lie within [0, limit):
+// checked arithmetic, so huge or negative values from a caller cannot wrap around.
+bool span_within(int64_t offset, int64_t count, int64_t itemsize, int64_t limit) {
+  int64_t bytes = 0, end = 0;
+  return offset >= 0 && count >= 0 && !__builtin_mul_overflow(count, itemsize, &bytes) &&
+         !__builtin_add_overflow(offset, bytes, &end) && end <= limit;
+}
+
+int64_t data_bytes(const mogen::io::Reader& r) { return r.file_size() - r.data_offset(); }
+int64_t data_bytes(const mogen::io::Writer& w) { return w.file_size() - w.data_offset(); }
+
 std::vector<mogen::MergeSource> make_sources(const std::vector<SourceSpec>& specs, int64_t numel) {
+  MOGEN_CHECK_ARG(numel >= 0, "numel must be >= 0, got ", numel);
   std::vector<mogen::MergeSource> out;
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& [reader, offset, dtype] = specs[i];
     MOGEN_CHECK_ARG(reader != nullptr && !reader->closed(), "sources[", i, "]: the reader is closed");
     mogen::MergeSource s;
     s.dtype = merge_dtype(dtype, "a source tensor");
-    const int64_t bytes = numel * mogen::dtype_size(s.dtype);
-    MOGEN_CHECK_ARG(offset >= 0 && offset + bytes <= reader->file_size() - reader->data_offset(), "sources[", i,
-                    "]: ", bytes, " bytes at data offset ", offset, " run past the end of ", reader->path());
+    MOGEN_CHECK_ARG(span_within(offset, numel, mogen::dtype_size(s.dtype), data_bytes(*reader)), "sources[", i,
+                    "]: ", numel, " elements of ", dtype, " at data offset ", offset, " are outside the data of ",
+                    reader->path());
     s.data = reader->data(offset);
     s.reader = reader.get();
     s.offset = offset;
@@ -110,14 +122,35 @@ void merge_to_files(const std::vector<SourceSpec>& srcs, const std::vector<doubl
     d.writer = writer.get();
     d.offset = offset;
     d.dtype = merge_dtype(dtype, "an output tensor");
+    MOGEN_CHECK_ARG(span_within(offset, numel, mogen::dtype_size(d.dtype), data_bytes(*writer)), "outputs[", k,
+                    "]: ", numel, " elements of ", dtype, " at data offset ", offset, " are outside the data of ",
+                    writer->path());
     sinks.push_back(d);
   }
   py::gil_scoped_release nogil;
   mogen::cpu::merge_spans(sources, coef, sinks, numel, release);
 }
 
+// The staging buffers of the in-place CUDA merge, kept by mogen.merge_into across
+// the tensors of one merge (an empty holder in builds without CUDA kernels).
+struct StagingHolder {
+#ifdef MOGEN_WITH_CUDA
+  mogen::cuda::MergeStaging staging;
+#endif
+  // (pinned host bytes, device bytes) held now.
+  std::tuple<int64_t, int64_t> nbytes() const {
+#ifdef MOGEN_WITH_CUDA
+    const auto n = [](const at::Tensor& t) { return t.defined() ? static_cast<int64_t>(t.nbytes()) : int64_t{0}; };
+    return {n(staging.host), n(staging.device)};
+#else
+    return {0, 0};
+#endif
+  }
+};
+using StagingPtr = std::shared_ptr<StagingHolder>;
+
 void merge_to_tensor(const std::vector<SourceSpec>& srcs, const std::vector<double>& coef, at::Tensor dst,
-                     bool release) {
+                     bool release, const StagingPtr& staging, int64_t chunk, int64_t fail_at_chunk) {
   MOGEN_CHECK_ARG(dst.is_contiguous(), "the destination tensor must be contiguous");
   std::vector<mogen::MergeSource> sources = make_sources(srcs, dst.numel());
   MOGEN_CHECK_ARG(coef.size() == sources.size(), "coefficients must be [N] = [", sources.size(), "], got ",
@@ -125,13 +158,16 @@ void merge_to_tensor(const std::vector<SourceSpec>& srcs, const std::vector<doub
   const mogen::DType dt = tensor_dtype(dst, "the destination tensor");
 #ifdef MOGEN_WITH_CUDA
   if (dst.is_cuda()) {
+    StagingHolder local;
+    StagingHolder& st = staging != nullptr ? *staging : local;
     py::gil_scoped_release nogil;
-    mogen::cuda::merge_spans_to_device(sources, coef, dst, release);
+    mogen::cuda::merge_spans_to_device(sources, coef, dst, release, st.staging, chunk, fail_at_chunk);
     return;
   }
 #endif
   MOGEN_CHECK_ARG(dst.device().is_cpu(), "this build of mogen_ext has no CUDA kernels (the destination is on ",
                   dst.device(), ")");
+  (void)staging, (void)chunk, (void)fail_at_chunk;  // CUDA staging only
   mogen::MergeSink d;
   d.ptr = static_cast<uint8_t*>(dst.data_ptr());
   d.dtype = dt;
@@ -147,7 +183,7 @@ py::list reader_tensors(const mogen::io::Reader& r) {
 
 // A copy of data bytes [begin, end) as a uint8 CPU tensor.
 at::Tensor reader_read(const mogen::io::Reader& r, int64_t begin, int64_t end, bool release) {
-  MOGEN_CHECK_ARG(0 <= begin && begin <= end && end <= r.file_size() - r.data_offset(), "byte range [", begin, ", ",
+  MOGEN_CHECK_ARG(0 <= begin && begin <= end && end <= data_bytes(r), "byte range [", begin, ", ",
                   end, ") is outside the data of ", r.path());
   at::Tensor out = at::empty({end - begin}, at::TensorOptions().dtype(at::kByte));
   {
@@ -167,6 +203,8 @@ at::Tensor reader_read(const mogen::io::Reader& r, int64_t begin, int64_t end, b
 void writer_write(const mogen::io::Writer& w, int64_t offset, const at::Tensor& t) {
   MOGEN_CHECK_ARG(t.device().is_cpu() && t.is_contiguous(), "write takes a contiguous CPU tensor");
   const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+  MOGEN_CHECK_ARG(span_within(offset, bytes, 1, data_bytes(w)), bytes, " bytes at data offset ", offset,
+                  " are outside the data of ", w.path());
   const void* p = t.data_ptr();
   py::gil_scoped_release nogil;
   w.write(offset, p, bytes);
@@ -175,8 +213,10 @@ void writer_write(const mogen::io::Writer& w, int64_t offset, const at::Tensor& 
 // Bytes [src_offset, src_offset + nbytes) of a mapped file written to a file being written (no copy through Python).
 void writer_copy(const mogen::io::Writer& w, int64_t offset, const mogen::io::Reader& r, int64_t src_offset,
                  int64_t nbytes, bool release) {
-  MOGEN_CHECK_ARG(src_offset >= 0 && nbytes >= 0 && src_offset + nbytes <= r.file_size() - r.data_offset(),
-                  "byte range is outside the data of ", r.path());
+  MOGEN_CHECK_ARG(span_within(src_offset, nbytes, 1, data_bytes(r)), nbytes, " bytes at data offset ", src_offset,
+                  " are outside the data of ", r.path());
+  MOGEN_CHECK_ARG(span_within(offset, nbytes, 1, data_bytes(w)), nbytes, " bytes at data offset ", offset,
+                  " are outside the data of ", w.path());
   py::gil_scoped_release nogil;
   constexpr int64_t kStep = int64_t{1} << 22;
   for (int64_t o = 0; o < nbytes; o += kStep) {
@@ -238,8 +278,17 @@ void bind_safetensors(py::module_& m) {
   m.def("merge_to_files", &merge_to_files,
         "K3: out[k] = sum_i coef[k * N + i] * src_i written to (writer, offset) outputs", py::arg("sources"),
         py::arg("coef"), py::arg("outputs"), py::arg("numel"), py::arg("release") = true);
-  m.def("merge_to_tensor", &merge_to_tensor, "K3: dst = sum_i coef[i] * src_i, in place (CPU or CUDA)",
-        py::arg("sources"), py::arg("coef"), py::arg("dst"), py::arg("release") = true);
+  py::class_<StagingHolder, StagingPtr>(m, "MergeStaging",
+                                        "Pinned and device staging buffers of the CUDA in-place merge, reused "
+                                        "across the tensors of one merge")
+      .def(py::init<>())
+      .def_property_readonly("nbytes", &StagingHolder::nbytes, "(pinned host bytes, device bytes) held");
+  m.def("merge_to_tensor", &merge_to_tensor,
+        "K3: dst = sum_i coef[i] * src_i, in place (CPU or CUDA). CUDA only: `staging` (a MergeStaging reused "
+        "across calls), `chunk` (elements per staged chunk, 0 = automatic), `fail_at_chunk` (tests: throw before "
+        "staging that chunk)",
+        py::arg("sources"), py::arg("coef"), py::arg("dst"), py::arg("release") = true,
+        py::arg("staging") = StagingPtr(), py::arg("chunk") = 0, py::arg("fail_at_chunk") = -1);
 }
 
 pybind11::dict build_info() {

@@ -30,11 +30,19 @@ void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<double>
 namespace cuda {
 at::Tensor fused_log_ratio(MOGEN_FUSION_PARAMS);
 std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int64_t k);
+// Pinned host and device staging buffers of the in-place CUDA merge, grown on
+// demand and kept by the caller across the tensors of one merge.
+struct MergeStaging {
+  at::Tensor host;
+  at::Tensor device;
+};
 // K3 into a CUDA tensor: dst = sum_i coef[i] * src_i (numel = dst.numel()), sources
-// staged through pinned host buffers with host-to-device copies overlapped with
-// the accumulation kernel.
+// staged through `staging` with host-to-device copies overlapped with the
+// accumulation kernel. `chunk`: elements per staged chunk (0: automatic, bounded
+// by a memory budget). `fail_at_chunk` >= 0 throws before staging that chunk
+// (tests of the cleanup path; -1 in normal use).
 void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vector<double>& coef, at::Tensor& dst,
-                           bool release);
+                           bool release, MergeStaging& staging, int64_t chunk = 0, int64_t fail_at_chunk = -1);
 }  // namespace cuda
 #endif
 

@@ -186,8 +186,16 @@ def test_filters_never_emit_a_filtered_token(kw):
     picked = _selector_draws(scores, **kw)
     allowed = torch.isfinite(filter_scores(base / kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p")))[0]
     assert allowed[picked].all()
-    # and the draws really are random over the allowed set
-    assert set(picked.tolist()) == set(torch.nonzero(allowed).flatten().tolist()) or allowed.sum() > 20
+    # and the draws really are random over the allowed set: each allowed token drawn at its
+    # renormalised softmax probability (within 5 sigma), so every one of them is drawn
+    probs = torch.softmax(base[0].double() / kw.get("temperature", 1.0), -1) * allowed
+    probs = probs / probs.sum()
+    expected = probs[allowed] * draws
+    assert expected.min() >= 15, "setup: every allowed token must be likely enough to be drawn"
+    counts = torch.bincount(picked.flatten(), minlength=base.shape[1]).double()
+    sigma = (expected * (1 - probs[allowed])).sqrt()
+    assert ((counts[allowed] - expected).abs() <= 5 * sigma + 1).all(), (counts[allowed], expected)
+    assert set(picked.tolist()) == set(torch.nonzero(allowed).flatten().tolist())
 
 
 def test_filters_with_the_fused_topk_kernel():

@@ -283,26 +283,3 @@ def test_reader_matches_safetensors_and_writer_roundtrip(tmp_path):
     back = load_file(str(tmp_path / "y.safetensors"))
     for n in sd:
         assert torch.equal(back[n], sd[n])
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_merge_into_cuda_parameters(three, tmp_path, dtype):
-    paths, sds, _, _ = three
-    names = [n for n in sds[0] if sds[0][n].is_floating_point()]
-    params = {n: torch.nn.Parameter(torch.zeros(sds[0][n].shape, dtype=dtype, device="cuda")) for n in names}
-
-    class M(torch.nn.Module):
-        def named_parameters(self, *a, **k):
-            return iter(params.items())
-
-        def named_buffers(self, *a, **k):
-            return iter(())
-
-    c = [0.2, -0.5, 1.1]
-    mogen.merge_into(M(), paths, c, rules=[("position_ids", "skip")])
-    for n in names:
-        x = [np64(sd[n]) for sd in sds]
-        assert_matches_fp64(params[n].detach().cpu(), sum(ci * xi for ci, xi in zip(c, x)),
-                            sum(abs(ci) * np.abs(xi) for ci, xi in zip(c, x)), n)

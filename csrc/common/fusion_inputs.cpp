@@ -1,11 +1,62 @@
 #include "common/fusion_inputs.h"
 
+#include <mutex>
 #include <string>
+#include <unordered_map>
+#include <utility>
+
+#include <ATen/ops/aminmax.h>
+#include <c10/core/TensorImpl.h>
 
 #include "common/checks.h"
 
 namespace mogen {
 namespace {
+
+std::pair<int32_t, int32_t> compute_range(const at::Tensor& map) {
+  if (map.numel() == 0) return {0, -1};
+  const auto [lo, hi] = at::aminmax(map);
+  return {lo.item<int32_t>(), hi.item<int32_t>()};
+}
+
+// [min, max] of a vocabulary map, computed once per map and cached as mogen.ops
+// caches it (a pass over the map per decoding step would cost as much as the
+// fusion itself). An entry is keyed by the map's TensorImpl and holds a weak
+// reference to it, so the address cannot be reused by another tensor while the
+// entry exists; it is used only while that tensor lives, with the same data
+// pointer, size and version (an in-place edit bumps the version). Inference
+// tensors keep no version counter: they are checked on every call.
+std::pair<int32_t, int32_t> map_range(const at::Tensor& map) {
+  if (map.is_inference()) return compute_range(map);
+  struct Entry {
+    c10::weak_intrusive_ptr<c10::TensorImpl> impl;
+    const void* data;
+    int64_t numel;
+    uint32_t version;
+    std::pair<int32_t, int32_t> range;
+  };
+  static std::mutex mutex;
+  static std::unordered_map<const c10::TensorImpl*, Entry> cache;
+  const c10::TensorImpl* key = map.unsafeGetTensorImpl();
+  const uint32_t version = map.unsafeGetTensorImpl()->version_counter().current_version();
+  const void* data = map.data_ptr();
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache.find(key);
+    if (it != cache.end() && !it->second.impl.expired() && it->second.data == data &&
+        it->second.numel == map.numel() && it->second.version == version)
+      return it->second.range;
+  }
+  const std::pair<int32_t, int32_t> range = compute_range(map);  // unlocked: may wait for a GPU
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() >= 64) {  // drop entries of maps that are gone
+    for (auto it = cache.begin(); it != cache.end();) it = it->second.impl.expired() ? cache.erase(it) : std::next(it);
+    if (cache.size() >= 64) cache.clear();
+  }
+  cache.insert_or_assign(key, Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(map.getIntrusivePtr()), data,
+                                    map.numel(), version, range});
+  return range;
+}
 
 DType to_dtype(const at::Tensor& t, const std::string& name) {
   switch (t.scalar_type()) {
@@ -77,8 +128,10 @@ FusionArgs make_fusion_args(const at::Tensor& base, const std::vector<at::Tensor
       MOGEN_CHECK_ARG(mp.device() == device, "vocab_maps[", i, "] is on ", mp.device(), " but base_logits is on ",
                       device);
       MOGEN_CHECK_ARG(mp.is_contiguous(), "vocab_maps[", i, "] must be contiguous");
-      // Id ranges are checked once per map by mogen.ops (a pass over the map per
-      // step would cost as much as the fusion itself).
+      const auto [lo, hi] = map_range(mp);
+      MOGEN_CHECK_ARG(lo >= -1 && hi < g.expert.vocab, "vocab_maps[", i, "] holds ids in [", lo, ", ", hi,
+                      "] but guide ", i, " has vocabulary size ", g.expert.vocab,
+                      "; entries must be -1 (unmapped) or in [0, ", g.expert.vocab, ")");
       g.map = mp.data_ptr<int32_t>();
     } else {
       MOGEN_CHECK_ARG(g.expert.vocab == a.vocab, "expert_logits[", i, "] has vocabulary ", g.expert.vocab,

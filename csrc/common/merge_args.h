@@ -23,6 +23,9 @@ struct MergeInputs {
   // of the double the float drops), so rounding C itself costs no accuracy.
   float coef[kMaxMergeInputs] = {};
   float coef_lo[kMaxMergeInputs] = {};
+  // The coefficients as given: an element whose compensated sum is inf or NaN is
+  // recomputed as the plain fp64 sum over the nonzero ones (see cpu/merge.cpp).
+  double coef64[kMaxMergeInputs] = {};
 };
 
 }  // namespace mogen

@@ -123,6 +123,55 @@ void collapse(float* hi, const float* lo, int64_t n) {
   for (int64_t j = 0; j < n; ++j) hi[j] += lo[j];
 }
 
+// True if any of x[0, n) is inf or NaN (all exponent bits set): one vectorisable pass.
+MOGEN_MULTIVERSION
+bool any_non_finite(const float* x, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    uint32_t bits;
+    std::memcpy(&bits, x + j, 4);
+    bad |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+  }
+  return bad != 0;
+}
+
+// Element `j` of a source as fp32 (an exact upcast).
+float load_f32(const MergeSource& s, int64_t j) {
+  const uint8_t* p = s.data + j * dtype_size(s.dtype);
+  float v = 0.0f;
+  switch (s.dtype) {
+    case DType::kFloat32:
+      std::memcpy(&v, p, 4);
+      break;
+    case DType::kBFloat16:
+      bf16_to_f32(reinterpret_cast<const uint16_t*>(p), 1, &v);
+      break;
+    case DType::kFloat16:
+      f16_to_f32(reinterpret_cast<const uint16_t*>(p), 1, &v);
+      break;
+  }
+  return v;
+}
+
+// Where the compensated sum is inf or NaN (an input is, or an fp32 product or
+// partial sum overflowed), its error terms hold inf - inf and say nothing; those
+// elements are recomputed as the plain fp64 sum of c_i x_i, in input order, over
+// the nonzero coefficients (an input with coefficient 0 is not part of the
+// output, as when the engine does not read it at all). So non-finite results are
+// exactly fp64's: same-sign infinities stay infinite, NaN only where fp64 has it.
+// cuda/merge.cu does the same per element.
+MOGEN_EXACT_FP
+void redo_non_finite(const MergeSource* srcs, int32_t ns, const double* coef_row, int64_t first, float* hi,
+                     int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    if (std::isfinite(hi[j])) continue;
+    double sum = 0.0;
+    for (int32_t i = 0; i < ns; ++i)
+      if (coef_row[i] != 0.0) sum += coef_row[i] * static_cast<double>(load_f32(srcs[i], first + j));
+    hi[j] = static_cast<float>(sum);
+  }
+}
+
 // Upcasts x[0, n) of dtype `dt` to fp32: a pointer to fp32 data (the input
 // itself when it already is fp32, else `buf`).
 const float* as_f32(const uint8_t* x, DType dt, int64_t n, float* buf) {
@@ -153,9 +202,15 @@ void store(const float* acc, int64_t n, DType dt, uint8_t* out) {
   }
 }
 
+// [K, N] coefficients: each as an fp32 pair (hi + lo) for the compensated sum, and the double itself.
+struct Coefs {
+  const float* hi;
+  const float* lo;
+  const double* f64;
+};
+
 // One block [lo, lo + n) of every output.
-void merge_block(const MergeSource* srcs, int32_t ns, const float* coef, const float* coef_lo, const MergeSink* sinks,
-                 int32_t nk,
+void merge_block(const MergeSource* srcs, int32_t ns, const Coefs& coef, const MergeSink* sinks, int32_t nk,
                  int64_t lo, int64_t n, std::vector<float>& acc, std::vector<uint8_t>& stage) {
   // [nk] hi tiles, [nk] lo tiles, one upcast tile.
   acc.resize(static_cast<size_t>(2 * nk * kTile + kTile));
@@ -172,12 +227,16 @@ void merge_block(const MergeSource* srcs, int32_t ns, const float* coef, const f
       const MergeSource& s = srcs[i];
       const float* x = as_f32(s.data + (lo + t) * dtype_size(s.dtype), s.dtype, len, xbuf);
       for (int32_t k = 0; k < nk; ++k) {
-        const float c = coef[k * ns + i], c_lo = coef_lo[k * ns + i];
+        const float c = coef.hi[k * ns + i], c_lo = coef.lo[k * ns + i];
         if (i == 0) product_into(x, len, c, c_lo, acc.data() + k * kTile, lo_acc + k * kTile);
         else product_add(x, len, c, c_lo, acc.data() + k * kTile, lo_acc + k * kTile);
       }
     }
-    for (int32_t k = 0; k < nk; ++k) collapse(acc.data() + k * kTile, lo_acc + k * kTile, len);
+    for (int32_t k = 0; k < nk; ++k) {
+      float* const hi = acc.data() + k * kTile;
+      collapse(hi, lo_acc + k * kTile, len);
+      if (any_non_finite(hi, len)) redo_non_finite(srcs, ns, coef.f64 + k * ns, lo + t, hi, len);
+    }
     int64_t soff = 0;
     for (int32_t k = 0; k < nk; ++k) {
       const MergeSink& d = sinks[k];
@@ -228,7 +287,8 @@ void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<double>
     for (int64_t b = b0; b < b1 && !failed.load(std::memory_order_relaxed); ++b) {
       const int64_t lo = b * kBlock, n = std::min(kBlock, numel - lo);
       try {
-        merge_block(srcs.data(), ns, c_hi.data(), c_lo.data(), sinks.data(), nk, lo, n, acc, stage);
+        merge_block(srcs.data(), ns, Coefs{c_hi.data(), c_lo.data(), coef.data()}, sinks.data(), nk, lo, n, acc,
+                    stage);
       } catch (...) {
         const std::lock_guard<std::mutex> lock(error_mutex);
         if (!error) error = std::current_exception();

@@ -29,7 +29,7 @@ Prepared prepare(MOGEN_FUSION_PARAMS) {
   p.args = make_fusion_args(base, experts, refs, maps, weights, inv_temps, beta, base_inv_temp, unmapped);
   MOGEN_CHECK_ARG(p.args.batch <= 65535, "the CUDA kernel takes at most 65535 rows (a grid dimension), got ",
                   p.args.batch, "; split the batch");
-  p.plan = cuda_impl::plan_fusion(p.args, base.get_device());
+  C10_CUDA_CHECK(cuda_impl::plan_fusion(p.args, base.get_device(), &p.plan));
   p.scratch = at::empty({std::max<int64_t>(p.plan.scratch_floats, 1)}, base.options().dtype(at::kFloat));
   return p;
 }

@@ -257,10 +257,12 @@ int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
 
 }  // namespace
 
-FusionPlan plan_fusion(const FusionArgs& a, int device) {
+cudaError_t plan_fusion(const FusionArgs& a, int device, FusionPlan* plan) {
   static_assert(sizeof(Lse) == 2 * sizeof(float), "partials are stored as float pairs");
   int sms = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) sms = 108;
+  const cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;  // reported here, not later as a launch failure
+  if (sms <= 0) sms = 108;
   int64_t max_vocab = a.vocab;
   for (int32_t j = 0; j < a.num_inputs(); ++j) max_vocab = max_vocab > a.input(j).vocab ? max_vocab : a.input(j).vocab;
   // Aim for about four blocks per SM across all rows, never chunks under kMinChunk.
@@ -273,7 +275,8 @@ FusionPlan plan_fusion(const FusionArgs& a, int device) {
   p.lse_chunks = ceil_div(max_vocab, chunk);
   p.out_chunks = ceil_div(a.vocab, chunk);
   p.scratch_floats = 2 * a.batch * a.num_inputs() * p.lse_chunks;
-  return p;
+  *plan = p;
+  return cudaSuccess;
 }
 
 static cudaError_t launch_lse(const FusionArgs& a, const FusionPlan& p, float* scratch, cudaStream_t stream) {

@@ -22,8 +22,9 @@ struct FusionPlan {
   int64_t scratch_floats = 0;  // (max, sum) partials: 2 floats per (row, input, lse chunk)
 };
 
-// Splits the vocabulary so that small batches still fill the GPU.
-FusionPlan plan_fusion(const FusionArgs& a, int device);
+// Splits the vocabulary so that small batches still fill the GPU. Fails (and
+// leaves *plan alone) when the device's attributes cannot be read.
+cudaError_t plan_fusion(const FusionArgs& a, int device, FusionPlan* plan);
 
 // out: fp32 [B, V_b] contiguous. scratch: plan.scratch_floats floats.
 cudaError_t launch_fused_log_ratio(const FusionArgs& a, const FusionPlan& p, float* scratch, float* out,

@@ -36,6 +36,18 @@ __device__ __forceinline__ void store_from_float(void* p, DType dt, int64_t j, f
   }
 }
 
+// Element j as the plain fp64 sum of coef64[i] * x_i[j], in input order, over the
+// nonzero coefficients: where the compensated fp32 sum is inf or NaN its error
+// terms hold inf - inf, so (as the CPU kernel) such elements take fp64's result.
+// Rare (non-finite inputs, fp32 overflow), so the divergence costs nothing.
+__device__ __noinline__ float fp64_sum(const MergeInputs& in, int64_t j) {
+  double sum = 0.0;
+  for (int i = 0; i < in.num_inputs; ++i)
+    if (in.coef64[i] != 0.0)
+      sum = __dadd_rn(sum, __dmul_rn(in.coef64[i], static_cast<double>(load_as_float(in.data[i], in.dtype[i], j))));
+  return __double2float_rn(sum);
+}
+
 // Grid-stride over elements; the input loop is uniform across the block, so the
 // dtype switches do not diverge. int64 indices throughout.
 __global__ void merge_kernel(MergeInputs in, void* out, DType out_dtype, int64_t n) {
@@ -55,7 +67,9 @@ __global__ void merge_kernel(MergeInputs in, void* out, DType out_dtype, int64_t
       hi = s;
       lo = __fadd_rn(lo, __fadd_rn(s_err, p_err));
     }
-    store_from_float(out, out_dtype, j, __fadd_rn(hi, lo));
+    float r = __fadd_rn(hi, lo);
+    if (!isfinite(r)) r = fp64_sum(in, j);
+    store_from_float(out, out_dtype, j, r);
   }
 }
 

@@ -17,12 +17,54 @@ namespace mogen {
 namespace io {
 namespace {
 
+// Length of the well-formed UTF-8 sequence (RFC 3629: no overlong forms, no
+// UTF-16 surrogates, nothing above U+10FFFF) at p[0, n), or 0 if there is none.
+int utf8_length(const unsigned char* p, int64_t n) {
+  const unsigned char c = p[0];
+  if (c < 0x80) return 1;
+  int len = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // the range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) len = 2;
+  else if (c == 0xE0) len = 3, lo = 0xA0;
+  else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) len = 3;
+  else if (c == 0xED) len = 3, hi = 0x9F;
+  else if (c == 0xF0) len = 4, lo = 0x90;
+  else if (c >= 0xF1 && c <= 0xF3) len = 4;
+  else if (c == 0xF4) len = 4, hi = 0x8F;
+  else return 0;
+  if (n < len || p[1] < lo || p[1] > hi) return 0;
+  for (int k = 2; k < len; ++k)
+    if (p[k] < 0x80 || p[k] > 0xBF) return 0;
+  return len;
+}
+
+// `s` with every byte that is not part of well-formed UTF-8 written as \xNN, so
+// that an error message quoting bytes of a corrupt file still reaches Python as
+// a message (pybind11 would raise a bare UnicodeDecodeError instead).
+std::string printable(const std::string& s) {
+  std::string out;
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const int64_t n = static_cast<int64_t>(s.size());
+  for (int64_t j = 0; j < n;) {
+    const int len = utf8_length(p + j, n - j);
+    if (len > 0) {
+      out.append(s, static_cast<size_t>(j), static_cast<size_t>(len));
+      j += len;
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", p[j++]);
+      out += buf;
+    }
+  }
+  return out;
+}
+
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
-  throw Error("mogen: " + path + ": " + what);
+  throw Error(printable("mogen: " + path + ": " + what));
 }
 
 [[noreturn]] void fail_os(const std::string& path, const std::string& what, int err) {
-  throw OsError("mogen: " + path + ": " + what + ": " + std::strerror(err));
+  throw OsError(printable("mogen: " + path + ": " + what + ": " + std::strerror(err)));
 }
 
 int64_t page_size() {
@@ -203,6 +245,14 @@ class Parser {
       const unsigned char c = static_cast<unsigned char>(*p_++);
       if (c == '"') return out;
       if (c < 0x20) bad("control character in a string");
+      if (c >= 0x80) {  // JSON text is UTF-8 (RFC 8259); so is every string the format holds
+        --p_;
+        const int len = utf8_length(reinterpret_cast<const unsigned char*>(p_), end_ - p_);
+        if (len == 0) bad("invalid UTF-8 in a string");
+        out.append(p_, static_cast<size_t>(len));
+        p_ += len;
+        continue;
+      }
       if (c != '\\') {
         out.push_back(static_cast<char>(c));
         continue;
@@ -525,7 +575,7 @@ Writer::~Writer() {
 
 void Writer::write(int64_t offset, const void* src, int64_t len) const {
   if (fd_ < 0) fail(path_, "the writer is closed");
-  if (offset < 0 || len < 0 || offset + len > file_size_ - data_offset_)
+  if (offset < 0 || len < 0 || offset > file_size_ - data_offset_ || len > file_size_ - data_offset_ - offset)
     fail(path_, "write of " + std::to_string(len) + " bytes at data offset " + std::to_string(offset) +
                     " is outside the file's data section");
   pwrite_all(fd_, src, len, data_offset_ + offset, path_);

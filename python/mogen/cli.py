@@ -134,12 +134,27 @@ def _param_value(text: str):
     return yaml.safe_load(text)
 
 
+def _clean_leftovers(args: argparse.Namespace) -> int:
+    """``mogen merge --clean --out X``: removes temporary folders left beside X by merges that died."""
+    from .merging.leftovers import remove_leftovers
+
+    if args.config or args.source or args.weights:
+        raise SystemExit("mogen merge --clean takes only --out (the targets whose leftovers to remove)")
+    removed = [p for out in args.out for p in remove_leftovers(out)]
+    for p in removed:
+        print(f"removed {p}")
+    print(f"mogen merge --clean: {len(removed)} leftover folder(s) removed")
+    return 0
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     import os
 
     from .merging import merge
     from .merging.config import config_to_merge_args, load_config
 
+    if args.clean:
+        return _clean_leftovers(args)
     if args.config is not None:
         if args.source or args.weights:
             raise SystemExit("mogen merge: give either --config or --source/--weights, not both")
@@ -253,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output folders")
     p.add_argument("--no-fsync", action="store_true", help="skip flushing the output to disk before renaming")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--clean", action="store_true",
+                   help="only remove temporary folders left beside each --out by merges that died (a merge to "
+                        "the same target does this too); never those of a merge still running")
     p.set_defaults(func=_cmd_merge)
     return parser
 

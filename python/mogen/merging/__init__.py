@@ -6,7 +6,8 @@ gives MAGE's Stage-1 coefficients.
 """
 
 from .bone_soup import bone_soup_coefficients
-from .engine import merge, merge_into
+from .engine import merge
+from .inplace import merge_into
 from .methods import METHODS
 from .report import MergeReport
 

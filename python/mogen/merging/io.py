@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .. import _backend
+from .leftovers import lock_dir, remove_leftovers
 
 PathLike = Union[str, os.PathLike]
 
@@ -227,7 +228,10 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
 
 class OutputDir:
     """A folder written under a temporary name beside its final one and renamed
-    into place by :meth:`commit`; :meth:`abort` removes every trace."""
+    into place by :meth:`commit`; :meth:`abort` removes every trace. The
+    temporary folder is locked while this merge runs; temporary folders of
+    earlier merges to the same target whose process is gone are removed first
+    (see :mod:`mogen.merging.leftovers`)."""
 
     def __init__(self, path: PathLike, overwrite: bool = False):
         self.final = Path(os.path.abspath(os.fspath(path)))
@@ -236,6 +240,7 @@ class OutputDir:
         if self.final.exists() and not self.final.is_dir():
             raise FileExistsError(f"mogen: output {str(self.final)!r} exists and is not a folder")
         self._made_parents: list[Path] = []
+        self._lock_fd: Optional[int] = None
         parent = self.final.parent
         missing = []
         while not parent.exists():
@@ -245,9 +250,13 @@ class OutputDir:
             for d in reversed(missing):
                 os.mkdir(d)
                 self._made_parents.append(d)
+            self.removed_leftovers = remove_leftovers(self.final)
             self.tmp = self.final.parent / f".{self.final.name}.mogen-tmp-{os.getpid()}-{secrets.token_hex(4)}"
             os.mkdir(self.tmp)
+            self._lock_fd = lock_dir(self.tmp)
         except OSError as exc:
+            if getattr(self, "tmp", None) is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
             self._remove_parents()
             raise PermissionError(f"mogen: output folder {str(self.final)!r} cannot be written: {exc}") from None
 
@@ -274,10 +283,17 @@ class OutputDir:
             _fsync_path(self.final.parent, directory=True)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
+        self._unlock()
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self._unlock()
         self._remove_parents()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def copy_side_files(src_folder: Optional[Path], dst: Path, dtype_code: Optional[str]) -> list[str]:
