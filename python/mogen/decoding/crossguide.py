@@ -171,9 +171,6 @@ class RetokenizingGroup(RunnerRegistry):
         stale = self._stale.to(self.device).unsqueeze(1)
         return torch.where(stale, torch.zeros((), dtype=last.dtype, device=self.device), last)
 
-    # Older name of ``output``, kept for callers of the proxy-only API.
-    logits = output
-
     def stale_rows(self) -> Optional[torch.Tensor]:
         """Bool ``[B]``: rows whose text ends inside an incomplete character, or None when there is none."""
         return self._stale.to(self.device) if self._any_stale else None

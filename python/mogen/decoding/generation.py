@@ -42,13 +42,9 @@ from .binding import Guidance, bind_guides
 from .checks import TokenIds, check_devices, check_left_padding, check_prompt, finite_number, id_list
 from .guides import Guide, logits_width
 from .models import LMRunner, context_length, output_device
-from .runners import LockstepGroup
 from .sampling import TokenSelector
 
-__all__ = ["generate", "LockstepModels", "check_devices", "check_left_padding"]
-
-# The lockstep runner group under its earlier name.
-LockstepModels = LockstepGroup
+__all__ = ["generate", "check_devices", "check_left_padding"]
 
 
 def _check_base(base: Any) -> None:

@@ -48,9 +48,6 @@ class LockstepGroup(RunnerRegistry):
         """The last output of runner ``index``: logits ``[B, V]`` or a hidden state ``[B, H]``."""
         return self._last[index]
 
-    # Older name of ``output``, kept for callers of the proxy-only API.
-    logits = output
-
     def stale_rows(self) -> Optional[torch.Tensor]:
         """Rows whose guide has not seen the latest text (never, in lockstep)."""
         return None
