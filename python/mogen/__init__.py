@@ -20,6 +20,7 @@ _LAZY = {
     "merge_into": "mogen.merging",
     "bone_soup_coefficients": "mogen.merging",
     "MergeReport": "mogen.merging",
+    "MAGE": "mogen.mage",
 }
 
 __all__ = ["ops", "reference", "__version__", *_LAZY]

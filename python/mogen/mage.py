@@ -1,0 +1,236 @@
+"""MAGE: merge, then guide (DESIGN section 1; the MAGE paper sections 3.3-3.4).
+
+Stage 1 builds a base per preference ``mu``: the backbone checkpoints merged
+with Bone Soup coefficients ``lambda = B^-1 mu`` (optionally extrapolated away
+from an SFT checkpoint). Stage 2 steers it with one of
+
+- ``"E"``: explicit value models, an ensemble weighted by ``mu``;
+- ``"E-M"``: the value models merged with ``mu`` into one (MAGE-E-M);
+- ``"I"``: proxy guides (experts sharing one reference), weighted by ``mu``;
+- ``"I-M"``: the experts merged with ``mu`` into one expert (MAGE-I-M);
+- ``"none"``: Stage 1 only.
+
+Merged models are live ``transformers`` models re-merged in place
+(:func:`mogen.merge_into`) when the preference changes, so a preference costs
+one merge per merged model and no reload. :meth:`MAGE.generate` takes one
+preference or one per row; rows are grouped by preference, each group decoded
+with :func:`mogen.generate` (or :func:`mogen.search` with ``search=``), in
+the order the preferences first appear.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+__all__ = ["MAGE", "MergeRecord", "VARIANTS", "check_preference"]
+
+VARIANTS = ("none", "E", "E-M", "I", "I-M")
+PathLike = Union[str, Path]
+_SIMPLEX_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class MergeRecord:
+    """One in-place re-merge: which live model, for which preference, how long it took."""
+
+    model: str
+    preference: tuple
+    seconds: float
+
+
+def check_preference(preference: Any, n: int) -> np.ndarray:
+    """``preference`` as float64 ``[B, n]`` (one row broadcast as ``[1, n]``), every row on the simplex."""
+    p = np.asarray(preference, dtype=np.float64)
+    if p.ndim == 1:
+        p = p[None]
+    if p.ndim != 2 or p.shape[1] != n:
+        raise ValueError(f"preference must be [n] = [{n}] or [B, {n}] (one per row), got shape {np.shape(preference)}")
+    bad = ~np.isfinite(p).all(axis=1) | (p < -_SIMPLEX_TOL).any(axis=1) | (np.abs(p.sum(axis=1) - 1) > _SIMPLEX_TOL)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"preference row {row} = {p[row].tolist()} is not on the simplex (entries >= 0 summing to 1)")
+    return p
+
+
+def _load(path: PathLike, dtype: torch.dtype, device: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    from .decoding.loading import quiet_transformers
+
+    quiet_transformers()
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True).to(device).eval()
+
+
+class MAGE:
+    """The two-stage pipeline over checkpoint folders.
+
+    Args:
+        backbones: n backbone checkpoint folders, one per objective (Bone Soup).
+        tokenizer: the backbones' tokenizer.
+        variant: one of :data:`VARIANTS`.
+        bone_beta: the backbones' dominant reward weight (Bone Soup ``beta``).
+        alpha, sft: extrapolation away from the SFT checkpoint (``alpha`` 0: none).
+        value_models: n value-model folders (``E`` / ``E-M``).
+        experts, reference: n expert folders and their shared reference (``I`` / ``I-M``).
+        guide_tokenizer: the guides' tokenizer; ``"auto"`` loads the first
+            guide folder's when it has one, else the guides share the base's.
+        beta, gamma: scales of proxy and value guidance.
+        value_top_k: value only the k best candidates (K2) instead of the full head.
+        search: ``dict(beam_width=b, expansion=c, chunk_length=l, ...)`` to decode
+            with chunk-level beam search instead of token-level fusion.
+        dtype, device: of every loaded model.
+    """
+
+    def __init__(self, backbones: Sequence[PathLike], *, tokenizer: Any, variant: str = "E-M", bone_beta: float = 0.8,
+                 alpha: float = 0.0, sft: Optional[PathLike] = None, value_models: Optional[Sequence[PathLike]] = None,
+                 experts: Optional[Sequence[PathLike]] = None, reference: Optional[PathLike] = None,
+                 guide_tokenizer: Any = "auto", beta: float = 1.0, gamma: float = 1.0,
+                 value_top_k: Optional[int] = None, search: Optional[dict] = None,
+                 dtype: torch.dtype = torch.float32, device: Any = "cpu") -> None:
+        from .merging import bone_soup_coefficients
+
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
+        self.backbones = [Path(b) for b in backbones]
+        self.n = len(self.backbones)
+        if self.n < 2:
+            raise ValueError(f"MAGE needs at least 2 backbones (one per objective), got {self.n}")
+        bone_soup_coefficients([1.0] + [0.0] * (self.n - 1), bone_beta, alpha)  # checks beta and alpha once
+        if alpha != 0.0 and sft is None:
+            raise ValueError("alpha != 0 extrapolates away from the SFT checkpoint: pass sft=<its folder>")
+        self.variant, self.tokenizer = variant, tokenizer
+        self.bone_beta, self.alpha, self.sft = float(bone_beta), float(alpha), sft
+        self.beta, self.gamma, self.value_top_k, self.search = beta, gamma, value_top_k, search
+        self.dtype, self.device = dtype, device
+        self.guide_folders = self._guide_folders(value_models, experts, reference)
+        self.guide_tokenizer = self._guide_tokenizer(guide_tokenizer)
+        self.base = _load(self.backbones[0], dtype, device)
+        self._loaded = self._load_guides(reference)
+        self.merges: list[MergeRecord] = []
+        self._current: dict[str, Optional[tuple]] = {"base": None, "guide": None}
+
+    # -- set-up --------------------------------------------------------------------
+    def _guide_folders(self, value_models, experts, reference) -> list[Path]:
+        need = {"E": value_models, "E-M": value_models, "I": experts, "I-M": experts, "none": []}[self.variant]
+        what = "value_models" if self.variant.startswith("E") else "experts"
+        if self.variant != "none" and (need is None or len(need) != self.n):
+            raise ValueError(f"variant {self.variant!r} needs {what}: {self.n} folders, one per backbone")
+        if self.variant.startswith("I") and reference is None:
+            raise ValueError(f"variant {self.variant!r} needs reference=<the experts' shared reference folder>")
+        return [Path(p) for p in need or []]
+
+    def _guide_tokenizer(self, guide_tokenizer: Any) -> Any:
+        if not (isinstance(guide_tokenizer, str) and guide_tokenizer == "auto"):
+            return guide_tokenizer
+        from .decoding.loading import has_tokenizer, load_tokenizer
+
+        first = self.guide_folders[0] if self.guide_folders else None
+        return load_tokenizer(str(first), "guide") if first is not None and has_tokenizer(str(first)) else None
+
+    def _load_guides(self, reference: Optional[PathLike]) -> dict:
+        if self.variant.startswith("E"):
+            from .value import read_value_entry
+
+            for f in self.guide_folders:
+                read_value_entry(f)
+        merged = self.variant.endswith("-M")
+        folders = self.guide_folders[:1] if merged else self.guide_folders
+        loaded = {"models": [_load(f, self.dtype, self.device) for f in folders]}
+        if self.variant.startswith("I"):
+            loaded["reference"] = _load(reference, self.dtype, self.device)
+        return loaded
+
+    def _guides(self) -> list:
+        from .decoding import ProxyGuide, ValueGuide
+
+        tok = self.guide_tokenizer
+        if self.variant.startswith("E"):
+            return [ValueGuide(m, tokenizer=tok, top_k=self.value_top_k) for m in self._loaded["models"]]
+        if self.variant.startswith("I"):
+            return [ProxyGuide(m, self._loaded["reference"], tokenizer=tok) for m in self._loaded["models"]]
+        return []
+
+    # -- stage 1 and the merged guide -----------------------------------------------
+    def _remerge(self, which: str, model: Any, sources: list, coefficients: list, mu: tuple) -> None:
+        from .merging import merge_into
+
+        if self._current[which] == mu:
+            return
+        t0 = time.perf_counter()
+        merge_into(model, sources, coefficients)
+        self.merges.append(MergeRecord(which, mu, time.perf_counter() - t0))
+        self._current[which] = mu
+
+    def prepare(self, preference: Sequence[float]) -> None:
+        """Re-merge the live base (and the merged guide) for one preference, if it changed."""
+        from .merging import bone_soup_coefficients
+
+        mu = tuple(float(x) for x in check_preference(preference, self.n)[0])
+        lam, sft_coef = bone_soup_coefficients(mu, self.bone_beta, self.alpha)
+        sources, coefs = list(self.backbones), [float(x) for x in lam]
+        if self.alpha != 0.0:
+            sources.append(Path(self.sft))
+            coefs.append(float(sft_coef))
+        self._remerge("base", self.base, sources, coefs, mu)
+        if self.variant.endswith("-M"):
+            self._remerge("guide", self._loaded["models"][0], self.guide_folders, list(mu), mu)
+
+    def _weights(self, mu: tuple) -> Optional[list[float]]:
+        if self.variant == "none":
+            return None
+        return [1.0] if self.variant.endswith("-M") else list(mu)
+
+    # -- decoding ----------------------------------------------------------------------
+    def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,
+                 preference: Any, **decode_kwargs: Any) -> torch.Tensor:
+        """Decode every row at its preference; ``[B, T + new]`` (shorter groups right-padded with the pad id).
+
+        ``preference`` is ``[n]`` (all rows) or ``[B, n]``; ``decode_kwargs`` go to
+        :func:`mogen.generate` (or :func:`mogen.search`): ``max_new_tokens``,
+        ``do_sample``, ``top_p``, ``generator``, ...
+        """
+        from .decoding.checks import check_prompt
+
+        ids, mask, _ = check_prompt(input_ids, attention_mask, torch.device("cpu"))
+        prefs = check_preference(preference, self.n)
+        if prefs.shape[0] == 1:
+            prefs = np.repeat(prefs, ids.shape[0], axis=0)
+        elif prefs.shape[0] != ids.shape[0]:
+            raise ValueError(f"preference has {prefs.shape[0]} rows but input_ids has {ids.shape[0]}")
+        groups: dict[tuple, list[int]] = {}
+        for b, row in enumerate(prefs):
+            groups.setdefault(tuple(float(x) for x in row), []).append(b)
+        outs: dict[int, torch.Tensor] = {}
+        for mu, rows in groups.items():
+            self.prepare(mu)
+            got = self._decode(ids[rows], mask[rows], mu, decode_kwargs)
+            for b, out in zip(rows, got):
+                outs[b] = out
+        return self._stack([outs[b] for b in range(ids.shape[0])], decode_kwargs)
+
+    def _decode(self, ids: torch.Tensor, mask: torch.Tensor, mu: tuple, kwargs: dict) -> torch.Tensor:
+        import mogen
+
+        args = dict(guides=self._guides(), tokenizer=self.tokenizer, weights=self._weights(mu), beta=self.beta,
+                    gamma=self.gamma, **kwargs)
+        if self.search is not None:
+            return mogen.search(self.base, ids, mask, **dict(self.search), **args)
+        return mogen.generate(self.base, ids, mask, **args)
+
+    def _stack(self, rows: list[torch.Tensor], kwargs: dict) -> torch.Tensor:
+        pad = kwargs.get("pad_token_id")
+        if pad is None:
+            pad = getattr(self.base.generation_config, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(self.tokenizer, "pad_token_id", None) or 0
+        width = max(r.shape[0] for r in rows)
+        out = torch.full((len(rows), width), int(pad), dtype=torch.long)
+        for b, r in enumerate(rows):
+            out[b, : r.shape[0]] = r.cpu()
+        return out

@@ -1,0 +1,103 @@
+"""mogen.MAGE: Stage-1 Bone Soup base per preference, Stage-2 guides, in-place re-merges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mogen
+from mogen.mage import MAGE
+
+from tiny_models import metaspace_tokenizer, pad_rows, tiny_llama, value_llama
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mage")
+    tok = metaspace_tokenizer()
+    v = len(tok)
+    out = {"tok": tok}
+    for name, model in [("bb0", tiny_llama(v, 1)), ("bb1", tiny_llama(v, 2)), ("sft", tiny_llama(v, 3)),
+                        ("v0", value_llama(v, 4)), ("v1", value_llama(v, 5)),
+                        ("e0", tiny_llama(v, 6)), ("e1", tiny_llama(v, 7)), ("ref", tiny_llama(v, 8))]:
+        model.save_pretrained(root / name)
+        out[name] = root / name
+    return out
+
+
+def _prompts(tok):
+    return pad_rows([tok("the quiet river", add_special_tokens=False)["input_ids"],
+                     tok("a busy street", add_special_tokens=False)["input_ids"]], pad_id=tok.pad_token_id)
+
+
+def test_one_hot_e_m_is_that_value_model_on_the_stage1_merge(folders, tmp_path):
+    tok = folders["tok"]
+    ids, mask = _prompts(tok)
+    mage = MAGE([folders["bb0"], folders["bb1"]], tokenizer=tok, variant="E-M", bone_beta=0.8,
+                value_models=[folders["v0"], folders["v1"]], gamma=2.0)
+    out = mage.generate(ids, mask, preference=[0.0, 1.0], max_new_tokens=10)
+    lam, _ = mogen.bone_soup_coefficients([0.0, 1.0], 0.8)
+    mogen.merge([folders["bb0"], folders["bb1"]], [float(x) for x in lam], tmp_path / "base", progress=False)
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
+    value = AutoModelForCausalLM.from_pretrained(folders["v1"]).eval()
+    expected = mogen.generate(base, ids, mask, guides=[mogen.ValueGuide(value)], tokenizer=tok, gamma=2.0,
+                              max_new_tokens=10)
+    assert torch.equal(out, expected)
+    plain = mogen.generate(base, ids, mask, guides=None, tokenizer=tok, max_new_tokens=10)
+    assert not torch.equal(out, plain)  # the guide steers
+
+
+@pytest.mark.parametrize("variant", ["E", "E-M", "I", "I-M", "none"])
+def test_two_preferences_in_one_batch_equal_each_alone(folders, variant):
+    tok = folders["tok"]
+    ids, mask = _prompts(tok)
+    kwargs = dict(value_models=[folders["v0"], folders["v1"]]) if variant.startswith("E") else \
+        dict(experts=[folders["e0"], folders["e1"]], reference=folders["ref"]) if variant.startswith("I") else {}
+    mage = MAGE([folders["bb0"], folders["bb1"]], tokenizer=tok, variant=variant, alpha=0.2, sft=folders["sft"],
+                **kwargs)
+    prefs = [[0.7, 0.3], [0.2, 0.8]]
+    both = mage.generate(ids, mask, preference=prefs, max_new_tokens=8)
+    for b in range(2):
+        alone = mage.generate(ids[b : b + 1, mask[b].argmax():], preference=prefs[b], max_new_tokens=8)
+        row = both[b][mask[b].argmax():]
+        assert torch.equal(row[: alone.shape[1]], alone[0])
+
+
+def test_remerges_only_when_the_preference_changes(folders):
+    tok = folders["tok"]
+    ids, mask = _prompts(tok)
+    mage = MAGE([folders["bb0"], folders["bb1"]], tokenizer=tok, variant="E-M",
+                value_models=[folders["v0"], folders["v1"]])
+    mage.generate(ids, mask, preference=[0.5, 0.5], max_new_tokens=2)
+    assert [m.model for m in mage.merges] == ["base", "guide"]
+    mage.generate(ids, mask, preference=[0.5, 0.5], max_new_tokens=2)
+    assert len(mage.merges) == 2  # same preference: no merge
+    mage.generate(ids, mask, preference=[[0.1, 0.9], [0.5, 0.5]], max_new_tokens=2)
+    assert [m.model for m in mage.merges[2:]] == ["base", "guide", "base", "guide"]
+    assert all(m.seconds > 0 for m in mage.merges)
+
+
+def test_errors(folders, tmp_path):
+    tok = folders["tok"]
+    bb = [folders["bb0"], folders["bb1"]]
+    with pytest.raises(ValueError, match="variant must be one of"):
+        MAGE(bb, tokenizer=tok, variant="X")
+    with pytest.raises(ValueError, match="needs value_models"):
+        MAGE(bb, tokenizer=tok, variant="E")
+    with pytest.raises(ValueError, match="needs reference"):
+        MAGE(bb, tokenizer=tok, variant="I", experts=[folders["e0"], folders["e1"]])
+    with pytest.raises(ValueError, match="not a mogen value model"):
+        MAGE(bb, tokenizer=tok, variant="E", value_models=[folders["e0"], folders["e1"]])
+    mage = MAGE(bb, tokenizer=tok, variant="none")
+    ids, mask = _prompts(tok)
+    with pytest.raises(ValueError, match="not on the simplex"):
+        mage.generate(ids, mask, preference=[0.7, 0.7])
+    with pytest.raises(ValueError, match=r"\[n\] = \[2\]"):
+        mage.generate(ids, mask, preference=[0.2, 0.3, 0.5])
+    tiny_llama(len(tok), 9, hidden=48).save_pretrained(tmp_path / "odd")
+    odd = MAGE([folders["bb0"], tmp_path / "odd"], tokenizer=tok, variant="none")
+    with pytest.raises(ValueError, match="shape"):
+        odd.generate(ids, mask, preference=[0.5, 0.5])
