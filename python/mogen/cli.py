@@ -1,4 +1,4 @@
-"""The ``mogen`` command line: ``mogen decode``, ``mogen demo``, ``mogen info``, ``mogen merge``.
+"""The ``mogen`` command line: ``mogen decode``, ``mogen demo``, ``mogen info``, ``mogen merge``, ``mogen sweep``.
 
 Subcommands are small functions registered in ``build_parser``.
 """
@@ -147,6 +147,15 @@ def _clean_leftovers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .evaluation import run_sweep
+
+    res = run_sweep(args.config, progress=not args.quiet)
+    print(f"mogen sweep: {res.decoded} point(s) decoded, {res.skipped} already done; reports in {res.folder}")
+    print((res.folder / "metrics.md").read_text())
+    return 0
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     import os
 
@@ -272,6 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only remove temporary folders left beside each --out by merges that died (a merge to "
                         "the same target does this too); never those of a merge still running")
     p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser(
+        "sweep", help="run methods over a grid of preferences; write texts, rewards, metrics and a Pareto plot",
+        description="Runs (or resumes) the sweep of a YAML config (see mogen.evaluation.config): every method "
+                    "at every preference point, scored by the reward functions. Writes samples.jsonl, means.csv, "
+                    "metrics.md and pareto.png to the config's output folder; finished points are skipped.")
+    p.add_argument("--config", required=True, help="the sweep config (YAML)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sweep)
     return parser
 
 
@@ -281,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        if args.command != "decode":
+        if args.command not in ("decode", "sweep"):
             raise
         print(f"mogen {args.command}: error: {exc}", file=sys.stderr)
         return 2

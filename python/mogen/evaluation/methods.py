@@ -1,0 +1,153 @@
+"""The methods a sweep compares, each a decoder for one preference at a time.
+
+Every method turns a preference ``mu`` and a batch of prompts into responses:
+
+- ``base``: the base (SFT) model alone;
+- ``rewarded_soup``: the base-family single-objective policies merged with ``mu`` (in place);
+- ``bone_soup``: MAGE Stage 1 only (backbones merged with ``B^-1 mu``);
+- ``mod``: logit mixing of the policies, ``sum_i mu_i log pi_i`` (MOD), written as
+  proxy guides ``(pi_i, pi_1)`` on base ``pi_1`` so that K1 fuses it;
+- ``mpaw`` / ``mpaw_search``: the small experts and their reference as proxy guides,
+  token level or chunk-level beam search;
+- ``mage``: :class:`mogen.MAGE` with a variant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from .config import MethodSpec, SweepConfig
+
+__all__ = ["Decoder", "build_decoder"]
+
+Decode = Callable[[torch.Tensor, torch.Tensor, tuple, dict], torch.Tensor]
+
+
+class Decoder:
+    """``decode(ids, mask, mu, kwargs)`` -> ``[B, T + new]`` for one method."""
+
+    def __init__(self, decode: Decode) -> None:
+        self.decode = decode
+
+
+class _Models:
+    """Folders loaded once per sweep, shared by the methods that read them."""
+
+    def __init__(self, cfg: SweepConfig) -> None:
+        self.cfg = cfg
+        self.paths = cfg.models
+        self._cache: dict = {}
+
+    def need(self, key: str, method: str) -> Any:
+        value = self.paths.get(key)
+        if value is None:
+            raise ValueError(f"sweep config: method {method!r} needs models.{key}")
+        return value
+
+    def load(self, path: Path, fresh: bool = False) -> Any:
+        from ..mage import _load
+
+        dtype = getattr(torch, str(self.paths.get("dtype", "float32")))
+        if fresh:  # a model the method merges into: its own copy
+            return _load(path, dtype, "cpu")
+        if path not in self._cache:
+            self._cache[path] = _load(path, dtype, "cpu")
+        return self._cache[path]
+
+    def tokenizer(self, path: Optional[Path]) -> Any:
+        from ..decoding.loading import has_tokenizer, load_tokenizer
+
+        if path is None or not has_tokenizer(str(path)):
+            return None
+        key = ("tok", path)
+        if key not in self._cache:
+            self._cache[key] = load_tokenizer(str(path), "sweep")
+        return self._cache[key]
+
+
+def _generate(base: Any, tok: Any, guides: list, weights: Any, beta: float = 1.0, gamma: float = 1.0) -> Decode:
+    import mogen
+
+    def decode(ids, mask, mu, kwargs):
+        w = weights(mu) if callable(weights) else weights
+        return mogen.generate(base, ids, mask, guides=guides, tokenizer=tok, weights=w, beta=beta, gamma=gamma,
+                              **kwargs)
+
+    return decode
+
+
+def _rewarded_soup(models: _Models, spec: MethodSpec, tok: Any) -> Decode:
+    import mogen
+
+    policies = models.need("policies", spec.name)
+    live = models.load(policies[0], fresh=True)
+    state = {"mu": None}
+
+    def decode(ids, mask, mu, kwargs):
+        if state["mu"] != mu:
+            mogen.merge_into(live, policies, list(mu))
+            state["mu"] = mu
+        return mogen.generate(live, ids, mask, guides=None, tokenizer=tok, **kwargs)
+
+    return decode
+
+
+def _proxies(models: _Models, name: str) -> list:
+    import mogen
+
+    experts = models.need("experts", name)
+    ref = models.load(models.need("reference", name))
+    gtok = models.tokenizer(models.paths.get("guide_tokenizer") or experts[0])
+    return [mogen.ProxyGuide(models.load(e), ref, tokenizer=gtok) for e in experts]
+
+
+def _mage(models: _Models, spec: MethodSpec, tok: Any) -> Decode:
+    from ..mage import MAGE
+
+    p = dict(spec.params)
+    variant = p.pop("variant", "none") if spec.kind == "mage" else "none"
+    extra: dict = {}
+    if variant.startswith("E"):
+        extra["value_models"] = models.need("value_models", spec.name)
+    if variant.startswith("I"):
+        extra.update(experts=models.need("experts", spec.name), reference=models.need("reference", spec.name))
+    mage = MAGE(models.need("backbones", spec.name), tokenizer=tok, variant=variant,
+                bone_beta=p.pop("bone_beta", models.paths.get("bone_beta", 0.8)),
+                alpha=p.pop("alpha", models.paths.get("alpha", 0.0)), sft=models.paths.get("sft"),
+                guide_tokenizer=models.tokenizer(models.paths.get("guide_tokenizer")) or "auto", **p, **extra)
+    return lambda ids, mask, mu, kwargs: mage.generate(ids, mask, preference=list(mu), **kwargs)
+
+
+def build_decoder(spec: MethodSpec, models: _Models) -> Decoder:
+    """The decoder of one method (models loaded on first use, shared across methods)."""
+    tok = models.tokenizer(models.need("tokenizer", spec.name))
+    kind, p = spec.kind, spec.params
+    if kind == "base":
+        return Decoder(_generate(models.load(models.need("base", spec.name)), tok, [], None))
+    if kind == "rewarded_soup":
+        return Decoder(_rewarded_soup(models, spec, tok))
+    if kind in ("bone_soup", "mage"):
+        return Decoder(_mage(models, spec, tok))
+    if kind == "mod":
+        import mogen
+
+        pol = [models.load(q) for q in models.need("policies", spec.name)]
+        guides = [mogen.ProxyGuide(q, pol[0]) for q in pol[1:]]
+        return Decoder(_generate(pol[0], tok, guides, lambda mu: list(mu[1:])))
+    base = models.load(models.need("base", spec.name))
+    guides = _proxies(models, spec.name)
+    if kind == "mpaw":
+        return Decoder(_generate(base, tok, guides, lambda mu: list(mu), beta=p.get("beta", 1.0)))
+    import mogen
+
+    search_args = {k: p[k] for k in ("beam_width", "expansion", "chunk_length", "proposal") if k in p}
+
+    def search(ids, mask, mu, kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k != "do_sample"}
+        return mogen.search(base, ids, mask, guides=guides, tokenizer=tok, weights=list(mu),
+                            beta=p.get("beta", 1.0), **search_args, **kwargs)
+
+    return Decoder(search)
