@@ -2,6 +2,7 @@
 # if missing, installs the pinned requirements and (re)builds the extension
 # when a C++/CUDA source changed.
 #   make demo        the embedded demo
+#   make sweep       the embedded comparison of every method (Pareto metrics and plot)
 #   make test        the whole test suite
 #   make bench       micro-benchmarks (kernel vs eager reference, vs roofline)
 #   make cuda-check  compile every .cu for sm_80 and sm_90 (works with a CPU torch)
@@ -18,7 +19,7 @@ CU_SRCS := $(wildcard csrc/cuda/*.cu)
 EXT_SRCS := $(shell find csrc -type f) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench cuda-check cmake clean mergekit
+.PHONY: install demo sweep test bench cuda-check cmake clean mergekit
 
 $(VENV)/.deps: requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +35,9 @@ install: $(VENV)/.built
 
 demo: install
 	$(PY) -m mogen.cli demo
+
+sweep: install
+	$(PY) -m mogen.cli demo --sweep
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)

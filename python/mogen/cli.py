@@ -34,10 +34,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         run_fusion_showcase(seed=args.seed)
         return 0
+    if args.sweep:
+        from .demo.sweep import run_demo_sweep
+
+        run_demo_sweep(samples=args.samples or 2)
+        return 0
     from .demo import run_demo
 
     gamma = {} if args.gamma is None else {"gamma": args.gamma}
-    results = run_demo(seed=args.seed, rebuild=args.rebuild, samples=args.samples, beta=args.beta, **gamma)
+    results = run_demo(seed=args.seed, rebuild=args.rebuild, samples=args.samples or 4, beta=args.beta, **gamma)
     # A demo whose trade-off does not move with the weights is a failure, not a show.
     return 0 if all(r.tradeoff_moves for r in results) else 1
 
@@ -220,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fusion", action="store_true", help="run the fusion-kernel showcase instead")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached demo models")
-    p.add_argument("--samples", type=int, default=4, help="samples per prompt and weighting")
+    p.add_argument("--sweep", action="store_true",
+                   help="run the embedded comparison of every method over 11 preferences (make sweep)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples per prompt and weighting (default 4; 2 with --sweep)")
     p.add_argument("--beta", type=float, default=1.0, help="scale of the proxy guides' log-ratios")
     p.add_argument("--gamma", type=float, default=None,
                    help="scale of the value guides' values (default: mogen.demo.run.DEMO_GAMMA)")

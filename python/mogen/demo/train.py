@@ -8,6 +8,10 @@ What gets built, deterministically from :class:`DemoConfig`:
   sentencepiece style metaspace BPE tokenizer (a different vocabulary);
 - ``expert_nature/`` and ``expert_city/``: the reference fine-tuned on the
   sentences of one topic each;
+- ``policy_nature/``, ``policy_city/``: the base fine-tuned on one topic each
+  (Rewarded Soup and MOD mix them); ``backbone_nature/``, ``backbone_city/``:
+  the base fine-tuned on Bone Soup's reward mixture (``bone_beta`` of one topic,
+  the rest the other; MAGE Stage 1 merges them);
 - ``value_nature/`` and ``value_city/``: explicit value models (mogen's
   value-model format) trained from the reference with
   :func:`mogen.value.train_value_model` on responses the reference samples
@@ -45,7 +49,7 @@ from . import corpus as demo_corpus
 
 __all__ = ["DemoConfig", "DemoModels", "cache_root", "build_demo_models", "load_demo_models", "demo_dir"]
 
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class DemoConfig:
     base_steps: int = 600
     reference_steps: int = 400
     expert_steps: int = 150
+    policy_steps: int = 100
+    bone_beta: float = 0.8
     lr: float = 3e-3
     expert_lr: float = 1e-3
     value_prompts: int = 96
@@ -194,30 +200,13 @@ def build_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = 
         topics = {name: demo_corpus.topic_sentences(name, config.topic_size, seed=config.seed)
                   for name, _ in demo_corpus.OBJECTIVES}
         base_tok, guide_tok = _tokenizers(config, lines + [s for v in topics.values() for s in v])
-        width = config.max_positions
 
-        torch.manual_seed(config.seed)
-        base = _llama(len(base_tok), config.base_hidden, config.base_layers, config, base_tok)
-        _train(base, _encode(base_tok, lines, width), config.base_steps, config.lr, config.batch,
-               config.seed, log, "base (byte-level BPE)")
-        torch.manual_seed(config.seed + 1)
-        reference = _llama(len(guide_tok), config.guide_hidden, config.guide_layers, config, guide_tok)
-        _train(reference, _encode(guide_tok, lines, width), config.reference_steps, config.lr, config.batch,
-               config.seed + 1, log, "reference (metaspace BPE)")
-        reference_state = {k: v.clone() for k, v in reference.state_dict().items()}
-
-        folders = {"base": (base, base_tok), "reference": (reference, guide_tok)}
-        for k, (name, _) in enumerate(demo_corpus.OBJECTIVES):
-            expert = _llama(len(guide_tok), config.guide_hidden, config.guide_layers, config, guide_tok)
-            expert.load_state_dict(reference_state)
-            _train(expert, _encode(guide_tok, topics[name], width), config.expert_steps, config.expert_lr,
-                   config.batch, config.seed + 10 + k, log, f"expert_{name}")
-            folders[f"expert_{name}"] = (expert, guide_tok)
-
+        folders = _train_base_family(config, base_tok, lines, topics, log)
+        folders.update(_train_guides(config, guide_tok, lines, topics, log))
         for name, (model, tok) in folders.items():
             model.save_pretrained(tmp / name)
             tok.save_pretrained(tmp / name)
-        value_stats = _train_value_models(config, reference, guide_tok, tmp, log)
+        value_stats = _train_value_models(config, folders["reference"][0], guide_tok, tmp, log)
         meta = {"version": DEMO_VERSION, "config": dataclasses.asdict(config),
                 "objectives": [n for n, _ in demo_corpus.OBJECTIVES], "value_models": value_stats,
                 "build_seconds": round(time.perf_counter() - t0, 1)}
@@ -230,6 +219,57 @@ def build_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = 
     finally:
         torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _finetune(model: Any, state: dict, data: tuple, steps: int, cfg: DemoConfig, seed: int,
+              log: Callable[[str], None], name: str) -> Any:
+    model.load_state_dict(state)
+    _train(model, data, steps, cfg.expert_lr, cfg.batch, seed, log, name)
+    return model
+
+
+def _mixture(topics: dict, own: str, share: float, n: int, seed: int) -> list[str]:
+    """``n`` topic sentences, a ``share`` of them about ``own`` and the rest about the other topics."""
+    import random
+
+    others = [s for name, lines in topics.items() if name != own for s in lines]
+    rng = random.Random(f"mix:{own}:{seed}")
+    k = int(round(share * n))
+    return rng.sample(topics[own], min(k, len(topics[own]))) + rng.sample(others, min(n - k, len(others)))
+
+
+def _train_base_family(cfg: DemoConfig, tok: Any, lines: list, topics: dict, log: Callable[[str], None]) -> dict:
+    """The base (the SFT model), and from it one policy per objective (Rewarded Soup, MOD) and one
+    backbone per objective trained on Bone Soup's reward mixture (``bone_beta`` of its own topic)."""
+    width = cfg.max_positions
+    torch.manual_seed(cfg.seed)
+    base = _llama(len(tok), cfg.base_hidden, cfg.base_layers, cfg, tok)
+    _train(base, _encode(tok, lines, width), cfg.base_steps, cfg.lr, cfg.batch, cfg.seed, log, "base (byte-level BPE)")
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    out = {"base": (base, tok)}
+    for k, (name, _) in enumerate(demo_corpus.OBJECTIVES):
+        for kind, share in (("policy", 1.0), ("backbone", cfg.bone_beta)):
+            data = _encode(tok, _mixture(topics, name, share, cfg.topic_size, cfg.seed), width)
+            model = _llama(len(tok), cfg.base_hidden, cfg.base_layers, cfg, tok)
+            out[f"{kind}_{name}"] = (_finetune(model, state, data, cfg.policy_steps, cfg, cfg.seed + 30 + k, log,
+                                               f"{kind}_{name}"), tok)
+    return out
+
+
+def _train_guides(cfg: DemoConfig, tok: Any, lines: list, topics: dict, log: Callable[[str], None]) -> dict:
+    """The reference (weaker, its own tokenizer) and one expert per objective fine-tuned from it."""
+    width = cfg.max_positions
+    torch.manual_seed(cfg.seed + 1)
+    reference = _llama(len(tok), cfg.guide_hidden, cfg.guide_layers, cfg, tok)
+    _train(reference, _encode(tok, lines, width), cfg.reference_steps, cfg.lr, cfg.batch, cfg.seed + 1, log,
+           "reference (metaspace BPE)")
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+    out = {"reference": (reference, tok)}
+    for k, (name, _) in enumerate(demo_corpus.OBJECTIVES):
+        expert = _llama(len(tok), cfg.guide_hidden, cfg.guide_layers, cfg, tok)
+        out[f"expert_{name}"] = (_finetune(expert, state, _encode(tok, topics[name], width), cfg.expert_steps, cfg,
+                                           cfg.seed + 10 + k, log, f"expert_{name}"), tok)
+    return out
 
 
 def _train_value_models(cfg: DemoConfig, reference: Any, tok: Any, folder: Path,
