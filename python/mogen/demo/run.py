@@ -29,7 +29,7 @@ WEIGHTINGS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (1.0, 0.0), (0.5, 0.5
 
 
 #: The scale of value guidance in the demo (value models predict z-scored rewards).
-DEMO_GAMMA = 5.0
+DEMO_GAMMA = 3.0
 
 #: What steers the base in the demo's tables.
 METHODS: dict[str, str] = {
