@@ -5,7 +5,6 @@
 #include "common/checks.h"
 
 namespace mogen {
-namespace {
 
 DType to_dtype(const at::Tensor& t, const std::string& name) {
   switch (t.scalar_type()) {
@@ -20,6 +19,8 @@ DType to_dtype(const at::Tensor& t, const std::string& name) {
   }
   return DType::kFloat32;  // unreachable
 }
+
+namespace {
 
 LogitsView view_of(const at::Tensor& t, const std::string& name, int64_t batch, const at::Device& device) {
   MOGEN_CHECK_ARG(t.dim() == 2, name, " must be 2-D [B, V], got ", t.sizes());
