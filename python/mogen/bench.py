@@ -19,6 +19,15 @@ from . import ops, reference
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    """A torch dtype from "fp32" / "bf16" / "fp16" (or a torch dtype, returned as is)."""
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        return _DTYPES[dtype]
+    return dtype
+
+
 @dataclass
 class FusionTiming:
     kernel_s: float
@@ -87,10 +96,7 @@ def fusion_inputs(batch: int = 8, vocab: int = 151936, guides: int = 2, guide_vo
     The last guide has its own ``guide_vocab``-token vocabulary behind a random
     map (5% unmapped) unless ``guide_vocab`` is None; the others share the base's.
     """
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        dtype = _DTYPES[dtype]
+    dtype = _dtype(dtype)
     dev = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     rand = lambda v: (torch.randn(batch, v, generator=g) * 3).to(dtype).to(dev)  # noqa: E731
@@ -161,10 +167,7 @@ def value_inputs(batch: int = 8, hidden_size: int = 4096, vocab: int = 151936, k
     ids are k distinct candidates per row (as a top-k of the rest of the score
     gives); rows may share ids. ``weight`` reuses a head already built (its dtype wins).
     """
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        dtype = _DTYPES[dtype]
+    dtype = _dtype(dtype)
     dev = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     if weight is None:
