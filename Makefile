@@ -44,6 +44,7 @@ test: install
 
 bench: install
 	$(PY) -m pytest benchmarks/bench_fusion.py --benchmark-only --benchmark-columns=median,ops -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest benchmarks/bench_value.py --benchmark-only --benchmark-columns=median,ops -p no:cacheprovider $(PYTEST_ARGS)
 	$(PY) benchmarks/bench_decode.py
 
 # mergekit in its own venv (.venv-mergekit, sharing .venv's torch) for the

@@ -19,11 +19,11 @@
 
 namespace {
 
-bool on_cuda(const at::Tensor& t) {
+bool on_cuda(const at::Tensor& t, const char* name = "base_logits") {
 #ifdef MOGEN_WITH_CUDA
   return t.is_cuda();
 #else
-  MOGEN_CHECK_ARG(!t.is_cuda(), "this build of mogen_ext has no CUDA kernels (base_logits is on ", t.device(),
+  MOGEN_CHECK_ARG(!t.is_cuda(), "this build of mogen_ext has no CUDA kernels (", name, " is on ", t.device(),
                   "); rebuild with a CUDA toolkit and a CUDA build of torch");
   return false;
 #endif
@@ -51,9 +51,21 @@ std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int
                                           unmapped, k);
 }
 
+namespace py = pybind11;
+
+at::Tensor topk_value_scores(MOGEN_VALUE_PARAMS) {
+#ifdef MOGEN_WITH_CUDA
+  if (on_cuda(hidden, "hidden")) return mogen::cuda::topk_value_scores(hidden, weight, ids, bias);
+#else
+  on_cuda(hidden, "hidden");
+#endif
+  // k dot products over rows of a possibly multi-GB head: let other Python threads run.
+  py::gil_scoped_release nogil;
+  return mogen::cpu::topk_value_scores(hidden, weight, ids, bias);
+}
+
 // ---------------------------------------------------------------- K3 / safetensors
 
-namespace py = pybind11;
 using ReaderPtr = std::shared_ptr<mogen::io::Reader>;
 using WriterPtr = std::shared_ptr<mogen::io::Writer>;
 using SourceSpec = std::tuple<ReaderPtr, int64_t, std::string>;  // (reader, data offset, dtype)
@@ -328,4 +340,8 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("base"), pybind11::arg("experts"), pybind11::arg("refs"), pybind11::arg("maps"),
         pybind11::arg("weights"), pybind11::arg("inv_temps"), pybind11::arg("beta"), pybind11::arg("base_inv_temp"),
         pybind11::arg("unmapped"), pybind11::arg("k"));
+  m.def("topk_value_scores", &topk_value_scores,
+        "K2: out[b, c] = hidden[b] . weight[ids[b, c]] + bias[ids[b, c]], float32 [B, k]; ids (int32 or int64) "
+        "must be in [0, V)",
+        pybind11::arg("hidden"), pybind11::arg("weight"), pybind11::arg("ids"), pybind11::arg("bias"));
 }

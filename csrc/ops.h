@@ -17,9 +17,15 @@ struct MergeSink;
       const std::vector<std::optional<at::Tensor>>&maps, const at::Tensor &weights,                    \
       const std::vector<double>&inv_temps, double beta, double base_inv_temp, double unmapped
 
+// K2: out[b, c] = hidden[b] . weight[ids[b, c]] + bias[ids[b, c]], fp32 [B, k].
+#define MOGEN_VALUE_PARAMS \
+  const at::Tensor &hidden, const at::Tensor &weight, const at::Tensor &ids, const std::optional<at::Tensor> &bias
+
 namespace cpu {
 at::Tensor fused_log_ratio(MOGEN_FUSION_PARAMS);
 std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int64_t k);
+// K2; raises naming `ids` (before reading any row) if an id is outside [0, V).
+at::Tensor topk_value_scores(MOGEN_VALUE_PARAMS);
 // K3: out[k] = sum_i coef[k * N + i] * src_i over `numel` elements, fp32 (compensated)
 // accumulation, cast on store; with `release`, each source's pages are dropped once read.
 void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<double>& coef,
@@ -30,6 +36,9 @@ void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<double>
 namespace cuda {
 at::Tensor fused_log_ratio(MOGEN_FUSION_PARAMS);
 std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int64_t k);
+// K2; out-of-range ids are never read: the kernel flags them and this raises naming
+// `ids` (reading the flag back synchronises the current stream once per call).
+at::Tensor topk_value_scores(MOGEN_VALUE_PARAMS);
 // Pinned host and device staging buffers of the in-place CUDA merge, grown on
 // demand and kept by the caller across the tensors of one merge.
 struct MergeStaging {

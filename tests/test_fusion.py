@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import mogen_ext
+from markers import requires_cuda_kernels as cuda
 from mogen import _backend, ops, reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -319,13 +320,6 @@ def test_map_range_checked_once_per_map(good, monkeypatch):
 
 
 # ---------------------------------------------------------------- CUDA
-
-cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and mogen_ext.has_cuda_kernels),
-    reason="needs a CUDA GPU and a CUDA build of mogen_ext"
-    if not torch.cuda.is_available()
-    else "mogen_ext was built without CUDA kernels",
-)
 
 
 @cuda

@@ -11,7 +11,6 @@
 #include "common/checks.h"
 
 namespace mogen {
-namespace {
 
 std::pair<int32_t, int32_t> compute_range(const at::Tensor& map) {
   if (map.numel() == 0) return {0, -1};
@@ -71,6 +70,8 @@ DType to_dtype(const at::Tensor& t, const std::string& name) {
   }
   return DType::kFloat32;  // unreachable
 }
+
+namespace {
 
 LogitsView view_of(const at::Tensor& t, const std::string& name, int64_t batch, const at::Device& device) {
   MOGEN_CHECK_ARG(t.dim() == 2, name, " must be 2-D [B, V], got ", t.sizes());

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -9,6 +10,9 @@
 #include "common/fusion_args.h"
 
 namespace mogen {
+
+// The kernel dtype of a float32 / bfloat16 / float16 tensor; a TypeError naming `name` otherwise.
+DType to_dtype(const at::Tensor& t, const std::string& name);
 
 // Checks shapes, dtypes and devices and fills a FusionArgs that points into the
 // given tensors (which must outlive it). Rows of `weights` may have stride 0.

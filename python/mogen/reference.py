@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["fused_log_ratio", "fused_log_ratio_topk", "merge_linear", "merge_task_arithmetic", "bone_soup_matrix",
+__all__ = ["fused_log_ratio", "fused_log_ratio_topk", "topk_value_scores", "merge_linear", "merge_task_arithmetic", "bone_soup_matrix",
            "bone_soup_lambdas", "merge_ties", "merge_dare", "dare_mask", "merge_slerp"]
 
 
@@ -81,6 +81,31 @@ def fused_log_ratio_topk(
     """The ``k`` best fused scores per row, ``([B, k] values, [B, k] int64 ids)``, best first."""
     scores = fused_log_ratio(base_logits, expert_logits, ref_logits, weights, **kwargs)
     return torch.topk(scores, k, dim=-1, largest=True, sorted=True)
+
+
+# ---------------------------------------------------------------- value scores (K2)
+
+
+def topk_value_scores(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    ids: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Value-head scores at candidate ids only, ``[B, k]`` in ``dtype``.
+
+    ``out[b, c] = hidden[b] . weight[ids[b, c]] + bias[ids[b, c]]`` with
+    hidden ``[B, H]``, weight ``[V, H]``, ids ``[B, k]`` (int32 or int64, in
+    ``[0, V)``) and bias ``[V]`` or None; every input is cast to ``dtype``
+    before the products, which are summed in ``dtype``.
+    """
+    flat = ids.reshape(-1).to(device=weight.device, dtype=torch.long)
+    rows = weight.index_select(0, flat).to(dtype).reshape(ids.shape[0], ids.shape[1], weight.shape[1])
+    out = torch.bmm(rows, hidden.to(dtype).unsqueeze(2)).squeeze(2)
+    if bias is not None:
+        out = out + bias.index_select(0, flat).to(dtype).reshape(ids.shape)
+    return out
 
 
 # ---------------------------------------------------------------- merging (K3)
@@ -206,16 +231,3 @@ def merge_slerp(v0: torch.Tensor, v1: torch.Tensor, t: float, dot_threshold: flo
         return (1.0 - t) * a + t * b
     theta = _math.acos(max(-1.0, min(1.0, cos)))
     return (_math.sin((1.0 - t) * theta) * a + _math.sin(t * theta) * b) / _math.sin(theta)
-
-
-# ---------------------------------------------------------------- K2 (provisional; replaced by the kernel branch)
-
-
-def topk_value_scores(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor,
-                      bias: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``out[b, c] = hidden[b] . weight[ids[b, c]] + bias[ids[b, c]]`` in ``dtype``, ``[B, k]``."""
-    rows = weight.to(dtype)[ids.long()]  # [B, k, H]
-    out = torch.einsum("bkh,bh->bk", rows, hidden.to(dtype))
-    if bias is not None:
-        out = out + bias.to(dtype)[ids.long()]
-    return out

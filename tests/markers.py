@@ -1,0 +1,16 @@
+"""Shared pytest markers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mogen_ext
+
+# Kernel tests on CUDA tensors: they need a GPU and an extension built with CUDA kernels.
+requires_cuda_kernels = pytest.mark.skipif(
+    not (torch.cuda.is_available() and mogen_ext.has_cuda_kernels),
+    reason="needs a CUDA GPU and a CUDA build of mogen_ext"
+    if not torch.cuda.is_available()
+    else "mogen_ext was built without CUDA kernels",
+)
