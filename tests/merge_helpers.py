@@ -98,3 +98,45 @@ def np64(t: torch.Tensor) -> np.ndarray:
 
 def listdir_clean(parent) -> list[str]:
     return sorted(os.listdir(parent))
+
+
+def llama_config(layers: int, hidden: int = 32, inter: int = 64, vocab: int = 61) -> dict:
+    """config.json of a tiny Llama (mergekit reads its architecture and layer count from it)."""
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+            "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": vocab, "rms_norm_eps": 1e-5, "max_position_embeddings": 64,
+            "tie_word_embeddings": False}
+
+
+def llama_shapes(cfg: dict) -> dict:
+    """Tensor name -> shape of a Llama checkpoint with config ``cfg``."""
+    h, f, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
+    shapes = {"model.embed_tokens.weight": (v, h), "lm_head.weight": (v, h), "model.norm.weight": (h,)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes.update({p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (kv, h),
+                       p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, h),
+                       p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
+                       p + "mlp.down_proj.weight": (h, f), p + "input_layernorm.weight": (h,),
+                       p + "post_attention_layernorm.weight": (h,)})
+    return shapes
+
+
+def save_llama(folder, seed: int, layers: int, dtype=torch.float32, related_to: dict = None, **dims) -> dict:
+    """A tiny Llama checkpoint folder (one safetensors file and config.json); returns its tensors.
+    With ``related_to`` (another such state dict) the weights are that one plus a small change,
+    as fine-tunes of one base are, so that sign elections and SLERP angles are not degenerate."""
+    cfg = llama_config(layers, **dims)
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for n, shape in llama_shapes(cfg).items():
+        x = torch.randn(shape, generator=g) * 0.02
+        if related_to is not None:
+            x = related_to[n].to(torch.float32) + 0.5 * x
+        sd[n] = x.to(dtype)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps({**cfg, "torch_dtype": str(dtype).split(".")[-1]}))
+    return sd

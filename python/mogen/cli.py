@@ -171,14 +171,18 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
     from .merging import merge
     from .merging.config import config_to_merge_args, load_config
+    from .merging.layerwise import merge_config, needs_layerwise
 
     if args.clean:
         return _clean_leftovers(args)
     if args.config is not None:
         if args.source or args.weights:
             raise SystemExit("mogen merge: give either --config or --source/--weights, not both")
-        kw = config_to_merge_args(load_config(args.config), root=os.path.dirname(os.path.abspath(args.config)))
-        kw["sources"] = kw.pop("sources")
+        cfg = load_config(args.config)
+        root = os.path.dirname(os.path.abspath(args.config))
+        if needs_layerwise(cfg):
+            return _merge_layerwise(args, cfg, root, merge_config)
+        kw = config_to_merge_args(cfg, root=root)
     else:
         if not args.source:
             raise SystemExit("mogen merge: give --source (twice or more) with --weights, or --config")
@@ -204,6 +208,21 @@ def _cmd_merge(args: argparse.Namespace) -> int:
                          "merging to disk runs on the CPU, streaming from the page cache")
     report = merge(kw.pop("sources"), kw.pop("coefficients", None), out, shard_size=args.shard_size,
                    progress=not args.quiet, overwrite=args.overwrite, fsync=not args.no_fsync, **kw)
+    print(report)
+    return 0
+
+
+def _merge_layerwise(args: argparse.Namespace, cfg: dict, root: str, merge_config) -> int:
+    """A config with slices or per-layer parameters: the config says everything but the output."""
+    extra = [flag for flag, v in (("--method", args.method), ("--base", args.base), ("--param", args.param),
+                                  ("--device", args.device)) if v]
+    if extra:
+        raise ValueError(f"{extra[0]} does not apply to a config with slices or per-layer parameters; "
+                         "edit the config instead")
+    if len(args.out) != 1:
+        raise ValueError("--out: a config with slices or per-layer parameters makes one output folder")
+    report = merge_config(cfg, args.out[0], root, dtype=args.dtype, shard_size=args.shard_size,
+                          progress=not args.quiet, overwrite=args.overwrite, fsync=not args.no_fsync)
     print(report)
     return 0
 
@@ -295,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output folders")
     p.add_argument("--no-fsync", action="store_true", help="skip flushing the output to disk before renaming")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
     p.add_argument("--clean", action="store_true",
                    help="only remove temporary folders left beside each --out by merges that died (a merge to "
                         "the same target does this too); never those of a merge still running")
@@ -317,10 +337,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        if args.command not in ("decode", "sweep"):
+        if args.command not in ("decode", "sweep", "merge") or getattr(args, "debug", False):
             raise
-        print(f"mogen {args.command}: error: {exc}", file=sys.stderr)
+        print(f"mogen {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except (TypeError, FileExistsError, PermissionError) as exc:
+        if args.command != "merge" or args.debug:
+            raise
+        print(f"mogen merge: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error message on one line (YAML and JSON parsers report over several)."""
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

@@ -26,10 +26,14 @@ _IGNORED_KEYS = ("tokenizer_source", "chat_template", "name")
 
 
 def load_config(path) -> dict:
+    """The YAML mapping in file ``path``."""
     import yaml
 
     with open(path) as f:
-        cfg = yaml.safe_load(f)
+        try:
+            cfg = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: a merge config must be a YAML mapping")
     return cfg

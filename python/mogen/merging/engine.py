@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -87,9 +88,10 @@ def _read_f32(ref) -> torch.Tensor:
     return ref.read().to(torch.float32)
 
 
-def _nonlinear(spec: _methods.MethodSpec, item: Item, k: int, base_idx: Optional[int]) -> torch.Tensor:
-    """Output k of a per-tensor (non-linear) method, fp32."""
+def _nonlinear(spec: _methods.MethodSpec, item: Item, k: int) -> torch.Tensor:
+    """Output k of a per-tensor (non-linear) method, fp32 (inputs: the sources, then base)."""
     n = spec.num_sources
+    base_idx = n if spec.uses_base else None
     xs = [_read_f32(item.refs[i]) for i in range(n)]
     if spec.name == "slerp":
         t = float(spec.t[k])
@@ -158,38 +160,70 @@ def merge(
     outs = _paths(outs, "out")
     if len(outs) != K:
         raise ValueError(f"{K} merges were asked for (coefficients has {K} rows) but out names {len(outs)} folder(s)")
-    finals = [os.path.abspath(o) for o in outs]
-    if len(set(finals)) != len(finals):
-        raise ValueError(f"out names the same folder twice: {outs}")
-    inputs_abs = [os.path.abspath(p) for p in src_paths + [base, spec.params.get("sft")] if p is not None]
-    for o in finals:
-        for p in inputs_abs:
-            if o == p or p.startswith(o + os.sep) or o.startswith(p + os.sep):
-                raise ValueError(f"output folder {o!r} overlaps input {p!r}")
+    check_outputs(outs, src_paths + [base, spec.params.get("sft")])
     dtype_code = parse_dtype(dtype)
     shard_bytes = parse_size(shard_size)
-    C = kernels()
+    kernels()
 
     seconds = {}
     t0 = time.perf_counter()
     inputs, input_names = _open_inputs(src_paths, base, spec.params.get("sft"))
     seconds["open"] = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        used_inputs, used_names, _ = _used_inputs(spec, inputs, input_names)
+        items = build_plan(spec, used_inputs, used_names, dtype_code, rules, on_missing)
+        side_folder = inputs[input_names.index("base")].folder if base is not None else inputs[0].folder
+        seconds["plan"] = time.perf_counter() - t0
+        job = WriteJob(outs, overwrite, fsync, shard_bytes, dtype_code, side_folder, progress, method)
+        return write_outputs(spec, items, job, seconds, rss)
+    finally:
+        for ck in inputs:
+            ck.close()
+
+
+def check_outputs(outs: list[str], inputs: Sequence) -> list[str]:
+    """Absolute output folders; refuses repeats and any overlap with an input."""
+    finals = [os.path.abspath(o) for o in outs]
+    if len(set(finals)) != len(finals):
+        raise ValueError(f"out names the same folder twice: {outs}")
+    inputs_abs = [os.path.abspath(p) for p in inputs if p is not None]
+    for o in finals:
+        for p in inputs_abs:
+            if o == p or p.startswith(o + os.sep) or o.startswith(p + os.sep):
+                raise ValueError(f"output folder {o!r} overlaps input {p!r}")
+    return finals
+
+
+@dataclass
+class WriteJob:
+    """Where and how a planned merge is written."""
+
+    outs: list
+    overwrite: bool
+    fsync: bool
+    shard_bytes: int
+    dtype_code: Optional[str]  # sets config.json's dtype when given
+    side_folder: Optional[Path]  # config and tokenizer files come from here
+    progress: bool
+    label: str  # the progress bar's and the report's method name
+    config_updates: dict = field(default_factory=dict)  # config.json keys to set (e.g. a new layer count)
+
+
+def write_outputs(spec, items: list[Item], job: WriteJob, seconds: dict, rss: RssTracker) -> MergeReport:
+    """Writes planned items into the job's output folders (temporary names, renamed into place
+    when complete; nothing is left behind on any error). The inputs stay open for the caller to close."""
+    C = kernels()
+    entries = [(it.name, it.out_dtype, list(it.shape), it.out_nbytes) for it in items]
+    shards = plan_shards(entries, job.shard_bytes)
+    names = shard_names(len(shards))
     dirs: list[OutputDir] = []
     writers = []
     bar = None
     try:
         t0 = time.perf_counter()
-        used_inputs, used_names, base_idx = _used_inputs(spec, inputs, input_names)
-        items = build_plan(spec, used_inputs, used_names, dtype_code, rules, on_missing)
-        entries = [(it.name, it.out_dtype, list(it.shape), it.out_nbytes) for it in items]
-        shards = plan_shards(entries, shard_bytes)
-        names = shard_names(len(shards))
-        side_folder = inputs[input_names.index("base")].folder if base is not None else inputs[0].folder
-        seconds["plan"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        for o in outs:
-            dirs.append(OutputDir(o, overwrite))
+        for o in job.outs:
+            dirs.append(OutputDir(o, job.overwrite))
         where: dict[str, list[tuple]] = {}  # name -> [(writer, data offset)] per output
         weight_map = {}
         for d in dirs:
@@ -199,33 +233,23 @@ def merge(
                 for name, _dt, _shape, begin, _end in w.tensors():
                     where.setdefault(name, []).append((w, begin))
                     weight_map[name] = fname
-        total_read = 0
-        for it in items:
-            if it.action == "copy":
-                total_read += it.refs[it.copy_from].nbytes
-            elif spec.linear:
-                cols, _ = _linear_row(spec, it)
-                total_read += sum(it.refs[i].nbytes for i in cols)
-            else:
-                total_read += sum(r.nbytes for r in it.refs if r is not None)
-        bar = _Progress(total_read, progress, f"mogen {method}")
+        bar = _Progress(sum(_input_bytes(spec, it) for it in items), job.progress, f"mogen {job.label}")
         bytes_read = 0
         for it in items:
-            sinks = where[it.name]
-            bytes_read += _produce(C, spec, it, sinks, base_idx, bar)
+            bytes_read += _produce(C, it.spec or spec, it, where[it.name], bar)
         bar.close()
         for w in writers:
-            w.finish(fsync)
+            w.finish(job.fsync)
         bytes_written = sum(w.file_size for w in writers)
         total_size = sum(e[3] for e in entries)
         for d in dirs:
             if len(shards) > 1:
                 write_index(d.tmp, weight_map, total_size)
-            copy_side_files(side_folder, d.tmp, dtype_code)
+            copy_side_files(job.side_folder, d.tmp, job.dtype_code, job.config_updates)
         seconds["merge"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         for d in dirs:
-            d.commit(fsync)
+            d.commit(job.fsync)
         seconds["finalize"] = time.perf_counter() - t0
     except BaseException:
         if bar is not None:
@@ -235,12 +259,20 @@ def merge(
         for d in dirs:
             d.abort()
         raise
-    finally:
-        for ck in inputs:
-            ck.close()
-    return MergeReport(method=method, outputs=[str(d.final) for d in dirs], num_tensors=len(items),
+    return MergeReport(method=job.label, outputs=[str(d.final) for d in dirs], num_tensors=len(items),
                        bytes_read=bytes_read, bytes_written=bytes_written, seconds=seconds,
                        baseline_rss=rss.baseline, peak_rss=rss.peak())
+
+
+def _input_bytes(spec, it: Item) -> int:
+    """The input bytes producing `it` reads."""
+    spec = it.spec or spec
+    if it.action == "copy":
+        return it.refs[it.copy_from].nbytes
+    if spec.linear:
+        cols, _ = _linear_row(spec, it)
+        return sum(it.refs[i].nbytes for i in cols)
+    return sum(r.nbytes for r in it.refs if r is not None)
 
 
 def _call_kernel(C, srcs, coef, outputs, numel) -> None:
@@ -248,7 +280,7 @@ def _call_kernel(C, srcs, coef, outputs, numel) -> None:
     C.merge_to_files(srcs, coef, outputs, numel, True)
 
 
-def _produce(C, spec, it: Item, sinks: list, base_idx, bar) -> int:
+def _produce(C, spec, it: Item, sinks: list, bar) -> int:
     """Writes tensor `it` to every output; returns the input bytes it read."""
     out_isz = TORCH_DTYPE[it.out_dtype].itemsize
     if it.action == "copy":
@@ -269,7 +301,7 @@ def _produce(C, spec, it: Item, sinks: list, base_idx, bar) -> int:
         return sum(r.nbytes for r in refs)
     nbytes = sum(r.nbytes for r in it.refs if r is not None)
     for k, (w, off) in enumerate(sinks):
-        res = _nonlinear(spec, it, k, base_idx)
+        res = _nonlinear(spec, it, k)
         w.write(off, res.to(TORCH_DTYPE[it.out_dtype]).contiguous())
     bar.update(nbytes)
     return nbytes

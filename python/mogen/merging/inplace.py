@@ -142,7 +142,7 @@ def _produce_into(C, spec, it: Item, t: torch.Tensor, base_idx, bar, staging) ->
         bar.update(ref.nbytes)
         return ref.nbytes
     if not spec.linear:
-        data.copy_(_nonlinear(spec, it, 0, base_idx))
+        data.copy_(_nonlinear(spec, it, 0))
         n = sum(r.nbytes for r in it.refs if r is not None)
         bar.update(n)
         return n

@@ -296,9 +296,11 @@ class OutputDir:
             self._lock_fd = None
 
 
-def copy_side_files(src_folder: Optional[Path], dst: Path, dtype_code: Optional[str]) -> list[str]:
+def copy_side_files(src_folder: Optional[Path], dst: Path, dtype_code: Optional[str],
+                    config_updates: Optional[dict] = None) -> list[str]:
     """Copies the non-tensor files (config.json, tokenizer files, generation_config.json, ...) of
-    ``src_folder`` into ``dst``, setting config.json's dtype field to ``dtype_code``'s name."""
+    ``src_folder`` into ``dst``, setting config.json's dtype field to ``dtype_code``'s name and its
+    keys in ``config_updates`` (a stacked model's layer count) to their values."""
     if src_folder is None:
         return []
     copied = []
@@ -307,22 +309,31 @@ def copy_side_files(src_folder: Optional[Path], dst: Path, dtype_code: Optional[
             continue
         if f.name.endswith(_WEIGHT_SUFFIXES) or _WEIGHT_INDEXES.fullmatch(f.name):
             continue
-        if f.name == "config.json" and dtype_code is not None:
-            try:
-                cfg = json.loads(f.read_text())
-            except ValueError:
-                cfg = None
-            if isinstance(cfg, dict):
-                name = CONFIG_DTYPE[dtype_code]
-                keys = [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]
-                for k in keys:
-                    cfg[k] = name
+        if f.name == "config.json" and (dtype_code is not None or config_updates):
+            cfg = _edited_config(f, dtype_code, config_updates or {})
+            if cfg is not None:
                 (dst / f.name).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
                 copied.append(f.name)
                 continue
         shutil.copyfile(f, dst / f.name)
         copied.append(f.name)
     return copied
+
+
+def _edited_config(f: Path, dtype_code: Optional[str], updates: dict) -> Optional[dict]:
+    """config.json with its dtype and ``updates`` set; None when it is not a JSON object."""
+    try:
+        cfg = json.loads(f.read_text())
+    except ValueError:
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    if dtype_code is not None:
+        name = CONFIG_DTYPE[dtype_code]
+        for k in [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]:
+            cfg[k] = name
+    cfg.update(updates)
+    return cfg
 
 
 def write_index(dst: Path, weight_map: dict, total_size: int) -> None:

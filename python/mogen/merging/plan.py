@@ -31,6 +31,7 @@ class Item:
     action: str  # "merge" | "copy"
     refs: list  # per input: TensorRef or None
     copy_from: Optional[int] = None
+    spec: Optional[MethodSpec] = None  # this tensor's own method parameters (per-layer configs); else the merge's
 
     @property
     def numel(self) -> int:
@@ -110,7 +111,7 @@ def build_plan(spec: MethodSpec, inputs: Sequence[Checkpoint], input_names: Sequ
             if refs[src] is None:
                 raise ValueError(f"rule copies tensor {name!r} from {input_names[src]} ({inputs[src].path}), "
                                  "which does not have it")
-            items.append(_copy_item(name, refs, src, dtype))
+            items.append(copy_item(name, refs, src, dtype))
             continue
         missing = [i for i in required if refs[i] is None]
         if missing:
@@ -119,38 +120,46 @@ def build_plan(spec: MethodSpec, inputs: Sequence[Checkpoint], input_names: Sequ
             if on_missing == "first":
                 order = ([base_idx] if base_idx is not None else []) + list(range(len(inputs)))
                 first = next(i for i in order if refs[i] is not None)
-                items.append(_copy_item(name, refs, first, dtype))
+                items.append(copy_item(name, refs, first, dtype))
                 continue
             where = ", ".join(f"{input_names[i]} ({inputs[i].path})" for i in missing)
             raise ValueError(f"tensor {name!r} is missing from {where}; pass on_missing='skip' or 'first', "
                              "or a rule for it")
-        present = [i for i in required if refs[i] is not None]
-        if not present:  # all coefficients zero and nobody has it: impossible by construction
-            continue
-        shapes = {refs[i].shape for i in present}
-        if len(shapes) > 1:
-            detail = ", ".join(f"{input_names[i]}: {list(refs[i].shape)}" for i in present)
-            raise ValueError(f"tensor {name!r} has different shapes across inputs ({detail})")
-        dtypes = {refs[i].dtype for i in present}
-        if not dtypes <= set(MERGEABLE):
-            if dtypes & set(MERGEABLE) or len(dtypes) > 1:
-                detail = ", ".join(f"{input_names[i]}: {refs[i].dtype}" for i in present)
-                raise ValueError(f"tensor {name!r} cannot be merged: dtypes {detail}; merging takes F32, BF16 "
-                                 "and F16 (add a copy or skip rule)")
-            first = base_idx if base_idx is not None and refs[base_idx] is not None else present[0]
-            items.append(Item(name, refs[first].shape, refs[first].dtype, "copy", refs, copy_from=first))
-            continue
-        if dtype is not None:
-            out = dtype
-        elif base_idx is not None and refs[base_idx] is not None:
-            out = refs[base_idx].dtype
-        else:
-            out = refs[present[0]].dtype
-        items.append(Item(name, refs[present[0]].shape, out, "merge", refs))
+        item = merge_item(name, refs, [i for i in required if refs[i] is not None], input_names, dtype, base_idx)
+        if item is not None:
+            items.append(item)
     return items
 
 
-def _copy_item(name: str, refs: list, src: int, dtype: Optional[str]) -> Item:
+def merge_item(name: str, refs: list, present: list[int], input_names: Sequence[str], dtype: Optional[str],
+               base_idx: Optional[int]) -> Optional[Item]:
+    """The Item merging ``refs[present]`` into ``name`` after checking shapes and dtypes (a copy
+    when they are not floating point); None when no input has it."""
+    if not present:  # all coefficients zero and nobody has it: impossible by construction
+        return None
+    shapes = {refs[i].shape for i in present}
+    if len(shapes) > 1:
+        detail = ", ".join(f"{input_names[i]}: {list(refs[i].shape)}" for i in present)
+        raise ValueError(f"tensor {name!r} has different shapes across inputs ({detail})")
+    dtypes = {refs[i].dtype for i in present}
+    if not dtypes <= set(MERGEABLE):
+        if dtypes & set(MERGEABLE) or len(dtypes) > 1:
+            detail = ", ".join(f"{input_names[i]}: {refs[i].dtype}" for i in present)
+            raise ValueError(f"tensor {name!r} cannot be merged: dtypes {detail}; merging takes F32, BF16 "
+                             "and F16 (add a copy or skip rule)")
+        first = base_idx if base_idx is not None and refs[base_idx] is not None else present[0]
+        return Item(name, refs[first].shape, refs[first].dtype, "copy", refs, copy_from=first)
+    if dtype is not None:
+        out = dtype
+    elif base_idx is not None and refs[base_idx] is not None:
+        out = refs[base_idx].dtype
+    else:
+        out = refs[present[0]].dtype
+    return Item(name, refs[present[0]].shape, out, "merge", refs)
+
+
+def copy_item(name: str, refs: list, src: int, dtype: Optional[str]) -> Item:
+    """``name`` copied from ``refs[src]`` (cast to ``dtype`` when it is floating point)."""
     r: TensorRef = refs[src]
     out = dtype if dtype is not None and r.dtype in MERGEABLE else r.dtype
     return Item(name, r.shape, out, "copy", refs, copy_from=src)
