@@ -110,9 +110,13 @@ class RunnerSet:
                 g.prefill(rows)
 
     def step(self, tokens: torch.Tensor, mask: Optional[torch.Tensor], positions: torch.Tensor,
-             unfinished: Optional[torch.Tensor] = None) -> None:
-        """Append one base token per row (``tokens [B]``); rows not ``unfinished`` are skipped by text readers."""
-        if self.lockstep.runners:
+             unfinished: Optional[torch.Tensor] = None, *, lockstep: bool = True) -> None:
+        """Append one base token per row (``tokens [B]``); rows not ``unfinished`` are skipped by text readers.
+
+        ``lockstep=False`` feeds only the text readers (chunk search's last token: it must be scored by
+        guides reading text, while nothing is chosen after it).
+        """
+        if self.lockstep.runners and lockstep:
             self.lockstep.feed(tokens.unsqueeze(1), mask, positions)
         if self.cross:
             host_tokens = tokens.tolist()
