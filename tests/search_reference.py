@@ -21,14 +21,15 @@ import torch
 from mogen.decoding.guides import ProxyGuide
 from mogen.decoding.retokenize import special_prefix
 
-_F64: dict[int, torch.nn.Module] = {}
+_F64: dict[int, tuple] = {}
 
 
 def f64(model):
-    """A float64 copy of ``model`` (cached per model object)."""
-    if id(model) not in _F64:
-        _F64[id(model)] = copy.deepcopy(model).double().eval()
-    return _F64[id(model)]
+    """A float64 copy of ``model`` (cached per model object, which the cache keeps alive so ids stay unique)."""
+    hit = _F64.get(id(model))
+    if hit is None or hit[0] is not model:
+        hit = _F64[id(model)] = (model, copy.deepcopy(model).double().eval())
+    return hit[1]
 
 
 def _logits(model, ids: Sequence[int]) -> torch.Tensor:

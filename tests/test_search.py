@@ -123,3 +123,102 @@ def test_multibyte_characters_split_across_chunks(base, tok):
             _, _, terms = reference_beam(base, guides, prompts[b], beam.tokens, [1.0, 0.5], base_tokenizer=bl)
             assert beam.terms == pytest.approx(terms, abs=1e-4), (b, bl.decode(list(beam.tokens)))
             assert beam.score - beam.base_logprob == pytest.approx(terms[0] + 0.5 * terms[1], abs=1e-4)
+
+
+def _run(base, bl, ms, prompts, generator, **kw):
+    ids, mask = pad_rows(prompts, PAD)
+    guides = [proxy_guide(len(bl), 10), proxy_guide(len(ms), 30, tokenizer=ms)]
+    opts = dict(beam_width=3, expansion=2, chunk_length=4, max_new_tokens=10, temperature=2.5, top_p=0.95)
+    opts.update(kw)
+    out = mogen.search(base, ids, mask, guides=guides, tokenizer=bl, weights=[0.5, 1.0], generator=generator,
+                       return_scores=True, **opts)
+    return out
+
+
+def test_seeded_results_reproduce_and_each_prompt_alone_equals_the_batch(base, tok):
+    bl, ms = tok
+    prompts = _prompts(bl)[:3]
+    a = _run(base, bl, ms, prompts, torch.Generator().manual_seed(7))
+    b = _run(base, bl, ms, prompts, torch.Generator().manual_seed(7))
+    assert torch.equal(a.sequences, b.sequences)
+    assert [[x.tokens for x in p] for p in a.beams] == [[x.tokens for x in p] for p in b.beams]
+    # one generator is split into one per prompt: s = torch.randint(0, 2**62, (B,), generator=g)
+    seeds = torch.randint(0, 2**62, (len(prompts),), generator=torch.Generator().manual_seed(7)).tolist()
+    for i, p in enumerate(prompts):
+        alone = _run(base, bl, ms, [p], [torch.Generator().manual_seed(seeds[i])])
+        assert [x.tokens for x in alone.beams[0]] == [x.tokens for x in a.beams[i]], i
+        assert [x.score for x in alone.beams[0]] == pytest.approx([x.score for x in a.beams[i]], abs=1e-4)
+    c = _run(base, bl, ms, prompts, torch.Generator().manual_seed(8))
+    assert [[x.tokens for x in p] for p in c.beams] != [[x.tokens for x in p] for p in a.beams]
+
+
+@pytest.mark.parametrize("top_k", [None, 1])
+def test_finished_beams_stay_put_and_kept_beams_are_distinct(tok, top_k):
+    bl, ms = tok
+    eos = 5  # a frequent id of this model, so beams end at different rounds
+    model = tiny_llama(len(bl), 3, hidden=48, eos_token_id=eos, pad_token_id=PAD)
+    with torch.no_grad():
+        model.lm_head.weight[eos] *= 0.3
+        model.lm_head.bias = None
+    reports = []
+    out = _run(model, bl, ms, _prompts(bl)[:2], torch.Generator().manual_seed(3), beam_width=3, expansion=3,
+               chunk_length=3, max_new_tokens=30, top_k=top_k, top_p=None, on_round=reports.append)
+    finished_seen = 0
+    for prev, cur in zip([None] + reports[:-1], reports):
+        for b, (cands, kept) in enumerate(zip(cur.candidates, cur.kept)):
+            for c in cands:  # a candidate ends at eos or not at all, and extends a live kept beam
+                assert eos not in c.tokens[:-1]
+                if prev is not None:
+                    parents = [k.tokens for k in prev.kept[b] if not k.finished]
+                    assert c.tokens[: prev.new_tokens] in parents
+            distinct = {c.tokens for c in cands} | {k.tokens for k in (prev.kept[b] if prev else []) if k.finished}
+            assert len({k.tokens for k in kept}) == min(len(kept), len(distinct))
+            assert not any(k.finished for k in kept if sum(k.tokens == j.tokens for j in kept) > 1)
+            if prev is not None:  # a finished beam keeps its score while it stays in the pool
+                before = {k.tokens: k.score for k in prev.kept[b] if k.finished}
+                for k in kept:
+                    if k.finished:
+                        finished_seen += 1
+                        assert k.score == before.get(k.tokens, k.score)
+    if top_k is None:
+        assert finished_seen > 0
+    else:  # greedy chunks: every expansion is the same sequence, so the kept beams are copies of one live beam
+        assert all(len({k.tokens for k in kept}) == 1 for r in reports for kept in r.kept)
+    assert reports[-1].live == 0 or reports[-1].new_tokens == 30
+    assert all(len(p) == 3 for p in out.beams)
+
+
+def _tiny_call(base, bl, **kw):
+    ids, mask = pad_rows(_prompts(bl)[:2], PAD)
+    args = dict(guides=[], tokenizer=bl, max_new_tokens=4)
+    args.update(kw)
+    return mogen.search(base, ids, mask, **args)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(beam_width=0), "beam_width"), (dict(expansion=0), "expansion"), (dict(chunk_length=0), "chunk_length"),
+    (dict(beam_width=2.0), "beam_width"), (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(proposal="greedy"), "proposal"), (dict(temperature=0.0), "temperature"), (dict(top_p=1.5), "top_p"),
+    (dict(top_k=-1), "top_k"), (dict(beta=float("nan")), "beta"), (dict(gamma="x"), "gamma"),
+    (dict(weights=[1.0]), "weights"), (dict(generator=[torch.Generator()]), "generator"),
+    (dict(generator="seed"), "generator"), (dict(eos_token_id="x"), "eos_token_id"),
+    (dict(max_new_tokens=10_000), "max_new_tokens"), (dict(return_scores=1), "return_scores"),
+])
+def test_bad_arguments_are_named(base, tok, kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        _tiny_call(base, tok[0], **kw)
+
+
+def test_bad_prompts_and_guides_are_named(base, tok):
+    bl, ms = tok
+    ids, mask = pad_rows(_prompts(bl)[:2], PAD)
+    with pytest.raises(ValueError, match="left-padded"):
+        mogen.search(base, ids, mask.flip(1), guides=[], tokenizer=bl)
+    with pytest.raises(ValueError, match="input_ids"):
+        mogen.search(base, ids[0], guides=[], tokenizer=bl)
+    with pytest.raises(ValueError, match="base tokenizer"):
+        mogen.search(base, ids, mask, guides=[proxy_guide(len(ms), 30, tokenizer=ms)])
+    with pytest.raises(TypeError, match="guides"):
+        mogen.search(base, ids, mask, guides=["expert"], tokenizer=bl)
+    with pytest.raises(TypeError, match="base"):
+        mogen.search("model", ids, mask, guides=[], tokenizer=bl)
