@@ -144,7 +144,7 @@ def _sample_chunk(base, prompt, rows, steps, selector, proposal, eos, vocab):
 
     ids = torch.tensor([prompt + list(r) for r in rows])
     cache = DynamicCache(config=base.config)
-    logits = base(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1, :vocab]
+    logits = base(input_ids=ids, cache=cache, use_cache=True).logits[:, -1, :vocab]
     alive = torch.ones(len(rows), dtype=torch.bool)
     out = []
     for s in range(steps):
@@ -155,7 +155,7 @@ def _sample_chunk(base, prompt, rows, steps, selector, proposal, eos, vocab):
         out.append(tok)
         if s == steps - 1 or not bool(alive.any()):
             break
-        logits = base(input_ids=tok.unsqueeze(1), past_key_values=cache, use_cache=True).logits[:, -1, :vocab]
+        logits = base(input_ids=tok.unsqueeze(1), cache=cache, use_cache=True).logits[:, -1, :vocab]
     chunk = torch.stack(out, 1).tolist()
     cands = []
     for r, c in zip(rows, chunk):

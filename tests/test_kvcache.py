@@ -27,8 +27,8 @@ def test_growing_cache_equals_dynamic_cache_through_growth_reorder_and_crop():
             if step == 50:  # an operation GrowingLayer does not override: picked up on the next update
                 ours.crop(-3)
                 plain.crop(-3)
-            a = model(input_ids=x, past_key_values=ours, use_cache=True).logits
-            b = model(input_ids=x, past_key_values=plain, use_cache=True).logits
+            a = model(input_ids=x, cache=ours, use_cache=True).logits
+            b = model(input_ids=x, cache=plain, use_cache=True).logits
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
             assert ours.get_seq_length() == plain.get_seq_length()
     for mine, theirs in zip(ours.layers, plain.layers):
