@@ -50,12 +50,22 @@ from bench_decode import llama, n_params  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS (VmHWM) so the search's own peak is measured, not the loading's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------- #
@@ -80,6 +90,7 @@ def demo_models():
     from mogen.demo import corpus, load_demo_models
 
     models = load_demo_models()
+    models.base.generation_config.eos_token_id = None  # every beam runs to max_new_tokens, as for the medium model
     guides = [mogen.ProxyGuide(models.experts[name], models.reference, tokenizer=models.guide_tokenizer)
               for name, _ in corpus.OBJECTIVES]
     return models.base, models.base_tokenizer, guides
@@ -178,11 +189,13 @@ def naive_search(base, prompt: list[int], guides, weights, *, tokenizer, beam_wi
     gen = prompt_generators(torch.Generator().manual_seed(seed), 1, torch.device("cpu"))[0]
     selector = TokenSelector(vocab, do_sample=True, temperature=temperature, generator=gen)
     proposal = Fusion([], [], torch.zeros(0), beta=1.0, gamma=1.0, value_top_k=None)
-    live, kept, produced = [()] * (beam_width * expansion), [], 0
+    live, kept, produced, sampled = [()] * (beam_width * expansion), [], 0, 0
     while True:
         steps = min(chunk_length, max_new_tokens - produced)
         cands = _sample_chunk(base, prompt, live, steps, selector, proposal, eos, vocab)
+        done = max(len(c) for c, _ in cands) - produced  # steps actually run (all rows may end early)
         produced += steps
+        sampled += len(cands) * done
         seqs = [prompt + list(c) for c, _ in cands]
         base_lp = _batch_logprobs(base, seqs, [len(prompt)] * len(seqs), vocab)
         terms = [_guide_term(g, prompt, [c for c, _ in cands], tokenizer, vocab) for g in guides]
@@ -191,7 +204,7 @@ def naive_search(base, prompt: list[int], guides, weights, *, tokenizer, beam_wi
                  for r, (c, fin) in enumerate(cands)]
         kept = select_beams([b for b in kept if b.finished], beams, beam_width)
         if on_round is not None:
-            on_round(produced)
+            on_round(sampled)
         live = [b.tokens for b in kept if not b.finished for _ in range(expansion)]
         if produced >= max_new_tokens or not live:
             return kept
@@ -221,23 +234,26 @@ def child(spec: dict) -> dict:
     shape = dict(beam_width=spec["W"], expansion=spec["kappa"], chunk_length=spec["L"],
                  max_new_tokens=spec["new"])
     stamps: list[float] = []
-    rss_before = _rss_mb()
+    counted: list[int] = []
+    reset = _reset_peak()
+    rss_before = _status_mb("VmRSS")
     t0 = time.perf_counter()
     with torch.no_grad():
         if spec["method"] == "mogen":
             out = mogen.search(base, torch.tensor([prompt]), guides=guides, tokenizer=tok, weights=spec["weights"],
                                generator=torch.Generator().manual_seed(spec["seed"]), return_scores=True,
-                               on_round=lambda r: stamps.append(time.perf_counter()), **shape)
+                               on_round=lambda r: (stamps.append(time.perf_counter()), counted.append(r.tokens)),
+                               **shape)
             beams = out.beams[0]
         else:
             beams = naive_search(base, prompt, guides, spec["weights"], tokenizer=tok, seed=spec["seed"],
-                                 on_round=lambda n: stamps.append(time.perf_counter()), **shape)
+                                 on_round=lambda n: (stamps.append(time.perf_counter()), counted.append(n)),
+                                 **shape)
     wall = time.perf_counter() - t0
     rounds = [b - a for a, b in zip([t0] + stamps[:-1], stamps)]
-    rows = spec["W"] * spec["kappa"]
-    return {"wall": wall, "rounds": rounds, "tokens": sum(len(b.tokens) for b in beams), "candidate_tokens":
-            rows * spec["new"], "best": list(beams[0].tokens), "score": beams[0].score,
-            "rss_before_mb": rss_before, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak = _status_mb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"wall": wall, "rounds": rounds, "candidate_tokens": counted[-1], "best": list(beams[0].tokens),
+            "score": beams[0].score, "rss_before_mb": rss_before, "peak_mb": peak}
 
 
 def run_child(spec: dict) -> dict:
@@ -327,11 +343,12 @@ def main() -> int:
         throughput("medium", {**spec, "prefix": 32, "new": new}, lines,
                    f"medium: W=4, kappa=4, L=10, {new} new tokens, prompt 32 tokens")
     if not args.no_demo:
-        new = 16 if args.quick else 48
+        new = 24 if args.quick else 96
         throughput("demo", {**spec, "L": 8, "prefix": 0, "new": new}, lines,
                    f"demo models (guides with their own tokenizer): W=4, kappa=4, L=8, {new} new tokens")
-    lines += ["", "tokens/s counts every candidate token sampled (W x kappa rows x new tokens) over the wall time of",
-              "the whole search (prefill included); peak RSS is the child process's ru_maxrss."]
+    lines += ["", "tokens/s counts every candidate token sampled (W x kappa rows x tokens) over the wall time of the",
+              "whole search (prefill included); peak RSS is the child process's VmHWM, reset after the models are",
+              "loaded (ru_maxrss where the reset is not allowed); no eos, so every beam runs to the last token."]
     text = "\n".join(lines)
     print("\n" + text)
     if not args.quick:

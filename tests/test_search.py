@@ -91,7 +91,8 @@ def test_scores_equal_uncached_float64_rescoring(base, tok, kind, proposal):
         assert out.sequences[b, ids.shape[1]: ids.shape[1] + len(best)].tolist() == best
 
 
-def test_multibyte_characters_split_across_chunks(base, tok):
+@pytest.mark.parametrize("proposal", ["base", "guided"])  # text read per chunk / per token
+def test_multibyte_characters_split_across_chunks(base, tok, proposal):
     """The base spells multi-byte characters one byte per token across chunk boundaries; guides read text."""
     bl, ms = tok
     prompts = _prompts(bl, ["the ca", "日"])
@@ -113,7 +114,7 @@ def test_multibyte_characters_split_across_chunks(base, tok):
     try:
         out = mogen.search(base, ids, mask, guides=guides, tokenizer=bl, weights=[1.0, 0.5], beam_width=2,
                            expansion=3, chunk_length=3, max_new_tokens=len(script), temperature=1.5,
-                           generator=torch.Generator().manual_seed(0), return_scores=True)
+                           proposal=proposal, generator=torch.Generator().manual_seed(0), return_scores=True)
     finally:
         handle.remove()
     texts = [bl.decode(list(b.tokens)) for beams in out.beams for b in beams]

@@ -162,14 +162,22 @@ class RetokenizingGroup(RunnerRegistry):
 
     def push(self, tokens: Sequence[int], live: Sequence[bool]) -> None:
         """Append one base token per row (``live[b]`` False: row ``b`` is finished, skip it)."""
+        self.push_many([[t] for t in tokens], [[x] for x in live])
+
+    def push_many(self, tokens: Sequence[Sequence[int]], live: Sequence[Sequence[bool]]) -> None:
+        """Append ``tokens[b]`` to row ``b`` (those with ``live[b][k]`` False are skipped): one forward in all.
+
+        The guide then reads each row's new text at once (chunk search scores a chunk this way when no
+        token-level guide output is needed in between).
+        """
         batch = len(self.contexts)
         feeds: list[list[int]] = [[] for _ in range(batch)]
         anchors: list[Optional[int]] = [None] * batch  # cache column whose score the first fed id keeps
         stale = [False] * batch
         for b in range(batch):
-            if not live[b]:
+            if not any(live[b]):
                 continue
-            delta = self.detoks[b].push(tokens[b])
+            delta = "".join(self.detoks[b].push(t) for t, x in zip(tokens[b], live[b]) if x)
             if delta:
                 feeds[b], anchors[b] = self._extend_row(b, delta)
             stale[b] = self.detoks[b].pending

@@ -136,6 +136,9 @@ class _Search:
         f = self.guidance.fusion
         self.proposal = f if config.proposal == "guided" else Fusion(
             [], [], torch.zeros(0, device=self.device), beta=f.beta, gamma=f.gamma, value_top_k=None)
+        # The guided proposal reads text readers' outputs every token; the base proposal only needs their
+        # scores at the chunk's end, so they read each chunk at once (one forward per model per round).
+        self.text_per_token = config.proposal == "guided" and not f.empty
         self.owner = list(range(batch))  # the prompt of each row
         self.kept: list[list[Beam]] = [[] for _ in range(batch)]
         self.tokens = 0
@@ -209,20 +212,21 @@ class _Search:
         return out
 
     def _advance(self, tokens: torch.Tensor, was_alive: torch.Tensor, more: bool) -> None:
-        """Feed ``tokens [R]``: text readers always (they score it), the base and lockstep guides when more follow."""
+        """Feed ``tokens [R]`` to the base and lockstep guides when more tokens follow, and to text readers
+        when the proposal needs their outputs token by token (else :meth:`_chunk` gives them the chunk at once)."""
         mask = None
         if self.mask_full is not None:
             mask = self.mask_full[:, : self.input_ids.shape[1] + self.produced + 1]
         if more:
             self.base_logits = self.base.forward(tokens.unsqueeze(1), mask, self.next_pos)[:, -1]
-        self.runners.step(tokens, mask, self.next_pos, was_alive, lockstep=more)
+        self.runners.step(tokens, mask, self.next_pos, was_alive, lockstep=more, text=self.text_per_token)
         self.next_pos = self.next_pos + 1
 
     def _chunk(self, steps: int, last_round: bool) -> torch.Tensor:
         """Sample and score up to ``steps`` tokens for every row; returns them ``[R, n]`` (pad after eos)."""
         ranges = self._ranges()
         alive = torch.ones(len(self.owner), dtype=torch.bool, device=self.device)
-        out = []
+        out, fed = [], []
         for s in range(steps):
             tokens = self._propose(ranges).masked_fill(~alive, self.pad_token_id)
             self.scorer.on_tokens(self.base_logits, tokens, alive)
@@ -230,13 +234,17 @@ class _Search:
             if self.eos is not None:
                 alive = alive & ~torch.isin(tokens, self.eos)
             out.append(tokens)
+            fed.append(was_alive)
             more = not (last_round and s == steps - 1) and bool(alive.any())
             self._advance(tokens, was_alive, more)
             self.produced += 1
             if not more:
                 break
         self.tokens += len(self.owner) * len(out)
-        return torch.stack(out, dim=1)
+        chunk = torch.stack(out, dim=1)
+        if not self.text_per_token:  # guides reading text score the whole chunk in one forward each
+            self.runners.push_text(chunk, torch.stack(fed, dim=1))
+        return chunk
 
     # -- selection -------------------------------------------------------------------------------------------
 
