@@ -29,6 +29,8 @@ This module is a *driver* (layer 3 of DESIGN section 2):
   its score with it and the total equals scoring the whole text afresh. A
   guide sees only complete characters: while a row's text ends inside a
   multi-byte character, its guides score the text before that character.
+  With the base proposal they read each chunk's text at once (one forward
+  per model per round); the guided proposal needs their outputs every token.
 
 Seeds: prompt ``b`` draws only from its own generator
 (:func:`mogen.decoding.beams.prompt_generators`), so each prompt's result in
