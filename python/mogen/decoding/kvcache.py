@@ -5,10 +5,10 @@
 few hundred tokens and a dozen rows costs more than the step's matmuls (chunk
 search at a 512-token prefix spent a third of its time there). A
 :class:`GrowingLayer` keeps its keys and values in buffers with spare room
-(half as much again as it holds, at least 64 positions) and writes new
+(an eighth more than it holds, at least 64 positions) and writes new
 positions into them; ``keys`` / ``values`` are views of the filled part, so
 attention reads exactly what a DynamicLayer would hold. Growing copies once
-per ~50% of growth, reordering rows (beam selection) gathers the buffers by
+per ~12% of growth; reordering rows (beam selection) gathers the buffers by
 index. Any other operation that replaces ``keys`` (crop, offload, batch
 repeat) is picked up on the next update, which re-buffers from it.
 
@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - older transformers: plain DynamicCache
 
 
 def _spare(n: int) -> int:
-    return n + max(64, n // 2)
+    return n + max(64, n // 8)
 
 
 if DynamicLayer is not None:
