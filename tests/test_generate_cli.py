@@ -46,6 +46,33 @@ def test_decode_streams_the_same_text_as_generate(folders, capsys):
     assert printed.rstrip("\n") == expected
 
 
+def test_search_streams_the_best_beam_and_ends_with_search_s_result(folders, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompt = "The cat sees"
+    rc = cli.main(["search", "--base", folders["base"], "--guide", f"{folders['expert']}:{folders['reference']}",
+                   "--weights", "1.5", "--prompt", prompt, "--max-new-tokens", "12", "--beam-width", "2",
+                   "--expansion", "2", "--chunk-length", "4", "--temperature", "2", "--seed", "3"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("[round ") == 3 and "live beam" in captured.err and "tokens/s" in captured.err
+    base = AutoModelForCausalLM.from_pretrained(folders["base"]).eval()
+    tok = AutoTokenizer.from_pretrained(folders["base"])
+    guide = mogen.ProxyGuide(AutoModelForCausalLM.from_pretrained(folders["expert"]).eval(),
+                             AutoModelForCausalLM.from_pretrained(folders["reference"]).eval(),
+                             tokenizer=AutoTokenizer.from_pretrained(folders["expert"]))
+    enc = tok([prompt], return_tensors="pt")
+    out = mogen.search(base, enc["input_ids"], guides=[guide], tokenizer=tok, weights=[1.5], max_new_tokens=12,
+                       beam_width=2, expansion=2, chunk_length=4, temperature=2.0,
+                       generator=torch.Generator().manual_seed(3))
+    best = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    printed = captured.out.rstrip("\n")
+    final = printed.rsplit("[best beam changed]\n", 1)[-1]  # the text after the last change of best beam
+    assert final.endswith(best) and printed.startswith(prompt)
+    assert cli.main(["search", "--base", folders["base"], "--prompt", "x", "--beam-width", "0"]) == 2
+    assert "beam_width" in capsys.readouterr().err
+
+
 def test_decode_with_a_device_map_places_models_and_decodes_the_same(folders, capsys):
     # device_map (accelerate) is how models too big for one GPU are spread over several;
     # on this machine "auto" places everything on the CPU, which must not change the text.

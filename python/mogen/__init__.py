@@ -13,6 +13,7 @@ from ._version import __version__
 # import together); load each on first use so `import mogen` stays light.
 _LAZY = {
     "generate": "mogen.decoding",
+    "search": "mogen.decoding",
     "ProxyGuide": "mogen.decoding",
     "ValueGuide": "mogen.decoding",
     "MultiObjectiveLogitsProcessor": "mogen.decoding",

@@ -2,18 +2,26 @@
 
 - :func:`generate`: drop-in for ``base.generate`` with weighted proxy guides,
   per-row preferences, and guides with their own tokenizers.
+- :func:`search`: chunk-level beam search (MPAW Alg. 1, MAGE's b/c/l lookahead)
+  scored by the same guides, each reading the text in its own tokenizer.
 - :class:`ProxyGuide`: an expert / reference pair.
 - :class:`MultiObjectiveLogitsProcessor`: the same fusion inside
   ``base.generate(..., logits_processor=[...])`` for same-tokenizer guides.
 """
 
+from .beams import Beam, SearchOutput
 from .generation import generate
 from .guides import ProxyGuide, ValueGuide, shares_tokenizer
 from .processor import MultiObjectiveLogitsProcessor
 from .sampling import TokenSelector, filter_scores
+from .search import RoundReport, search
 
 __all__ = [
     "generate",
+    "search",
+    "Beam",
+    "SearchOutput",
+    "RoundReport",
     "ProxyGuide",
     "ValueGuide",
     "MultiObjectiveLogitsProcessor",

@@ -17,18 +17,32 @@ bookkeeping:
 
 Each step costs one forward per distinct model for the whole batch (none at
 all when no row has new text); a reference shared by several guides runs once.
+
+Scoring (chunk search): :meth:`RetokenizingGroup.track` asks the group to keep,
+per row and cache column, what a model gives the guide token fed there from
+the output just before it (``log p(token | text before)``, or a value head's
+``Q``). A retracted token's column is masked, so its contribution drops out of
+:meth:`RetokenizingGroup.totals` with it, and the totals always equal scoring
+the row's current guide ids from scratch. When a row retracts tokens the
+group re-feeds the last kept id (the *anchor*) before the new ones, since the
+output after it, which the first new token is scored from, is not kept.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from .models import LMRunner, RunnerRegistry, context_length
 from .retokenize import GuideTokenContext, IncrementalDetokenizer
 
-__all__ = ["RetokenizingGroup"]
+__all__ = ["RetokenizingGroup", "TokenScoreFn"]
+
+#: ``fn(outputs [N, D], ids [N]) -> float64 [N]``: what a model gives token ``ids[n]`` from the output before it.
+TokenScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_FIRST = -1  # anchor value of a row whose first fed id is its first id (scored 0, as at prefill)
 
 
 class RetokenizingGroup(RunnerRegistry):
@@ -65,6 +79,8 @@ class RetokenizingGroup(RunnerRegistry):
         self._stale = torch.zeros(0, dtype=torch.bool)
         self._any_stale = False
         self.retracted = 0  # ids masked out after re-tokenization (statistics)
+        self._trackers: list[tuple[int, TokenScoreFn]] = []  # (runner index, score fn) per slot
+        self._contrib: list[torch.Tensor] = []  # per slot: float64 [B, columns], aligned with _mask
 
     def _on_add(self, runner: LMRunner) -> None:
         limit = context_length(runner.model)
@@ -99,9 +115,43 @@ class RetokenizingGroup(RunnerRegistry):
         self._stale = torch.tensor(stale, dtype=torch.bool)
         self._any_stale = any(stale)
         self._last = []
+        keep = width if self._trackers else 1
+        outs = []
         for runner in self.runners:
             runner.reset()
-            self._last.append(runner.forward(ids, mask, positions, keep=1)[:, -1].to(self.device))
+            outs.append(runner.forward(ids, mask, positions, keep=keep).to(self.device))
+            self._last.append(outs[-1][:, -1])
+        self._contrib = [self._prompt_contributions(outs[k], fn, ids, mask) for k, fn in self._trackers]
+
+    def _prompt_contributions(self, out: torch.Tensor, fn: TokenScoreFn, ids: torch.Tensor,
+                              mask: torch.Tensor) -> torch.Tensor:
+        """float64 ``[B, T]``: each prompt id scored from the output before it (0 for a row's first id)."""
+        batch, width = ids.shape
+        contrib = torch.zeros(batch, width, dtype=torch.float64, device=self.device)
+        if width > 1:
+            nxt = ids[:, 1:].to(self.device)
+            for b in range(batch):  # row by row: [T, V] at a time, not [B, T, V]
+                contrib[b, 1:] = fn(out[b, :-1], nxt[b])
+            both = (mask[:, 1:] * mask[:, :-1]).to(self.device, torch.float64)
+            contrib[:, 1:] *= both
+        return contrib
+
+    def track(self, runner_index: int, fn: TokenScoreFn) -> int:
+        """Keep ``fn``'s score of every guide token of runner ``runner_index`` from now on; returns a slot.
+
+        Call before :meth:`prefill`. See :meth:`totals` and :meth:`last_scores`.
+        """
+        self._trackers.append((runner_index, fn))
+        return len(self._trackers) - 1
+
+    def totals(self, slot: int) -> torch.Tensor:
+        """float64 ``[B]``: the sum of the slot's scores over each row's live guide ids."""
+        return (self._contrib[slot] * self._mask.to(self.device, torch.float64)).sum(dim=1)
+
+    def last_scores(self, slot: int) -> torch.Tensor:
+        """float64 ``[B]``: the slot's score of each row's last live guide id."""
+        cols = torch.tensor([c[-1] for c in self._cols], dtype=torch.long, device=self.device)
+        return self._contrib[slot].gather(1, cols.unsqueeze(1)).squeeze(1)
 
     def _check_length(self, row: int, n: int) -> None:
         if self.max_positions is not None and n > self.max_positions:
@@ -112,27 +162,53 @@ class RetokenizingGroup(RunnerRegistry):
 
     def push(self, tokens: Sequence[int], live: Sequence[bool]) -> None:
         """Append one base token per row (``live[b]`` False: row ``b`` is finished, skip it)."""
+        self.push_many([[t] for t in tokens], [[x] for x in live])
+
+    def push_many(self, tokens: Sequence[Sequence[int]], live: Sequence[Sequence[bool]]) -> None:
+        """Append ``tokens[b]`` to row ``b`` (those with ``live[b][k]`` False are skipped): one forward in all.
+
+        The guide then reads each row's new text at once (chunk search scores a chunk this way when no
+        token-level guide output is needed in between).
+        """
         batch = len(self.contexts)
         feeds: list[list[int]] = [[] for _ in range(batch)]
+        anchors: list[Optional[int]] = [None] * batch  # cache column whose score the first fed id keeps
         stale = [False] * batch
         for b in range(batch):
-            if not live[b]:
+            if not any(live[b]):
                 continue
-            delta = self.detoks[b].push(tokens[b])
+            delta = "".join(self.detoks[b].push(t) for t, x in zip(tokens[b], live[b]) if x)
             if delta:
-                retract, feed = self.contexts[b].extend(delta)
-                cols = self._cols[b]
-                for _ in range(retract):
-                    self._mask[b, cols.pop()] = 0
-                self.retracted += retract
-                feeds[b] = feed
+                feeds[b], anchors[b] = self._extend_row(b, delta)
             stale[b] = self.detoks[b].pending
         self._any_stale = any(stale)
         if self._any_stale:
             self._stale = torch.tensor(stale, dtype=torch.bool)
+        if any(feeds):
+            self._feed(feeds, anchors)
+
+    def _extend_row(self, b: int, delta: str) -> tuple[list[int], Optional[int]]:
+        """Re-tokenize row ``b`` after ``delta``: mask retracted columns; return ``(ids to feed, anchor column)``."""
+        retract, feed = self.contexts[b].extend(delta)
+        cols = self._cols[b]
+        anchor = None
+        if retract and self._trackers:
+            if len(cols) > retract:
+                # Scoring needs the output after the last kept id: feed that id again.
+                anchor = cols[len(cols) - retract - 1]
+                feed = [self.contexts[b].ids[len(cols) - retract - 1]] + feed
+                retract += 1
+            else:
+                anchor = _FIRST  # every id retracted: the first new id has nothing before it
+        for _ in range(retract):
+            self._mask[b, cols.pop()] = 0
+        self.retracted += retract
+        return feed, anchor
+
+    def _feed(self, feeds: list[list[int]], anchors: list[Optional[int]]) -> None:
+        """One forward per model over every row's new ids (rows without any pad the step with masked columns)."""
+        batch = len(feeds)
         width = max(len(f) for f in feeds)
-        if width == 0:
-            return
         start = self._mask.shape[1]
         ids = torch.full((batch, width), self._pad_id, dtype=torch.long)
         new_mask = torch.zeros(batch, width, dtype=torch.long)
@@ -154,9 +230,31 @@ class RetokenizingGroup(RunnerRegistry):
         rows = torch.arange(batch)
         everyone = bool(fed.all())
         keep_old = None if everyone else (~fed).to(self.device).unsqueeze(1)
+        outs = []
         for k, runner in enumerate(self.runners):
-            new = runner.forward(ids, self._mask, positions, keep=width)[rows, last].to(self.device)
+            outs.append(runner.forward(ids, self._mask, positions, keep=width).to(self.device))
+            if self._trackers:
+                outs[-1] = torch.cat([self._last[k].unsqueeze(1), outs[-1]], dim=1)  # [B, 1 + width, D]
+            new = outs[-1][rows, last + int(bool(self._trackers))]
             self._last[k] = new if everyone else torch.where(keep_old, self._last[k], new)
+        for slot, (k, fn) in enumerate(self._trackers):
+            self._contrib[slot] = torch.cat([self._contrib[slot], self._scores(outs[k], fn, ids, new_mask, anchors,
+                                                                               slot)], dim=1)
+
+    def _scores(self, out: torch.Tensor, fn: TokenScoreFn, ids: torch.Tensor, new_mask: torch.Tensor,
+                anchors: list[Optional[int]], slot: int) -> torch.Tensor:
+        """float64 ``[B, width]``: each fed id scored from the output before it (``out [B, 1 + width, D]``).
+
+        An anchor (an id fed again) keeps the score of its old column: the
+        output before it was not kept, and its context has not changed.
+        """
+        batch, width = ids.shape
+        flat = fn(out[:, :-1].reshape(batch * width, -1), ids.to(self.device).reshape(-1)).view(batch, width)
+        flat = flat * new_mask.to(self.device, torch.float64)
+        for b, col in enumerate(anchors):
+            if col is not None:
+                flat[b, 0] = 0.0 if col == _FIRST else self._contrib[slot][b, col]
+        return flat
 
     def output(self, index: int) -> torch.Tensor:
         """Output of runner ``index`` after each row's latest guide token: logits ``[B, V_g]`` or hidden ``[B, H]``.
@@ -191,5 +289,6 @@ class RetokenizingGroup(RunnerRegistry):
             self._any_stale = bool(self._stale.any())
         dev_index = index.to(self.device)
         self._last = [t.index_select(0, dev_index) for t in self._last]
+        self._contrib = [t.index_select(0, dev_index) for t in self._contrib]
         for r in self.runners:
             r.reorder(index)

@@ -69,13 +69,9 @@ def backbone(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _new_cache(model: torch.nn.Module) -> Any:
-    from transformers import DynamicCache
+    from .kvcache import new_cache
 
-    try:
-        # Newer transformers derive per-layer cache types (sliding window, ...) from the config.
-        return DynamicCache(config=model.config)
-    except TypeError:  # pragma: no cover - older transformers
-        return DynamicCache()
+    return new_cache(model)
 
 
 class LMRunner:

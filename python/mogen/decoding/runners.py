@@ -110,15 +110,27 @@ class RunnerSet:
                 g.prefill(rows)
 
     def step(self, tokens: torch.Tensor, mask: Optional[torch.Tensor], positions: torch.Tensor,
-             unfinished: Optional[torch.Tensor] = None) -> None:
-        """Append one base token per row (``tokens [B]``); rows not ``unfinished`` are skipped by text readers."""
-        if self.lockstep.runners:
+             unfinished: Optional[torch.Tensor] = None, *, lockstep: bool = True, text: bool = True) -> None:
+        """Append one base token per row (``tokens [B]``); rows not ``unfinished`` are skipped by text readers.
+
+        ``lockstep=False`` / ``text=False`` leave out the models reading the base's ids / the text (chunk
+        search: nothing is chosen after a chunk's last token; text readers may take a chunk at once,
+        :meth:`push_text`).
+        """
+        if self.lockstep.runners and lockstep:
             self.lockstep.feed(tokens.unsqueeze(1), mask, positions)
-        if self.cross:
+        if self.cross and text:
             host_tokens = tokens.tolist()
             live = [True] * len(host_tokens) if unfinished is None else unfinished.tolist()
             for g in self.cross:
                 g.push(host_tokens, live)
+
+    def push_text(self, tokens: torch.Tensor, live: torch.Tensor) -> None:
+        """Text readers take ``tokens [B, n]`` at once (entries with ``live [B, n]`` False skipped)."""
+        if self.cross:
+            host_tokens, host_live = tokens.tolist(), live.tolist()
+            for g in self.cross:
+                g.push_many(host_tokens, host_live)
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row ``b`` of every group becomes old row ``index[b]`` (``index`` int64 ``[B']``)."""

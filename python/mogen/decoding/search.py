@@ -1,0 +1,379 @@
+"""``mogen.search``: chunk-level beam search (MPAW Algorithm 1; MAGE's b/c/l lookahead), DESIGN section 1.
+
+Per prompt, ``W`` beams; every round each live beam is extended by ``kappa``
+sampled chunks of ``L`` tokens, every candidate is scored
+(:mod:`mogen.decoding.scoring`)::
+
+    score(y) = log pi_b(y|x) + beta * sum_i w_i (log pi_ei(y|x) - log pi_ri(y|x)) + gamma * sum_j u_j Q_j(x, y)
+
+each model reading the text in its own tokenizer, and the top ``W`` are kept
+(:func:`mogen.decoding.beams.select_beams`). Chunks are drawn from the base
+(``proposal="base"``, MPAW) or from the token-level fused distribution of
+:func:`mogen.generate` (``proposal="guided"``, MAGE's b/c/l lookahead with
+``b = W, c = kappa, l = L``), after temperature / top-k / top-p.
+
+This module is a *driver* (layer 3 of DESIGN section 2):
+
+- rows are prompts x live beams x expansions, grouped by prompt; each token
+  is ONE batched forward of every model for all of them;
+- every model keeps a KV cache per row; keeping the top ``W`` reorders and
+  duplicates rows by index (``RunnerSet.reorder``), never re-runs a prefix, so
+  a round costs its own tokens whatever the prefix length;
+- a finished beam (eos) leaves the batch: it stays in its prompt's pool with
+  its score and competes with later candidates, but is never fed, expanded
+  or copied again; a prompt is done when its top ``W`` have all ended, the
+  search when every prompt is, or at ``max_new_tokens``;
+- guides with their own tokenizer follow each row's text with look-behind
+  re-tokenization (:mod:`mogen.decoding.retokenize`, which says where it is
+  exact) and keep one score per live guide token, so a retracted token takes
+  its score with it and the total equals scoring the whole text afresh. A
+  guide sees only complete characters: while a row's text ends inside a
+  multi-byte character, its guides score the text before that character.
+  With the base proposal they read each chunk's text at once (one forward
+  per model per round); the guided proposal needs their outputs every token.
+
+Seeds: prompt ``b`` draws only from its own generator
+(:func:`mogen.decoding.beams.prompt_generators`), so each prompt's result in
+a batch equals its result alone with that generator (up to floating-point
+differences between batch shapes, which can flip a draw or an exact tie).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from .beams import Beam, SearchOutput, prompt_generators, select_beams
+from .binding import bind_guides
+from .checks import TokenIds, check_devices, check_prompt, finite_number
+from .generation import _check_base, base_vocab_size, check_context, special_ids
+from .models import LMRunner, output_device
+from .sampling import TokenSelector
+from .scoring import SequenceScorer
+from .terms import Fusion
+
+__all__ = ["search", "SearchConfig", "RoundReport", "PROPOSALS"]
+
+PROPOSALS = ("base", "guided")
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The shape of the search: ``beam_width`` W, ``expansion`` kappa, ``chunk_length`` L, and the proposal."""
+
+    beam_width: int = 4
+    expansion: int = 4
+    chunk_length: int = 10
+    max_new_tokens: int = 128
+    proposal: str = "base"
+
+    def __post_init__(self) -> None:
+        for name in ("beam_width", "expansion", "chunk_length", "max_new_tokens"):
+            _count(getattr(self, name), name)
+        if self.proposal not in PROPOSALS:
+            raise ValueError(f"proposal must be one of {PROPOSALS}, got {self.proposal!r}")
+
+
+@dataclass
+class RoundReport:
+    """What one chunk round did (for progress lines, streaming and tests).
+
+    Attributes:
+        round: 0-based round number.
+        new_tokens: tokens per beam generated so far (the chunk boundary).
+        candidates: per prompt, this round's candidates.
+        kept: per prompt, the top W after selection, best first.
+        tokens: candidate tokens generated so far, all rows (the search's work).
+        seconds: wall time since the search started.
+    """
+
+    round: int
+    new_tokens: int
+    candidates: list[list[Beam]]
+    kept: list[list[Beam]]
+    tokens: int
+    seconds: float
+
+    @property
+    def live(self) -> int:
+        """Live beams kept, all prompts."""
+        return sum(not b.finished for beams in self.kept for b in beams)
+
+
+class _Search:
+    """One ``search`` call: the base's runner, the bound guides, the scorer, the rows and the pools."""
+
+    def __init__(self, base: Any, input_ids: Any, attention_mask: Any, *, guides: Any, tokenizer: Any,
+                 weights: Any, config: SearchConfig, beta: Any, gamma: Any, selector_args: dict,
+                 eos_token_id: TokenIds, pad_token_id: Optional[int], generator: Any) -> None:
+        _check_base(base)
+        self.config = config
+        self.device = output_device(base)
+        self.input_ids, self.prompt_mask, self.padded = check_prompt(input_ids, attention_mask, self.device)
+        batch = self.input_ids.shape[0]
+        self.vocab_size = base_vocab_size(base, tokenizer)
+        self.guidance = bind_guides(guides, weights, batch=batch, tokenizer=tokenizer, vocab_size=self.vocab_size,
+                                    device=self.device, beta=finite_number(beta, "beta"),
+                                    gamma=finite_number(gamma, "gamma"))
+        check_devices({"base": base, **self.guidance.models})
+        longest = int(self.prompt_mask.sum(dim=1).max())
+        check_context({"base": base, **self.guidance.lockstep_models}, longest, config.max_new_tokens)
+        self.eos, pad = special_ids(base, eos_token_id, pad_token_id, self.device)
+        self.pad_token_id = pad if pad is not None else 0
+        self.selectors = [TokenSelector(self.vocab_size, do_sample=True, device=self.device, generator=g,
+                                        **selector_args)
+                          for g in prompt_generators(generator, batch, self.device)]
+        self.base = LMRunner(base, self.vocab_size, "base")
+        self.runners = self.guidance.runners
+        self.scorer = SequenceScorer(self.guidance, batch, self.device)
+        f = self.guidance.fusion
+        self.proposal = f if config.proposal == "guided" else Fusion(
+            [], [], torch.zeros(0, device=self.device), beta=f.beta, gamma=f.gamma, value_top_k=None)
+        # The guided proposal reads text readers' outputs every token; the base proposal only needs their
+        # scores at the chunk's end, so they read each chunk at once (one forward per model per round).
+        self.text_per_token = config.proposal == "guided" and not f.empty
+        self.owner = list(range(batch))  # the prompt of each row
+        self.kept: list[list[Beam]] = [[] for _ in range(batch)]
+        self.tokens = 0
+
+    # -- rows ------------------------------------------------------------------------------------------------
+
+    def _prefill(self) -> None:
+        ids, batch, length = self.input_ids, *self.input_ids.shape
+        positions = (self.prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        self.mask_full: Optional[torch.Tensor] = None
+        if self.padded:
+            self.mask_full = torch.ones(batch, length + self.config.max_new_tokens, dtype=torch.long,
+                                        device=self.device)
+            self.mask_full[:, :length] = self.prompt_mask
+        mask = None if self.mask_full is None else self.mask_full[:, :length]
+        self.base_logits = self.base.forward(ids, mask, positions)[:, -1]
+        self.runners.prefill(ids, mask, positions, self.prompt_mask)
+        self.scorer.start()
+        self.next_pos = positions[:, -1:] + 1
+        self.gen = torch.zeros(batch, 0, dtype=torch.long, device=self.device)
+        self.produced = 0
+
+    def _reorder(self, index: list[int]) -> None:
+        """Row ``r`` becomes old row ``index[r]`` everywhere: caches, text state, scores, the driver's rows."""
+        host = torch.tensor(index, dtype=torch.long)
+        dev = host.to(self.device)
+        self.base.reorder(dev)
+        self.runners.reorder(dev)
+        self.proposal.reorder(dev)
+        self.scorer.reorder(dev)
+        self.base_logits = self.base_logits.index_select(0, dev)
+        self.next_pos = self.next_pos.index_select(0, dev)
+        self.gen = self.gen.index_select(0, dev)
+        if self.mask_full is not None:
+            self.mask_full = self.mask_full.index_select(0, dev)
+        self.owner = [self.owner[i] for i in index]
+
+    def _ranges(self) -> list[tuple[int, int]]:
+        """Per prompt, its rows ``[start, end)`` (rows are grouped by prompt, in prompt order)."""
+        out, start = [], 0
+        for b in range(len(self.selectors)):
+            end = start
+            while end < len(self.owner) and self.owner[end] == b:
+                end += 1
+            out.append((start, end))
+            start = end
+        return out
+
+    # -- one chunk -------------------------------------------------------------------------------------------
+
+    def _propose(self, ranges: list[tuple[int, int]]) -> torch.Tensor:
+        """One token per row: each prompt's rows drawn with its own generator."""
+        step = self.proposal.step(self.base_logits)
+        memo: dict[Any, Any] = {}
+
+        def full() -> torch.Tensor:
+            if "full" not in memo:
+                memo["full"] = step.full()
+            return memo["full"]
+
+        def topk(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if k not in memo:
+                memo[k] = step.topk(k)
+            return memo[k]
+
+        out = torch.empty(len(self.owner), dtype=torch.long, device=self.device)
+        for b, (s, e) in enumerate(ranges):
+            if s < e:
+                out[s:e] = self.selectors[b](lambda s=s, e=e: full()[s:e],
+                                             lambda k, s=s, e=e: tuple(t[s:e] for t in topk(k)))
+        return out
+
+    def _advance(self, tokens: torch.Tensor, was_alive: torch.Tensor, more: bool) -> None:
+        """Feed ``tokens [R]`` to the base and lockstep guides when more tokens follow, and to text readers
+        when the proposal needs their outputs token by token (else :meth:`_chunk` gives them the chunk at once)."""
+        mask = None
+        if self.mask_full is not None:
+            mask = self.mask_full[:, : self.input_ids.shape[1] + self.produced + 1]
+        if more:
+            self.base_logits = self.base.forward(tokens.unsqueeze(1), mask, self.next_pos)[:, -1]
+        self.runners.step(tokens, mask, self.next_pos, was_alive, lockstep=more, text=self.text_per_token)
+        self.next_pos = self.next_pos + 1
+
+    def _chunk(self, steps: int, last_round: bool) -> torch.Tensor:
+        """Sample and score up to ``steps`` tokens for every row; returns them ``[R, n]`` (pad after eos)."""
+        ranges = self._ranges()
+        alive = torch.ones(len(self.owner), dtype=torch.bool, device=self.device)
+        out, fed = [], []
+        for s in range(steps):
+            tokens = self._propose(ranges).masked_fill(~alive, self.pad_token_id)
+            self.scorer.on_tokens(self.base_logits, tokens, alive)
+            was_alive = alive
+            if self.eos is not None:
+                alive = alive & ~torch.isin(tokens, self.eos)
+            out.append(tokens)
+            fed.append(was_alive)
+            more = not (last_round and s == steps - 1) and bool(alive.any())
+            self._advance(tokens, was_alive, more)
+            self.produced += 1
+            if not more:
+                break
+        self.tokens += len(self.owner) * len(out)
+        chunk = torch.stack(out, dim=1)
+        if not self.text_per_token:  # guides reading text score the whole chunk in one forward each
+            self.runners.push_text(chunk, torch.stack(fed, dim=1))
+        return chunk
+
+    # -- selection -------------------------------------------------------------------------------------------
+
+    def _candidates(self, chunk: torch.Tensor) -> list[list[Beam]]:
+        """This round's rows as beams, per prompt."""
+        before = self.gen.shape[1]
+        self.gen = torch.cat([self.gen, chunk], dim=1)
+        n = chunk.shape[1]
+        if self.eos is not None:
+            is_eos = torch.isin(chunk, self.eos)
+            ended = is_eos.any(dim=1)
+            lengths = torch.where(ended, before + is_eos.int().argmax(dim=1) + 1, before + n)
+        else:
+            ended = torch.zeros(chunk.shape[0], dtype=torch.bool, device=self.device)
+            lengths = torch.full((chunk.shape[0],), before + n, dtype=torch.long, device=self.device)
+        terms = self.scorer.terms()
+        scores = self.scorer.scores(terms)
+        guides, active = len(self.guidance.guides), self.guidance.active
+        per_guide = torch.full((terms.shape[0], guides), float("nan"), dtype=torch.float64, device=self.device)
+        per_guide[:, active] = terms
+        rows = zip(self.gen.tolist(), lengths.tolist(), ended.tolist(), scores.tolist(), self.scorer.base.tolist(),
+                   per_guide.tolist())
+        out: list[list[Beam]] = [[] for _ in self.selectors]
+        for r, (ids, length, fin, score, base, t) in enumerate(rows):
+            out[self.owner[r]].append(Beam(tuple(ids[:length]), score, base, tuple(t), bool(fin), r))
+        return out
+
+    def _select(self, candidates: list[list[Beam]]) -> list[int]:
+        """Keep each prompt's top W; returns the next round's rows (each live kept beam ``kappa`` times)."""
+        index: list[int] = []
+        for b, cands in enumerate(candidates):
+            pool = [beam for beam in self.kept[b] if beam.finished]
+            self.kept[b] = select_beams(pool, cands, self.config.beam_width)
+            index += [beam.row for beam in self.kept[b] if not beam.finished for _ in range(self.config.expansion)]
+        return index
+
+    def run(self, on_round: Optional[Callable[[RoundReport], None]] = None) -> list[list[Beam]]:
+        """The search; per prompt its final beams, best first."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        self._prefill()
+        self._reorder([b for b in range(len(self.selectors)) for _ in range(cfg.beam_width * cfg.expansion)])
+        rnd = 0
+        while True:
+            steps = min(cfg.chunk_length, cfg.max_new_tokens - self.produced)
+            last = self.produced + steps >= cfg.max_new_tokens
+            candidates = self._candidates(self._chunk(steps, last))
+            index = self._select(candidates)
+            if on_round is not None:
+                on_round(RoundReport(rnd, self.produced, candidates, [list(k) for k in self.kept], self.tokens,
+                                     time.perf_counter() - t0))
+            if last or not index:
+                return self.kept
+            self._reorder(index)
+            rnd += 1
+
+    def sequences(self, beams: Sequence[Sequence[Beam]]) -> torch.Tensor:
+        """``[B, T + n]``: each prompt and its best beam, right-padded with the pad id."""
+        best = [list(b[0].tokens) for b in beams]
+        width = max(len(t) for t in best)
+        new = torch.full((len(best), width), self.pad_token_id, dtype=torch.long)
+        for b, t in enumerate(best):
+            new[b, : len(t)] = torch.tensor(t, dtype=torch.long)
+        return torch.cat([self.input_ids, new.to(self.device)], dim=1)
+
+
+def search(
+    base: Any,
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    guides: Any,
+    tokenizer: Any = None,
+    weights: Any = None,
+    beam_width: int = 4,
+    expansion: int = 4,
+    chunk_length: int = 10,
+    max_new_tokens: int = 128,
+    proposal: str = "base",
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    eos_token_id: TokenIds = None,
+    pad_token_id: Optional[int] = None,
+    generator: Any = None,
+    return_scores: bool = False,
+    on_round: Optional[Callable[[RoundReport], None]] = None,
+) -> Any:
+    """Chunk-level beam search steered by weighted guides; the best sequence per prompt ``[B, T + new]``.
+
+    Conventions as :func:`mogen.generate`: left-padded prompts, ``weights``
+    ``[M]`` or ``[B, M]`` (one row per prompt), guides with their own
+    tokenizers (then ``tokenizer`` is required), eos / pad defaults from the
+    base's generation config.
+
+    Args:
+        beam_width: W, beams kept per prompt.
+        expansion: kappa, chunks sampled from each live beam per round.
+        chunk_length: L, tokens per chunk (the last round may be shorter).
+        max_new_tokens: at most this many tokens per beam.
+        proposal: ``"base"`` (chunks from the base, MPAW) or ``"guided"`` (from the fused token-level
+            distribution of :func:`mogen.generate`, MAGE's b/c/l lookahead).
+        temperature, top_k, top_p: applied to the proposal before each draw (``top_k=1``: greedy chunks).
+        beta, gamma: scales of the proxy and value terms, in the proposal (guided) and in the score.
+        generator: a ``torch.Generator`` (split into one per prompt) or a list of one per prompt; see
+            :func:`mogen.decoding.beams.prompt_generators` for how seeds map to prompts.
+        return_scores: also return every final beam with its score and per-guide terms.
+        on_round: called with a :class:`RoundReport` after every chunk round.
+
+    Returns:
+        LongTensor ``[B, T + n]`` (prompt as given, then the best beam, right-padded with ``pad_token_id``),
+        or a :class:`~mogen.decoding.beams.SearchOutput` with ``return_scores=True``.
+
+    Raises:
+        ValueError / TypeError naming the argument: ``beam_width``, ``expansion``, ``chunk_length`` or
+        ``max_new_tokens`` < 1, an unknown ``proposal``, and everything :func:`mogen.generate` rejects.
+    """
+    config = SearchConfig(beam_width, expansion, chunk_length, max_new_tokens, proposal)
+    if not isinstance(return_scores, bool):
+        raise TypeError(f"return_scores must be a bool, got {type(return_scores).__name__}")
+    selector_args = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    with torch.no_grad():
+        run = _Search(base, input_ids, attention_mask, guides=guides, tokenizer=tokenizer, weights=weights,
+                      config=config, beta=beta, gamma=gamma, selector_args=selector_args,
+                      eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator)
+        beams = run.run(on_round)
+        sequences = run.sequences(beams)
+    return SearchOutput(sequences, beams) if return_scores else sequences
