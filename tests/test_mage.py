@@ -101,3 +101,16 @@ def test_errors(folders, tmp_path):
     odd = MAGE([folders["bb0"], tmp_path / "odd"], tokenizer=tok, variant="none")
     with pytest.raises(ValueError, match="shape"):
         odd.generate(ids, mask, preference=[0.5, 0.5])
+
+
+def test_mage_with_chunk_search(folders):
+    tok = folders["tok"]
+    ids, mask = _prompts(tok)
+    search = dict(beam_width=2, expansion=2, chunk_length=3)
+    mage = MAGE([folders["bb0"], folders["bb1"]], tokenizer=tok, variant="I-M",
+                experts=[folders["e0"], folders["e1"]], reference=folders["ref"], search=search)
+    out = mage.generate(ids, mask, preference=[0.6, 0.4], max_new_tokens=6, generator=torch.Generator().manual_seed(0))
+    again = mage.generate(ids, mask, preference=[0.6, 0.4], max_new_tokens=6,
+                          generator=torch.Generator().manual_seed(0))
+    assert out.shape[0] == 2 and out.shape[1] > ids.shape[1] and torch.equal(out, again)
+    assert len(mage.merges) == 2  # one base and one expert merge for the one preference

@@ -219,7 +219,8 @@ class MAGE:
 
         args = dict(guides=self._guides(), tokenizer=self.tokenizer, weights=self._weights(mu), beta=self.beta,
                     gamma=self.gamma, **kwargs)
-        if self.search is not None:
+        if self.search is not None:  # search samples its chunks; it takes no do_sample
+            args.pop("do_sample", None)
             return mogen.search(self.base, ids, mask, **dict(self.search), **args)
         return mogen.generate(self.base, ids, mask, **args)
 
