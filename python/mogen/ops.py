@@ -88,16 +88,22 @@ def _check_logits(t: torch.Tensor, name: str, batch: int, device: torch.device) 
     return t
 
 
+# Finiteness as comparisons rather than math.isfinite: torch.compile traces those
+# when it makes a float symbolic (dynamic=True).
+def _isfinite(x: float) -> bool:
+    return -math.inf < x < math.inf
+
+
 def _positive(x: float, name: str) -> float:
     x = float(x)
-    if not math.isfinite(x) or x <= 0.0:
+    if not _isfinite(x) or x <= 0.0:
         raise ValueError(f"{name} must be a finite number > 0, got {x}")
     return x
 
 
 def _finite(x: float, name: str) -> float:
     x = float(x)
-    if not math.isfinite(x):
+    if not _isfinite(x):
         raise ValueError(f"{name} must be finite, got {x}")
     return x
 
@@ -141,7 +147,7 @@ def _finite_numbers(x) -> bool:
     """Whether every number in a (nested) sequence is finite."""
     if isinstance(x, (list, tuple)):
         return all(_finite_numbers(y) for y in x)
-    return math.isfinite(float(x))
+    return _isfinite(float(x))
 
 
 def _weights_2d(weights, batch: int, m: int, device: torch.device) -> torch.Tensor:
