@@ -1,4 +1,6 @@
-// PYBIND11_MODULE(_C): every op, routed to its CPU or CUDA implementation by device.
+// PYBIND11_MODULE(_C): the safetensors reader / writer and the K3 merge, which take
+// file objects no dispatcher schema can carry. The tensor ops are registered with
+// the dispatcher in library.cpp (torch.ops.mogen.*), from this same library.
 #include <torch/csrc/utils/pybind.h>
 
 #include <memory>
@@ -19,50 +21,7 @@
 
 namespace {
 
-bool on_cuda(const at::Tensor& t, const char* name = "base_logits") {
-#ifdef MOGEN_WITH_CUDA
-  return t.is_cuda();
-#else
-  MOGEN_CHECK_ARG(!t.is_cuda(), "this build of mogen_ext has no CUDA kernels (", name, " is on ", t.device(),
-                  "); rebuild with a CUDA toolkit and a CUDA build of torch");
-  return false;
-#endif
-}
-
-at::Tensor fused_log_ratio(MOGEN_FUSION_PARAMS) {
-#ifdef MOGEN_WITH_CUDA
-  if (on_cuda(base))
-    return mogen::cuda::fused_log_ratio(base, experts, refs, maps, weights, inv_temps, beta, base_inv_temp, unmapped);
-#else
-  on_cuda(base);
-#endif
-  return mogen::cpu::fused_log_ratio(base, experts, refs, maps, weights, inv_temps, beta, base_inv_temp, unmapped);
-}
-
-std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int64_t k) {
-#ifdef MOGEN_WITH_CUDA
-  if (on_cuda(base))
-    return mogen::cuda::fused_log_ratio_topk(base, experts, refs, maps, weights, inv_temps, beta, base_inv_temp,
-                                             unmapped, k);
-#else
-  on_cuda(base);
-#endif
-  return mogen::cpu::fused_log_ratio_topk(base, experts, refs, maps, weights, inv_temps, beta, base_inv_temp,
-                                          unmapped, k);
-}
-
 namespace py = pybind11;
-
-at::Tensor topk_value_scores(MOGEN_VALUE_PARAMS) {
-#ifdef MOGEN_WITH_CUDA
-  if (on_cuda(hidden, "hidden")) return mogen::cuda::topk_value_scores(hidden, weight, ids, bias);
-#else
-  on_cuda(hidden, "hidden");
-#endif
-  // k dot products over rows of a possibly multi-GB head: let other Python threads run.
-  py::gil_scoped_release nogil;
-  return mogen::cpu::topk_value_scores(hidden, weight, ids, bias);
-}
 
 // ---------------------------------------------------------------- K3 / safetensors
 
@@ -333,15 +292,4 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("build_info", &build_info);
   bind_safetensors(m);
-  m.def("fused_log_ratio", &fused_log_ratio, "K1: fused log-ratio scores [B, V_b] float32", pybind11::arg("base"),
-        pybind11::arg("experts"), pybind11::arg("refs"), pybind11::arg("maps"), pybind11::arg("weights"),
-        pybind11::arg("inv_temps"), pybind11::arg("beta"), pybind11::arg("base_inv_temp"), pybind11::arg("unmapped"));
-  m.def("fused_log_ratio_topk", &fused_log_ratio_topk, "K1: the k best fused scores per row (values, ids)",
-        pybind11::arg("base"), pybind11::arg("experts"), pybind11::arg("refs"), pybind11::arg("maps"),
-        pybind11::arg("weights"), pybind11::arg("inv_temps"), pybind11::arg("beta"), pybind11::arg("base_inv_temp"),
-        pybind11::arg("unmapped"), pybind11::arg("k"));
-  m.def("topk_value_scores", &topk_value_scores,
-        "K2: out[b, c] = hidden[b] . weight[ids[b, c]] + bias[ids[b, c]], float32 [B, k]; ids (int32 or int64) "
-        "must be in [0, V)",
-        pybind11::arg("hidden"), pybind11::arg("weight"), pybind11::arg("ids"), pybind11::arg("bias"));
 }

@@ -5,6 +5,7 @@
 #include <tuple>
 #include <vector>
 
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 
 namespace mogen {
@@ -12,10 +13,17 @@ namespace mogen {
 struct MergeSource;
 struct MergeSink;
 
+// K1's arguments, in the types the dispatcher passes for the schema in
+// library.cpp (Tensor[] -> TensorList, Tensor?[] -> List<optional<Tensor>>,
+// float[] -> ArrayRef<double>).
 #define MOGEN_FUSION_PARAMS                                                                            \
-  const at::Tensor &base, const std::vector<at::Tensor>&experts, const std::vector<at::Tensor>&refs, \
-      const std::vector<std::optional<at::Tensor>>&maps, const at::Tensor &weights,                    \
-      const std::vector<double>&inv_temps, double beta, double base_inv_temp, double unmapped
+  const at::Tensor &base, at::TensorList experts, at::TensorList refs,                               \
+      const c10::List<std::optional<at::Tensor>>&maps, const at::Tensor &weights,                      \
+      at::ArrayRef<double> inv_temps, double beta, double base_inv_temp, double unmapped
+
+// K1 entry points: fused_log_ratio -> fp32 [B, V_b]; _topk -> the k best (values fp32,
+// ids int64) [B, k] best first; _argmax -> the best (value fp32, id int64) [B]. Both
+// rank as torch.topk: NaN above everything, equal scores lower id first.
 
 // K2: out[b, c] = hidden[b] . weight[ids[b, c]] + bias[ids[b, c]], fp32 [B, k].
 #define MOGEN_VALUE_PARAMS \
@@ -24,6 +32,7 @@ struct MergeSink;
 namespace cpu {
 at::Tensor fused_log_ratio(MOGEN_FUSION_PARAMS);
 std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int64_t k);
+std::tuple<at::Tensor, at::Tensor> fused_log_ratio_argmax(MOGEN_FUSION_PARAMS);
 // K2; raises naming `ids` (before reading any row) if an id is outside [0, V).
 at::Tensor topk_value_scores(MOGEN_VALUE_PARAMS);
 // K3: out[k] = sum_i coef[k * N + i] * src_i over `numel` elements, fp32 (compensated)
@@ -36,6 +45,7 @@ void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<double>
 namespace cuda {
 at::Tensor fused_log_ratio(MOGEN_FUSION_PARAMS);
 std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int64_t k);
+std::tuple<at::Tensor, at::Tensor> fused_log_ratio_argmax(MOGEN_FUSION_PARAMS);
 // K2; out-of-range ids are never read: the kernel flags them and this raises naming
 // `ids` (reading the flag back synchronises the current stream once per call).
 at::Tensor topk_value_scores(MOGEN_VALUE_PARAMS);

@@ -130,6 +130,16 @@ def test_matches_fp64(batch, vocab, guides, strided, per_row, dtype):
     k = min(vocab, 7)
     values, ids = ops.fused_log_ratio_topk(base, experts, refs, w, k, **kw)
     check_topk(values, ids, want, k, TOL[dtype])
+    check_argmax(*ops.fused_log_ratio_argmax(base, experts, refs, w, **kw), want, TOL[dtype])
+
+
+def check_argmax(values: torch.Tensor, ids: torch.Tensor, want: np.ndarray, tol: float) -> None:
+    assert values.dtype == torch.float32 and ids.dtype == torch.int64
+    assert tuple(values.shape) == tuple(ids.shape) == (want.shape[0],)
+    v = values.cpu().to(torch.float64).numpy()
+    i = ids.cpu().numpy()
+    assert np.all(rel_err(v, want.max(axis=1, initial=-np.inf)) <= tol), "argmax values differ from the fp64 max"
+    assert np.all(rel_err(v, want[np.arange(len(i)), i]) <= tol), "ids do not point at their values"
 
 
 def check_topk(values: torch.Tensor, ids: torch.Tensor, want: np.ndarray, k: int, tol: float) -> None:
@@ -189,6 +199,35 @@ def test_topk_ties_prefer_lower_ids():
     values, ids = ops.fused_log_ratio_topk(base, [], [], [], 5)
     assert torch.equal(ids, torch.arange(5).expand(2, 5))
     assert torch.allclose(values, torch.full((2, 5), -math.log(50.0)))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_argmax_ties_prefer_lower_ids_and_nan_ranks_first(device):
+    # V = 20000 splits each row into several vocab chunks (and CPU tiles) for B = 3 on any machine.
+    base = torch.zeros(3, 20000)
+    base[1, [17000, 9001, 9000, 16383]] = 5.0           # ties across chunks and tiles: the lowest id wins
+    base[2] = float("-inf")
+    base[2, [100, 19999]] = torch.tensor([-1.0, 0.0])   # the best is the very last id
+    g = torch.randn(3, 300)                               # expert == reference: the guide adds exactly 0
+    vmap = torch.randint(0, 300, (20000,), dtype=torch.int32)
+    base, g, vmap = base.to(device), g.to(device), vmap.to(device)
+    kw = dict(vocab_maps=[vmap])
+    values, ids = ops.fused_log_ratio_argmax(base, [g], [g], [0.5], **kw)
+    assert ids.tolist() == [0, 9000, 19999]
+    # The same as torch.argmax of the eager composite, and as the top-k path's k = 1.
+    scores = reference.fused_log_ratio(base, [g], [g], torch.tensor([0.5], device=device), **kw)
+    assert torch.equal(ids, torch.argmax(scores, dim=-1))
+    torch.testing.assert_close(values, scores.amax(dim=-1), atol=1e-4, rtol=1e-4)
+    v1, i1 = ops.fused_log_ratio_topk(base, [g], [g], [0.5], 1, **kw)
+    assert torch.equal(i1[:, 0], ids) and torch.equal(v1[:, 0], values)
+
+    # NaN scores (the raw op takes a NaN `unmapped`, which lands where the map is -1) rank above
+    # everything, the first NaN first, as in torch.argmax and torch.topk; also through the op's top-k k = 1.
+    vmap[[15000, 12000]] = -1
+    base[:, 5] = 9.0
+    args = (base, [g], [g], [vmap], torch.ones(3, 1, device=device), [1.0], 1.0, 1.0, float("nan"))
+    for values, ids in (torch.ops.mogen.fused_log_ratio_argmax(*args), torch.ops.mogen.fused_log_ratio_topk(*args, 1)):
+        assert ids.flatten().tolist() == [12000] * 3 and torch.isnan(values).all()
 
 
 def test_topk_full_row_and_large_k():
@@ -289,8 +328,8 @@ def test_bad_k(good):
 
 
 def test_kernel_rejects_bad_input_directly(good):
-    # The compiled entry point checks for itself too: never a crash.
-    C = mogen_ext._C
+    # The compiled op checks for itself too: never a crash.
+    C = torch.ops.mogen
     base = good["base_logits"]
     w = torch.ones(2, 1)
     with pytest.raises(ValueError, match="batch"):
@@ -305,7 +344,11 @@ def test_kernel_rejects_bad_input_directly(good):
                           0.0)
 
 
-def test_map_range_checked_once_per_map(good, monkeypatch):
+def test_map_range_checked_once_per_map_on_the_fallback(good, monkeypatch):
+    # The compiled ops range-check maps themselves (cached likewise, tests/test_ops_bounds.py);
+    # the wrapper checks them only for the reference fallback.
+    monkeypatch.setattr(_backend, "has_kernels_for", lambda device: False)
+    monkeypatch.setattr(_backend, "_warned", True)
     calls = []
     real = ops._map_range
     monkeypatch.setattr(ops, "_map_range", lambda t: calls.append(1) or real(t))
@@ -335,6 +378,7 @@ def test_cuda_matches_fp64(batch, vocab, guides, strided, per_row, dtype):
     for k in (1, min(vocab, 7), min(vocab, 1024), min(vocab, 1500)):
         values, ids = ops.fused_log_ratio_topk(base, experts, refs, w, k, **kw)
         check_topk(values, ids, want, k, TOL[dtype])
+    check_argmax(*ops.fused_log_ratio_argmax(base, experts, refs, w, **kw), want, TOL[dtype])
 
 
 @cuda

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import mogen
+import mogen_ext
 from mogen import ops
 from mogen.decoding.sampling import TokenSelector, filter_scores
 
@@ -308,3 +309,32 @@ def test_shared_reference_runs_once_per_step(models):
     assert len(calls) == 6
     ref_rows = reference_greedy(base, guides, PROMPTS, [0.6, 0.4], 6)
     assert new_tokens(out, ids.shape[1]) == [r[-6:] for r in ref_rows]
+
+
+def constant_gpt2(bumps: dict[int, float], seed: int):
+    """A tiny GPT-2 whose logits are the same at every position: ``bumps[v]`` for listed ids, 0 elsewhere
+    (the final LayerNorm outputs a fixed unit vector; the tied head's first column holds the bumps)."""
+    model = tiny_gpt2(V, seed)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        model.lm_head.weight[:, 0] = 0.0
+        for v, x in bumps.items():
+            model.lm_head.weight[v, 0] = x
+    return model
+
+
+@pytest.mark.skipif(not mogen_ext.has_cpu_kernels, reason=f"no compiled kernels: {mogen_ext.load_error}")
+def test_greedy_takes_the_argmax_path_and_ties_give_the_lowest_id():
+    # The base ties 7, 9 and 30; the guide lifts 9 and 30 by the same amount: the fused scores of
+    # 9 and 30 are bitwise equal and above every other, so every step must emit 9.
+    base = constant_gpt2({7: 1.0, 9: 1.0, 30: 1.0}, 0)
+    guide = mogen.ProxyGuide(constant_gpt2({9: 1.0, 30: 1.0}, 1), constant_gpt2({}, 2), 1.0)
+    ids, mask = pad_rows(PROMPTS)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = mogen.generate(base, ids, mask, guides=[guide], max_new_tokens=4, pad_token_id=0)
+    assert (out[:, ids.shape[1]:] == 9).all()
+    names = {e.name for e in prof.events()}
+    assert "mogen::fused_log_ratio_argmax" in names  # one selection pass, no top-k sort, no [B, V] row
+    assert not {"mogen::fused_log_ratio_topk", "mogen::fused_log_ratio", "aten::topk", "aten::sort"} & names

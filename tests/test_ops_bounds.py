@@ -1,5 +1,6 @@
-"""The compiled ops check what they index with, whoever calls them: a caller of ``mogen_ext._C`` that
-skips the Python wrappers gets an error naming the argument, never an out-of-bounds read. Each case runs
+"""The compiled ops check what they index with, whoever calls them: a caller of ``torch.ops.mogen`` (or
+of ``mogen_ext._C``'s merge functions) that skips the Python wrappers gets an error naming the argument,
+never an out-of-bounds read. Each case runs
 in a child process, so that a missing check shows up as a crash of the child and not of the test run."""
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import mogen_ext
 pytestmark = pytest.mark.skipif(not mogen_ext.has_cpu_kernels, reason=f"no compiled kernels: {mogen_ext.load_error}")
 
 K1_PRELUDE = """
-import torch, mogen_ext
-C = mogen_ext._C
+import torch, mogen_ext  # loading mogen_ext registers torch.ops.mogen
+C = torch.ops.mogen
 base = torch.randn(2, 20)
 e, r = torch.randn(2, 10), torch.randn(2, 10)
 w = torch.ones(2, 1)
 def k1(vmap, topk=False):
     args = (base, [e], [r], [vmap], w, [1.0], 1.0, 1.0, 0.0)
-    return C.fused_log_ratio_topk(*args, 3) if topk else C.fused_log_ratio(*args)
+    if topk == "argmax":
+        return C.fused_log_ratio_argmax(*args)
+    return C.fused_log_ratio_topk(*args, topk) if topk else C.fused_log_ratio(*args)
 def expect(fn, *words):
     try:
         fn()
@@ -41,7 +44,7 @@ def _child(code: str) -> str:
 
 
 def test_k1_rejects_an_out_of_range_map():
-    cases = [(bad, topk) for bad in ("10", "1 << 30", "-2", "-(1 << 30)") for topk in (False, True)]
+    cases = [(bad, topk) for bad in ("10", "1 << 30", "-2", "-(1 << 30)") for topk in (False, 3, 1, "'argmax'")]
     code = K1_PRELUDE + "".join(f"""
 vmap = torch.randint(-1, 10, (20,), dtype=torch.int32)
 vmap[7] = {bad}

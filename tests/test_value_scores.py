@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-import mogen_ext
 from markers import requires_cuda_kernels as cuda
 from mogen import _backend, ops, reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DT_IDS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-C = mogen_ext._C
+C = torch.ops.mogen  # the compiled ops, without the Python wrappers
 
 # The fp64 expectation is computed from the same (already rounded) bf16 / fp16
 # values the kernels read, and the product of two bf16 or fp16 numbers (8 or 11
@@ -249,7 +248,7 @@ def _good():
 
 
 BAD_INPUTS = [
-    # (name, change, error type, message pattern); each checked via ops and via _C.
+    # (name, change, error type, message pattern); each checked via ops and via the compiled op.
     ("hidden 1-D", dict(hidden=torch.zeros(17)), ValueError, "hidden must be 2-D"),
     ("hidden int", dict(hidden=torch.zeros(2, 17, dtype=torch.int64)), TypeError, "hidden must be float32"),
     ("weight 1-D", dict(weight=torch.zeros(17)), ValueError, "weight must be 2-D"),

@@ -68,4 +68,18 @@ struct FusionArgs {
   }
 };
 
+// A fused score and its base id. `better` ranks them as torch.topk and
+// torch.argmax do: NaN above everything, then higher scores, equal scores (and
+// NaNs) lower id first. A strict weak order, so sorts and reductions may use it.
+struct Scored {
+  float v;
+  int64_t id;
+};
+MOGEN_HD bool better(const Scored& x, const Scored& y) {
+  const bool xn = x.v != x.v, yn = y.v != y.v;  // isnan without <cmath> on the device side
+  if (xn != yn) return xn;
+  if (!xn && x.v != y.v) return x.v > y.v;
+  return x.id < y.id;
+}
+
 }  // namespace mogen

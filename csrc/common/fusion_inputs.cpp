@@ -90,11 +90,7 @@ LogitsView view_of(const at::Tensor& t, const std::string& name, int64_t batch, 
 
 }  // namespace
 
-FusionArgs make_fusion_args(const at::Tensor& base, const std::vector<at::Tensor>& experts,
-                            const std::vector<at::Tensor>& refs,
-                            const std::vector<std::optional<at::Tensor>>& maps,
-                            const at::Tensor& weights, const std::vector<double>& inv_temps,
-                            double beta, double base_inv_temp, double unmapped) {
+FusionArgs make_fusion_args(MOGEN_FUSION_PARAMS) {
   FusionArgs a;
   MOGEN_CHECK_ARG(base.dim() == 2, "base_logits must be 2-D [B, V_b], got ", base.sizes());
   a.batch = base.size(0);
@@ -121,8 +117,9 @@ FusionArgs make_fusion_args(const at::Tensor& base, const std::vector<at::Tensor
                      "] must share a dtype");
     MOGEN_CHECK_ARG(inv_temps[i] > 0.0, "temperatures[", i, "] must be > 0");
     g.inv_temp = static_cast<float>(inv_temps[i]);
-    if (maps[i].has_value()) {
-      const at::Tensor& mp = *maps[i];
+    const std::optional<at::Tensor> map = maps.get(i);  // the list keeps the tensor alive
+    if (map.has_value()) {
+      const at::Tensor& mp = *map;
       MOGEN_CHECK_TYPE(mp.scalar_type() == at::kInt, "vocab_maps[", i, "] must be int32, got ", mp.scalar_type());
       MOGEN_CHECK_ARG(mp.dim() == 1 && mp.size(0) == a.vocab, "vocab_maps[", i, "] must have shape [V_b] = [",
                       a.vocab, "], got ", mp.sizes());

@@ -361,17 +361,60 @@ int64_t run_fusion(const FusionArgs& a, int64_t chunk, Body&& body) {
   return chunks;
 }
 
-// Ranking for top-k: higher score first, NaN above everything (as torch.topk),
-// equal scores lower id first. A strict weak order, so std::sort is safe.
-struct Scored {
-  float v;
-  int64_t id;
-};
-inline bool better(const Scored& x, const Scored& y) {
-  const bool xn = std::isnan(x.v), yn = std::isnan(y.v);
-  if (xn != yn) return xn;
-  if (!xn && x.v != y.v) return x.v > y.v;
-  return x.id < y.id;
+// The best of x[0, n) (ids lo, lo + 1, ...) as `better` ranks them. One
+// vector pass finds the maximum and whether a NaN is present; a scalar scan
+// then finds the first id holding it (NaN first: it ranks above everything).
+MOGEN_MULTIVERSION
+Scored best_of(const float* x, int64_t n, int64_t lo) {
+  vf mx = splat(kNegInf);
+  vi nan = vi{};
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    const vf v = load(x + i);
+    mx = vmax(mx, v);
+    nan |= v != v;
+  }
+  float m = hmax(mx);
+  bool has_nan = false;
+  for (int l = 0; l < kW; ++l) has_nan |= nan[l] != 0;
+  for (; i < n; ++i) {
+    has_nan |= std::isnan(x[i]);
+    m = std::max(m, x[i]);  // a NaN x[i] never wins
+  }
+  for (i = 0; i < n; ++i)
+    if (has_nan ? std::isnan(x[i]) : x[i] == m) break;
+  return Scored{x[i], lo + i};  // i < n: some element is NaN or equal to the max
+}
+
+// Argmax of one phase-2 task: scores are made a tile at a time into an
+// L1-resident buffer, so neither the row nor a per-entry record is ever stored.
+Scored task_best(const FusionArgs& a, const float* lse, const float* diffs, const int64_t* d_offset, int64_t b,
+                 int64_t lo, int64_t n) {
+  float buf[kTile];
+  Scored best{kNegInf, -1};
+  for (int64_t t = 0; t < n; t += kTile) {
+    const int64_t len = std::min(kTile, n - t);
+    phase2(a, lse, diffs, d_offset, b, lo + t, len, buf);
+    const Scored s = best_of(buf, len, lo + t);
+    if (best.id < 0 || better(s, best)) best = s;
+    if (std::isnan(best.v)) break;  // nothing after it can rank higher
+  }
+  return best;
+}
+
+// Fused argmax of every row into values[b] / ids[b].
+void fused_argmax(const FusionArgs& a, float* values, int64_t* ids) {
+  const int64_t chunk = pick_chunk(a.batch, a.vocab);
+  const int64_t chunks = ceil_div(a.vocab, chunk);
+  std::vector<Scored> cand(static_cast<size_t>(a.batch * chunks));  // every chunk is non-empty
+  run_fusion(a, chunk, [&](int64_t t, int64_t b, int64_t lo, int64_t n, const float* lse, const float* diffs,
+                           const int64_t* d_offset) { cand[t] = task_best(a, lse, diffs, d_offset, b, lo, n); });
+  for (int64_t b = 0; b < a.batch; ++b) {
+    const auto first = cand.begin() + b * chunks;
+    const Scored best = *std::min_element(first, first + chunks, better);  // min under "ranks higher"
+    values[b] = best.v;
+    ids[b] = best.id;
+  }
 }
 
 }  // namespace
@@ -397,6 +440,10 @@ std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int
   at::Tensor values = at::empty({a.batch, k}, base.options().dtype(at::kFloat));
   at::Tensor ids = at::empty({a.batch, k}, base.options().dtype(at::kLong));
   if (a.batch == 0) return {values, ids};
+  if (k == 1) {  // greedy decoding: no per-entry records, no sort
+    fused_argmax(a, values.data_ptr<float>(), ids.data_ptr<int64_t>());
+    return {values, ids};
+  }
   const int64_t chunk = pick_chunk(a.batch, a.vocab);
   const int64_t chunks = ceil_div(a.vocab, chunk);
   const int64_t per_chunk = std::min(k, chunk);
@@ -427,6 +474,16 @@ std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int
       }
     }
   });
+  return {values, ids};
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_log_ratio_argmax(MOGEN_FUSION_PARAMS) {
+  MOGEN_CHECK_ARG(base.device().is_cpu(), "the CPU kernel got base_logits on ", base.device());
+  const FusionArgs a = make_fusion_args(base, experts, refs, maps, weights, inv_temps, beta, base_inv_temp,
+                                        unmapped);
+  at::Tensor values = at::empty({a.batch}, base.options().dtype(at::kFloat));
+  at::Tensor ids = at::empty({a.batch}, base.options().dtype(at::kLong));
+  if (a.batch > 0) fused_argmax(a, values.data_ptr<float>(), ids.data_ptr<int64_t>());
   return {values, ids};
 }
 

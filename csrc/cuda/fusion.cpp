@@ -1,8 +1,9 @@
 // K1 on CUDA, torch-facing side: checks, device guard, current stream, scratch
-// allocation, and the final merge of per-chunk top-k candidates.
+// allocation, and the final merge of per-chunk top-k / argmax candidates.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/argmax.h>
 #include <ATen/ops/sort.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -47,6 +48,22 @@ std::tuple<at::Tensor, at::Tensor> best_k(at::Tensor values, at::Tensor ids, int
   return {vals_sorted.narrow(1, 0, k).contiguous(), ids.narrow(1, 0, k).contiguous()};
 }
 
+// The best (value, id) of each row into [B, 1] tensors: one candidate per
+// (row, chunk) from the kernel, then torch.argmax across the chunks, which ranks
+// as `better` does (NaN first, the first, i.e. lowest-id, chunk on ties).
+std::tuple<at::Tensor, at::Tensor> argmax_2d(const at::Tensor& base, Prepared& p) {
+  const FusionArgs& a = p.args;
+  at::Tensor cand_v = at::empty({a.batch, p.plan.out_chunks}, base.options().dtype(at::kFloat));
+  at::Tensor cand_i = at::empty({a.batch, p.plan.out_chunks}, base.options().dtype(at::kLong));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(base.get_device()).stream();
+  C10_CUDA_CHECK(cuda_impl::launch_fused_log_ratio_argmax(a, p.plan, p.scratch.data_ptr<float>(),
+                                                          cand_v.data_ptr<float>(), cand_i.data_ptr<int64_t>(),
+                                                          stream));
+  if (p.plan.out_chunks == 1) return {cand_v, cand_i};
+  const at::Tensor chunk = at::argmax(cand_v, /*dim=*/1, /*keepdim=*/true);
+  return {cand_v.gather(1, chunk), cand_i.gather(1, chunk)};
+}
+
 }  // namespace
 
 at::Tensor fused_log_ratio(MOGEN_FUSION_PARAMS) {
@@ -64,6 +81,7 @@ std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int
   Prepared p = prepare(base, experts, refs, maps, weights, inv_temps, beta, base_inv_temp, unmapped);
   const FusionArgs& a = p.args;
   MOGEN_CHECK_ARG(k >= 1 && k <= a.vocab, "k must be in [1, V_b] = [1, ", a.vocab, "], got ", k);
+  if (k == 1) return argmax_2d(base, p);  // greedy decoding: no sort tile
   const auto fopts = base.options().dtype(at::kFloat);
   const auto lopts = base.options().dtype(at::kLong);
   if (k > cuda_impl::kMaxBlockTopk) {
@@ -80,6 +98,13 @@ std::tuple<at::Tensor, at::Tensor> fused_log_ratio_topk(MOGEN_FUSION_PARAMS, int
                                                         stream));
   if (p.plan.out_chunks == 1) return {cand_v, cand_i};  // one chunk per row: already the sorted best k
   return best_k(cand_v, cand_i, k, a.vocab);
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_log_ratio_argmax(MOGEN_FUSION_PARAMS) {
+  const c10::cuda::CUDAGuard guard(base.device());
+  Prepared p = prepare(base, experts, refs, maps, weights, inv_temps, beta, base_inv_temp, unmapped);
+  auto [values, ids] = argmax_2d(base, p);
+  return {values.view({p.args.batch}), ids.view({p.args.batch})};
 }
 
 }  // namespace cuda

@@ -4,10 +4,11 @@
 //   1. lse_partials: per (row, input, vocab chunk) one block computes the
 //      running (max, sum of exp) of the scaled logits with 16-byte loads, reduced
 //      across the block with cub.
-//   2. fused_output / fused_topk: per (row, vocab chunk) one block combines the
+//   2. fused_output / fused_topk / fused_argmax: per (row, vocab chunk) one block combines the
 //      partials into one log-sum-exp per input (max over chunks first, then the
 //      rescaled sum, as the CPU does), then gathers every guide's log-ratio and
-//      writes the fused score, or keeps the chunk's best k in shared memory.
+//      writes the fused score, keeps the chunk's best k in shared memory, or
+//      reduces the chunk to its best (value, id) with one cub block reduction.
 // Small batches split the vocabulary across blocks so that B = 1 fills the GPU.
 // exp is the CUDA library's expf where the CPU uses its own vectorised
 // polynomial; both are within ~2.5e-7 relative, far inside the tests' tolerance.
@@ -253,6 +254,37 @@ __global__ void __launch_bounds__(kThreads) fused_topk(FusionArgs a, int64_t chu
   }
 }
 
+// The better of two (score, id) pairs, as `better` ranks them (NaN first, ties to the lower id).
+struct BetterOf {
+  __device__ __forceinline__ Scored operator()(const Scored& x, const Scored& y) const {
+    return better(y, x) ? y : x;
+  }
+};
+
+// grid (out_chunks, B): the chunk's best (value, id). Each thread walks its
+// strided ids in ascending order keeping its best, then one block reduction;
+// no shared tile and no sort, so greedy decoding pays one pass over the scores.
+__global__ void __launch_bounds__(kThreads) fused_argmax(FusionArgs a, int64_t chunk, const Lse* part,
+                                                         int64_t lse_chunks, float* cand_values, int64_t* cand_ids) {
+  using Reduce = cub::BlockReduce<Scored, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ float lse[kMaxInputs];
+  const int64_t b = blockIdx.y;
+  row_lse(a, part, lse_chunks, b, lse);
+  const int64_t lo = blockIdx.x * chunk;
+  const int64_t hi = min(lo + chunk, a.vocab);
+  Scored best{-INFINITY, LLONG_MAX};  // loses to any real id, -inf scores included
+  for (int64_t v = lo + threadIdx.x; v < hi; v += blockDim.x) {
+    const Scored s{fused_score(a, lse, b, v), v};
+    if (better(s, best)) best = s;
+  }
+  best = Reduce(tmp).Reduce(best, BetterOf());
+  if (threadIdx.x == 0) {
+    cand_values[b * gridDim.x + blockIdx.x] = best.v;
+    cand_ids[b * gridDim.x + blockIdx.x] = best.id;
+  }
+}
+
 int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
 
 }  // namespace
@@ -305,6 +337,17 @@ cudaError_t launch_fused_log_ratio_topk(const FusionArgs& a, const FusionPlan& p
   const dim3 grid(static_cast<unsigned>(p.out_chunks), static_cast<unsigned>(a.batch));
   fused_topk<<<grid, kThreads, 0, stream>>>(a, p.chunk, reinterpret_cast<const Lse*>(scratch), p.lse_chunks, k,
                                              cand_values, cand_ids);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_fused_log_ratio_argmax(const FusionArgs& a, const FusionPlan& p, float* scratch,
+                                          float* cand_values, int64_t* cand_ids, cudaStream_t stream) {
+  if (a.batch == 0) return cudaSuccess;
+  cudaError_t err = launch_lse(a, p, scratch, stream);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(static_cast<unsigned>(p.out_chunks), static_cast<unsigned>(a.batch));
+  fused_argmax<<<grid, kThreads, 0, stream>>>(a, p.chunk, reinterpret_cast<const Lse*>(scratch), p.lse_chunks,
+                                               cand_values, cand_ids);
   return cudaGetLastError();
 }
 

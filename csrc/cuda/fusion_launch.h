@@ -35,5 +35,10 @@ cudaError_t launch_fused_log_ratio(const FusionArgs& a, const FusionPlan& p, flo
 cudaError_t launch_fused_log_ratio_topk(const FusionArgs& a, const FusionPlan& p, float* scratch, int64_t k,
                                         float* cand_values, int64_t* cand_ids, cudaStream_t stream);
 
+// Per (row, chunk) the chunk's best score and its id as `better` ranks them:
+// cand_values / cand_ids are [B, out_chunks] (every chunk holds at least one id).
+cudaError_t launch_fused_log_ratio_argmax(const FusionArgs& a, const FusionPlan& p, float* scratch,
+                                          float* cand_values, int64_t* cand_ids, cudaStream_t stream);
+
 }  // namespace cuda_impl
 }  // namespace mogen

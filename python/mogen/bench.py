@@ -115,10 +115,11 @@ def fusion_inputs(batch: int = 8, vocab: int = 151936, guides: int = 2, guide_vo
     return base, experts, refs, maps, torch.full((guides,), 1.0 / max(guides, 1), device=dev)
 
 
-def fusion_bytes(base: torch.Tensor, experts, refs, maps) -> int:
-    """Bytes the fused op cannot avoid: every input and map read once, the fp32 output written once."""
+def fusion_bytes(base: torch.Tensor, experts, refs, maps, output: bool = True) -> int:
+    """Bytes the fused op cannot avoid: every input and map read once, the fp32 output written once
+    (``output=False``: the selection ops, whose output is negligible)."""
     n = sum(t.numel() * t.element_size() for t in [base, *experts, *refs])
-    return n + sum(m.numel() * 4 for m in maps if m is not None) + base.numel() * 4
+    return n + sum(m.numel() * 4 for m in maps if m is not None) + (base.numel() * 4 if output else 0)
 
 
 def time_fusion(batch: int = 8, vocab: int = 151936, guides: int = 2, guide_vocab: Optional[int] = 128256,

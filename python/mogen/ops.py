@@ -1,13 +1,19 @@
 """Typed entry points for mogen's kernels.
 
 Each op validates its arguments (errors name the argument and the problem),
-then runs the compiled CUDA kernel for CUDA tensors, the compiled CPU kernel
-for CPU tensors, or the pure-PyTorch reference in ``mogen.reference`` when the
-extension is missing (one warning per process).
+then runs the compiled op ``torch.ops.mogen.<name>`` (its CPU or CUDA kernel,
+registered with the dispatcher in csrc/library.cpp), or the pure-PyTorch
+reference in ``mogen.reference`` when the extension is missing (one warning
+per process).
 
-Checks that need a pass over data (a vocabulary map's id range, the finiteness
-of a CUDA weight tensor) run once per tensor and are cached by identity and
-version, so a decoder calling the op every step pays for them once.
+The wrappers trace under ``torch.compile(fullgraph=True)``: shape, dtype and
+device checks are plain Python on tensor metadata, and the checks that need a
+pass over data are left to the compiled ops where they index with the data (a
+vocabulary map's id range, K2's ids: the ops check those themselves). The one
+such check the wrappers make, the finiteness of a weight tensor, runs in eager
+mode only, once per tensor, cached by identity and version (a decoder calling
+the op every step pays for it once); the fallback's map range check is cached
+the same way. Fake (meta) kernels for tracing are registered at the end.
 """
 
 from __future__ import annotations
@@ -17,16 +23,23 @@ import weakref
 from typing import Optional, Sequence, Union
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from . import _backend, reference
 
-__all__ = ["fused_log_ratio", "fused_log_ratio_topk", "topk_value_scores", "top_p_mask", "sample"]
+__all__ = ["fused_log_ratio", "fused_log_ratio_topk", "fused_log_ratio_argmax", "topk_value_scores", "top_p_mask",
+           "sample"]
 
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TensorList = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 # id(tensor) -> (weakref to it, tensor._version when checked, cached result)
 _check_cache: dict[int, tuple[weakref.ref, int, object]] = {}
+
+
+def _symbolic(t: torch.Tensor) -> bool:
+    """True while torch.compile traces, or for a fake tensor: no data to check."""
+    return torch.compiler.is_compiling() or is_fake(t)
 
 
 def _cached(t: torch.Tensor, compute):
@@ -75,16 +88,22 @@ def _check_logits(t: torch.Tensor, name: str, batch: int, device: torch.device) 
     return t
 
 
+# Finiteness as comparisons rather than math.isfinite: torch.compile traces those
+# when it makes a float symbolic (dynamic=True).
+def _isfinite(x: float) -> bool:
+    return -math.inf < x < math.inf
+
+
 def _positive(x: float, name: str) -> float:
     x = float(x)
-    if not math.isfinite(x) or x <= 0.0:
+    if not _isfinite(x) or x <= 0.0:
         raise ValueError(f"{name} must be a finite number > 0, got {x}")
     return x
 
 
 def _finite(x: float, name: str) -> float:
     x = float(x)
-    if not math.isfinite(x):
+    if not _isfinite(x):
         raise ValueError(f"{name} must be finite, got {x}")
     return x
 
@@ -95,7 +114,8 @@ def _map_range(t: torch.Tensor) -> tuple[int, int]:
     return int(t.min()), int(t.max())
 
 
-def _check_map(vmap: torch.Tensor, i: int, vocab_base: int, vocab_guide: int, device: torch.device) -> None:
+def _check_map(vmap: torch.Tensor, i: int, vocab_base: int, vocab_guide: int, device: torch.device,
+               check_range: bool) -> None:
     name = f"vocab_maps[{i}]"
     if not isinstance(vmap, torch.Tensor):
         raise TypeError(f"{name} must be an int32 tensor or None, got {type(vmap).__name__}")
@@ -109,6 +129,8 @@ def _check_map(vmap: torch.Tensor, i: int, vocab_base: int, vocab_guide: int, de
         raise ValueError(f"{name} is on {vmap.device} but base_logits is on {device}")
     if vmap.numel() > 1 and vmap.stride(0) != 1:
         raise ValueError(f"{name} must be contiguous")
+    if not check_range or _symbolic(vmap):
+        return
     lo, hi = _cached(vmap, _map_range)
     if lo < -1 or hi >= vocab_guide:
         raise ValueError(
@@ -121,6 +143,13 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
+def _finite_numbers(x) -> bool:
+    """Whether every number in a (nested) sequence is finite."""
+    if isinstance(x, (list, tuple)):
+        return all(_finite_numbers(y) for y in x)
+    return _isfinite(float(x))
+
+
 def _weights_2d(weights, batch: int, m: int, device: torch.device) -> torch.Tensor:
     """Weights as a float32 ``[B, M]`` view on ``device`` (``[M]`` becomes a stride-0 expand)."""
     if isinstance(weights, torch.Tensor):
@@ -129,7 +158,7 @@ def _weights_2d(weights, batch: int, m: int, device: torch.device) -> torch.Tens
             raise TypeError(f"weights must be a real tensor, got {w.dtype}")
         if w.device != device:
             raise ValueError(f"weights is on {w.device} but base_logits is on {device}")
-        if not _cached(w, _all_finite):
+        if not _symbolic(w) and not _cached(w, _all_finite):
             raise ValueError("weights must be finite, got NaN or inf")
         w = w.to(torch.float32)
     else:
@@ -137,7 +166,7 @@ def _weights_2d(weights, batch: int, m: int, device: torch.device) -> torch.Tens
             w = torch.tensor(weights, dtype=torch.float32)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"weights must be a sequence of numbers or a tensor: {exc}") from None
-        if not bool(torch.isfinite(w).all()):
+        if not _finite_numbers(weights):  # on the Python numbers: no data-dependent branch to trace
             raise ValueError(f"weights must be finite, got {weights}")
         w = w.to(device)
     if w.dim() == 1:
@@ -159,6 +188,7 @@ def _prepare(base_logits, expert_logits, ref_logits, weights, vocab_maps, beta, 
         raise ValueError(f"base_logits must be 2-D [B, V_b], got shape {tuple(base_logits.shape)}")
     batch, vocab = base_logits.shape
     device = base_logits.device
+    kernels = _backend.has_kernels_for(device)
     base = _check_logits(base_logits, "base_logits", batch, device)
     experts = _as_list(expert_logits, "expert_logits")
     refs = _as_list(ref_logits, "ref_logits")
@@ -194,7 +224,8 @@ def _prepare(base_logits, expert_logits, ref_logits, weights, vocab_maps, beta, 
                     f"pass vocab_maps[{i}] (see mogen.vocab.build_vocab_map)"
                 )
         else:
-            _check_map(maps[i], i, vocab, experts[i].shape[1], device)
+            # The compiled op range-checks maps itself (it indexes with them).
+            _check_map(maps[i], i, vocab, experts[i].shape[1], device, check_range=not kernels)
     w = _weights_2d(weights, batch, m, device)
     return dict(
         base=base,
@@ -207,7 +238,14 @@ def _prepare(base_logits, expert_logits, ref_logits, weights, vocab_maps, beta, 
         base_inv_temp=1.0 / _positive(base_temperature, "base_temperature"),
         unmapped=_finite(unmapped, "unmapped"),
         temps=temps,
+        kernels=kernels,
     )
+
+
+def _op_args(a: dict) -> tuple:
+    """The compiled K1 ops' positional arguments (csrc/library.cpp)."""
+    return (a["base"], a["experts"], a["refs"], a["maps"], a["weights"], a["inv_temps"], a["beta"],
+            a["base_inv_temp"], a["unmapped"])
 
 
 def _reference_args(a: dict) -> dict:
@@ -251,13 +289,9 @@ def fused_log_ratio(
     """
     a = _prepare(base_logits, expert_logits, ref_logits, weights, vocab_maps, beta, base_temperature,
                  temperatures, unmapped)
-    device = a["base"].device
-    if _backend.has_kernels_for(device):
-        return _backend.kernels().fused_log_ratio(
-            a["base"], a["experts"], a["refs"], a["maps"], a["weights"], a["inv_temps"],
-            a["beta"], a["base_inv_temp"], a["unmapped"],
-        )
-    _backend.warn_fallback(device)
+    if a["kernels"]:
+        return torch.ops.mogen.fused_log_ratio(*_op_args(a))
+    _backend.warn_fallback(a["base"].device)
     return reference.fused_log_ratio(a["base"], a["experts"], a["refs"], a["weights"], **_reference_args(a))
 
 
@@ -278,22 +312,52 @@ def fused_log_ratio_topk(
 
     Same arguments as :func:`fused_log_ratio`. Returns ``(values [B, k] float32,
     indices [B, k] int64)``, best first; equal scores come lower id first and
-    NaN ranks above everything, as in ``torch.topk``.
+    NaN ranks above everything, as in ``torch.topk``. ``k = 1`` (greedy
+    decoding) runs :func:`fused_log_ratio_argmax`, which selects without sorting.
     """
     a = _prepare(base_logits, expert_logits, ref_logits, weights, vocab_maps, beta, base_temperature,
                  temperatures, unmapped)
     vocab = a["base"].shape[1]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
         raise ValueError(f"k must be an int in [1, V_b] = [1, {vocab}], got {k!r}")
-    device = a["base"].device
-    if _backend.has_kernels_for(device):
-        return _backend.kernels().fused_log_ratio_topk(
-            a["base"], a["experts"], a["refs"], a["maps"], a["weights"], a["inv_temps"],
-            a["beta"], a["base_inv_temp"], a["unmapped"], k,
-        )
-    _backend.warn_fallback(device)
+    if k == 1:
+        values, ids = _argmax(a)
+        return values.unsqueeze(1), ids.unsqueeze(1)
+    if a["kernels"]:
+        return torch.ops.mogen.fused_log_ratio_topk(*_op_args(a), k)
+    _backend.warn_fallback(a["base"].device)
     return reference.fused_log_ratio_topk(a["base"], a["experts"], a["refs"], a["weights"], k,
                                           **_reference_args(a))
+
+
+def fused_log_ratio_argmax(
+    base_logits: torch.Tensor,
+    expert_logits: TensorList,
+    ref_logits: TensorList,
+    weights,
+    *,
+    vocab_maps: Optional[Sequence[Optional[torch.Tensor]]] = None,
+    beta: float = 1.0,
+    base_temperature: float = 1.0,
+    temperatures: Optional[Union[float, Sequence[float]]] = None,
+    unmapped: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best fused score of every row and its id (greedy decoding), without
+    materialising ``[B, V_b]`` or sorting anything.
+
+    Same arguments as :func:`fused_log_ratio`. Returns ``(values [B] float32,
+    ids [B] int64)``; as ``torch.argmax``, NaN ranks above everything and equal
+    scores give the lowest id.
+    """
+    return _argmax(_prepare(base_logits, expert_logits, ref_logits, weights, vocab_maps, beta, base_temperature,
+                            temperatures, unmapped))
+
+
+def _argmax(a: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    if a["kernels"]:
+        return torch.ops.mogen.fused_log_ratio_argmax(*_op_args(a))
+    _backend.warn_fallback(a["base"].device)
+    return reference.fused_log_ratio_argmax(a["base"], a["experts"], a["refs"], a["weights"], **_reference_args(a))
 
 
 # ---------------------------------------------------------------- value scores (K2)
@@ -366,9 +430,9 @@ def topk_value_scores(
     if size > 1 and hidden.stride(1) != 1:
         hidden = hidden.contiguous()  # [B, H] is small; the kernels need H contiguous
     if _backend.has_kernels_for(device):
-        return _backend.kernels().topk_value_scores(hidden, weight, ids, bias)
+        return torch.ops.mogen.topk_value_scores(hidden, weight, ids, bias)
     _backend.warn_fallback(device)
-    if ids.numel() > 0:
+    if ids.numel() > 0 and not _symbolic(ids):
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= vocab:
             raise ValueError(f"ids holds ids in [{lo}, {hi}] but the value head has V = {vocab} rows; "
@@ -401,3 +465,52 @@ def sample(scores: torch.Tensor, generator: Optional[torch.Generator] = None) ->
     probs = torch.softmax(scores.float(), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
+
+# ---------------------------------------------------------------- fake kernels
+# Output shapes and dtypes of the compiled ops for tracing (torch.compile, opcheck,
+# FakeTensorMode); csrc/library.cpp names this module in set_python_module. The
+# wrappers above check arguments before tracing reaches these.
+
+
+def _check_devices(anchor_name: str, anchor: torch.Tensor, named: dict) -> None:
+    # Mixed devices (say CPU and meta) would dispatch to these fakes rather than to a
+    # kernel, so they repeat the kernels' device check.
+    for name, t in named.items():
+        if t is not None and t.device != anchor.device:
+            raise ValueError(f"mogen: {name} is on {t.device} but {anchor_name} is on {anchor.device}")
+
+
+def _k1_fake_checks(base, experts, refs, maps, weights) -> None:
+    named = {"weights": weights}
+    for i, (e, r, m) in enumerate(zip(experts, refs, maps)):
+        named.update({f"expert_logits[{i}]": e, f"ref_logits[{i}]": r, f"vocab_maps[{i}]": m})
+    _check_devices("base_logits", base, named)
+
+
+def _register_fakes() -> None:
+    @torch.library.register_fake("mogen::fused_log_ratio")
+    def _(base, experts, refs, maps, weights, inv_temps, beta, base_inv_temp, unmapped):
+        _k1_fake_checks(base, experts, refs, maps, weights)
+        return base.new_empty(base.shape, dtype=torch.float32)
+
+    @torch.library.register_fake("mogen::fused_log_ratio_topk")
+    def _(base, experts, refs, maps, weights, inv_temps, beta, base_inv_temp, unmapped, k):
+        _k1_fake_checks(base, experts, refs, maps, weights)
+        torch._check(1 <= k <= base.shape[1], lambda: f"k must be in [1, V_b] = [1, {base.shape[1]}], got {k}")
+        shape = (base.shape[0], k)
+        return base.new_empty(shape, dtype=torch.float32), base.new_empty(shape, dtype=torch.int64)
+
+    @torch.library.register_fake("mogen::fused_log_ratio_argmax")
+    def _(base, experts, refs, maps, weights, inv_temps, beta, base_inv_temp, unmapped):
+        _k1_fake_checks(base, experts, refs, maps, weights)
+        shape = (base.shape[0],)
+        return base.new_empty(shape, dtype=torch.float32), base.new_empty(shape, dtype=torch.int64)
+
+    @torch.library.register_fake("mogen::topk_value_scores")
+    def _(hidden, weight, ids, bias):
+        _check_devices("hidden", hidden, {"weight": weight, "ids": ids, "bias": bias})
+        return hidden.new_empty((hidden.shape[0], ids.shape[1]), dtype=torch.float32)
+
+
+if _backend.kernels() is not None:
+    _register_fakes()

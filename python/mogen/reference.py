@@ -12,8 +12,9 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["fused_log_ratio", "fused_log_ratio_topk", "topk_value_scores", "merge_linear", "merge_task_arithmetic", "bone_soup_matrix",
-           "bone_soup_lambdas", "merge_ties", "merge_dare", "dare_mask", "merge_slerp"]
+__all__ = ["fused_log_ratio", "fused_log_ratio_topk", "fused_log_ratio_argmax", "topk_value_scores", "merge_linear",
+           "merge_task_arithmetic", "bone_soup_matrix", "bone_soup_lambdas", "merge_ties", "merge_dare", "dare_mask",
+           "merge_slerp"]
 
 
 def _guide_term(
@@ -81,6 +82,20 @@ def fused_log_ratio_topk(
     """The ``k`` best fused scores per row, ``([B, k] values, [B, k] int64 ids)``, best first."""
     scores = fused_log_ratio(base_logits, expert_logits, ref_logits, weights, **kwargs)
     return torch.topk(scores, k, dim=-1, largest=True, sorted=True)
+
+
+def fused_log_ratio_argmax(
+    base_logits: torch.Tensor,
+    expert_logits: Sequence[torch.Tensor],
+    ref_logits: Sequence[torch.Tensor],
+    weights: torch.Tensor,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best fused score per row and its id, ``([B] values, [B] int64 ids)``; ``torch.argmax``
+    ranks NaN above everything and returns the lowest id of equal scores."""
+    scores = fused_log_ratio(base_logits, expert_logits, ref_logits, weights, **kwargs)
+    ids = torch.argmax(scores, dim=-1)
+    return scores.gather(1, ids.unsqueeze(1)).squeeze(1), ids
 
 
 # ---------------------------------------------------------------- value scores (K2)
