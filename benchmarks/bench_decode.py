@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import mogen  # noqa: E402
 from mogen import _backend  # noqa: E402
+from mogen.bench import markdown_table  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -211,10 +212,7 @@ def main() -> int:
         bench_case("medium", vocab=32000, hidden=512, layers=8, heads=8, g_hidden=128, g_layers=2, batch=4,
                    prompt=32, steps=8 if args.quick else 32, repeat=repeat, device=args.device, rows=rows,
                    cross=False)
-    cols = list(rows[0])
-    width = [max(len(c), *(len(r[c]) for r in rows)) for c in cols]
-    line = lambda xs: "| " + " | ".join(x.rjust(w) for x, w in zip(xs, width)) + " |"  # noqa: E731
-    table = [line(cols), "|" + "|".join("-" * (w + 2) for w in width) + "|"] + [line([r[c] for c in cols]) for r in rows]
+    table = markdown_table(rows)
     text = "\n".join(["## decode", "", header, "", *table, "",
                       "tokens/s counts new tokens over wall time (prefill included); 'outside forward' is the share",
                       "of wall time not spent inside a model's forward (measured with hooks)."])

@@ -29,6 +29,7 @@ from bench_decode import RESULTS, llama, n_params, timed_share
 
 import mogen  # noqa: E402
 from mogen import _backend  # noqa: E402
+from mogen.bench import markdown_table  # noqa: E402
 from mogen.value import make_value_model  # noqa: E402
 
 
@@ -70,10 +71,7 @@ def main() -> int:
                      "outside forward": f"{100 * share:.1f}%"})
         print(f"  {what:<32} {new / t:8.1f} tokens/s  {1e3 * t / steps:8.2f} ms/step  outside forward "
               f"{100 * share:5.1f}%", flush=True)
-    cols = list(rows[0])
-    width = [max(len(c), *(len(r[c]) for r in rows)) for c in cols]
-    line = lambda xs: "| " + " | ".join(x.rjust(w) for x, w in zip(xs, width)) + " |"  # noqa: E731
-    table = [line(cols), "|" + "|".join("-" * (w + 2) for w in width) + "|"] + [line([r[c] for c in cols]) for r in rows]
+    table = markdown_table(rows)
     text = "\n".join(["## value-guided decode", "", header, "", *table, "",
                       "tokens/s counts new tokens over wall time (prefill included); 'outside forward' is the share",
                       "of wall time not spent inside a model's forward (top-k: the value model's backbone), which",

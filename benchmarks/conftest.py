@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mogen.bench import best_time
+from mogen.bench import best_time, markdown_table
 
 RESULTS = Path(__file__).parent / "results"
 _rows: dict[str, list[dict]] = {}
@@ -34,14 +34,6 @@ def record(table: str, row: dict) -> None:
     _rows.setdefault(table, []).append(row)
 
 
-def _format(rows: list[dict]) -> list[str]:
-    cols = list(rows[0])
-    cells = [[str(r[c]) for c in cols] for r in rows]
-    width = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
-    line = lambda xs: "| " + " | ".join(x.rjust(w) for x, w in zip(xs, width)) + " |"  # noqa: E731
-    return [line(cols), "|" + "|".join("-" * (w + 2) for w in width) + "|"] + [line(x) for x in cells]
-
-
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not _rows:
         return
@@ -49,7 +41,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     header = (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for table, rows in _rows.items():
-        lines = [f"## {table}", "", header, ""] + _format(rows)
+        lines = [f"## {table}", "", header, ""] + markdown_table(rows)
         terminalreporter.write_line("")
         for ln in lines:
             terminalreporter.write_line(ln)

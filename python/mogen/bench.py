@@ -39,6 +39,18 @@ class FusionTiming:
         return self.eager_s / self.kernel_s
 
 
+def markdown_table(rows: List[dict]) -> List[str]:
+    """``rows`` (dicts with the same keys) as right-aligned Markdown table lines."""
+    cols = list(rows[0])
+    cells = [[str(r[c]) for c in cols] for r in rows]
+    width = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+
+    def line(xs: List[str]) -> str:
+        return "| " + " | ".join(x.rjust(w) for x, w in zip(xs, width)) + " |"
+
+    return [line(cols), "|" + "|".join("-" * (w + 2) for w in width) + "|"] + [line(x) for x in cells]
+
+
 def best_time(fn: Callable[[], object], *, repeat: int = 5, min_time: float = 0.0,
               device: Optional[torch.device] = None) -> float:
     """Best wall time of one call in seconds, after a warm-up call, over at least
