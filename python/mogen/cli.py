@@ -43,7 +43,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.sweep:
         from .demo.sweep import run_demo_sweep
 
-        run_demo_sweep(samples=args.samples or 2)
+        run_demo_sweep(samples=args.samples or 4)
         return 0
     if args.search:
         from .demo import load_demo_models
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="store_true",
                    help="run the embedded comparison of every method over 11 preferences (make sweep)")
     p.add_argument("--samples", type=int, default=None,
-                   help="samples per prompt and weighting (default 4; 2 with --sweep)")
+                   help="samples per prompt and weighting (default 4)")
     p.add_argument("--beta", type=float, default=1.0, help="scale of the proxy guides' log-ratios")
     p.add_argument("--gamma", type=float, default=None,
                    help="scale of the value guides' values (default: mogen.demo.run.DEMO_GAMMA)")

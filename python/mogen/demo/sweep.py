@@ -35,7 +35,7 @@ DEMO_METHODS: list[dict] = [
 ]
 
 
-def demo_sweep_config(path: Path, output: Path, *, samples: int = 2, points: int = 11, max_new_tokens: int = 24,
+def demo_sweep_config(path: Path, output: Path, *, samples: int = 4, points: int = 11, max_new_tokens: int = 24,
                       methods: Optional[list] = None) -> dict:
     """The sweep config of the demo models in folder ``path`` (see :mod:`mogen.evaluation.config`)."""
     names = [n for n, _ in demo_corpus.OBJECTIVES]
@@ -55,7 +55,7 @@ def demo_sweep_config(path: Path, output: Path, *, samples: int = 2, points: int
     }
 
 
-def run_demo_sweep(*, samples: int = 2, record: bool = True, stream: TextIO = sys.stdout) -> Path:
+def run_demo_sweep(*, samples: int = 4, record: bool = True, stream: TextIO = sys.stdout) -> Path:
     """Run (or resume) the embedded comparison; print and (from a checkout) record the table and plot."""
     from ..evaluation import run_sweep
 

@@ -52,7 +52,7 @@ def _plot(path: Path, names: list, prefs: np.ndarray, means: dict, reward_names:
 def write_reports(cfg: Any, folder: Path, points: list) -> list:
     """Writes the reports from the point files; returns the metrics rows ``[(name, dict)]``."""
     prefs = np.asarray(cfg.preferences, dtype=np.float64)
-    reward_names = [spec for spec, _ in cfg.rewards]
+    reward_names = [spec.split(":")[-1] for spec, _ in cfg.rewards]
     means, rows = {}, []
     with open(folder / "samples.jsonl", "w") as samples_out, open(folder / "means.csv", "w", newline="") as csv_out:
         writer = csv.writer(csv_out)
