@@ -30,6 +30,19 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * src.element_size() / t / 1e9
 
 
+@pytest.fixture(scope="session")
+def read_bandwidth(copy_bandwidth) -> float:
+    """Measured read bandwidth in GB/s: the faster of a sum and a BLAS dot over the 256 MB copy buffer.
+
+    The roofline of a kernel that only reads (K2): a copy's bytes include its
+    writes, which cost more than reads, so a read-mostly kernel can beat it.
+    """
+    src = _copy_buffers[0]
+    t = min(best_time(lambda: src.sum(), repeat=5, min_time=0.3),
+            best_time(lambda: torch.dot(src, src), repeat=5, min_time=0.3))  # dot reads each element once
+    return src.numel() * src.element_size() / t / 1e9
+
+
 def record(table: str, row: dict) -> None:
     _rows.setdefault(table, []).append(row)
 
