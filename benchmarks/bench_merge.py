@@ -150,24 +150,43 @@ FLOOR = textwrap.dedent(r"""
 """)
 
 
-# The same work with several threads: pread blocks of every source (each source's
-# shards read as one stream) and pwrite the output's blocks into a pre-sized file.
-FLOOR_PWRITE = textwrap.dedent(r"""
+# The threaded floors share their set-up (argv: out, size, fsync, sources as
+# [[shard paths of source 0], ...], threads) and their ending; each defines
+# `streams` (per source: [(reader, start in the stream, length)], total), the
+# block size B and `work(t)`.
+_THREADED_HEAD = textwrap.dedent(r"""
     import os, sys, json, time, threading
     t0 = time.perf_counter()
     out, size, fsync = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-    sources = json.loads(sys.argv[4])  # [[shard paths of source 0], ...]
-    B, T = 16 << 20, int(sys.argv[5])
-    streams = []  # per source: [(fd, start in the stream, length)]
+    sources = json.loads(sys.argv[4])
+    T = int(sys.argv[5])
+""")
+_THREADED_OUTPUT = textwrap.dedent(r"""
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.ftruncate(fd, size)
+    longest = max(total for _, total in streams)
+    blocks = (max(longest, size) + B - 1) // B
+""")
+_THREADED_TAIL = textwrap.dedent(r"""
+    ths = [threading.Thread(target=work, args=(t,)) for t in range(T)]
+    [th.start() for th in ths]; [th.join() for th in ths]
+    if fsync:
+        os.fsync(fd)
+    os.close(fd)
+    print(json.dumps({"work_s": time.perf_counter() - t0}))
+""")
+
+# The same work with several threads: pread blocks of every source (each source's
+# shards read as one stream) and pwrite the output's blocks into a pre-sized file.
+FLOOR_PWRITE = _THREADED_HEAD + textwrap.dedent(r"""
+    B = 16 << 20
+    streams = []
     for files in sources:
         pos, parts = 0, []
         for f in files:
             n = os.path.getsize(f); parts.append((os.open(f, os.O_RDONLY), pos, n)); pos += n
         streams.append((parts, pos))
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.ftruncate(fd, size)
-    longest = max(total for _, total in streams)
-    blocks = (max(longest, size) + B - 1) // B
+""") + _THREADED_OUTPUT + textwrap.dedent(r"""
     def work(t):
         buf = bytearray(B); mv = memoryview(buf)
         for j in range(t, blocks, T):
@@ -179,26 +198,17 @@ FLOOR_PWRITE = textwrap.dedent(r"""
                         os.preadv(pfd, [mv[a - lo:b - lo]], a - start)
             if lo < size:
                 os.pwrite(fd, mv[:min(B, size - lo)], lo)
-    ths = [threading.Thread(target=work, args=(t,)) for t in range(T)]
-    [th.start() for th in ths]; [th.join() for th in ths]
-    if fsync:
-        os.fsync(fd)
-    os.close(fd)
-    print(json.dumps({"work_s": time.perf_counter() - t0}))
-""")
+""") + _THREADED_TAIL
 
 # The least a merge does, at C speed: every input byte mapped (sequential read-ahead)
 # and brought into the CPU (the first source copied, the others XOR-folded into an
 # L2-sized block with numpy, which releases the GIL), each block pwritten into a
 # pre-sized output; each thread takes a contiguous range of blocks.
-FLOOR_MMAP = textwrap.dedent(r"""
-    import os, sys, json, time, mmap, threading
+FLOOR_MMAP = _THREADED_HEAD + textwrap.dedent(r"""
+    import mmap
     import numpy as np
-    t0 = time.perf_counter()
-    out, size, fsync = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-    sources = json.loads(sys.argv[4])
-    B, T = 256 << 10, int(sys.argv[5])
-    streams = []  # per source: [(bytes as a uint8 array, start in the stream, length)]
+    B = 256 << 10
+    streams = []
     for files in sources:
         pos, parts = 0, []
         for f in files:
@@ -209,10 +219,7 @@ FLOOR_MMAP = textwrap.dedent(r"""
                 parts.append((np.frombuffer(mm, np.uint8), pos, n))
             pos += n
         streams.append((parts, pos))
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.ftruncate(fd, size)
-    longest = max(total for _, total in streams)
-    blocks = (max(longest, size) + B - 1) // B
+""") + _THREADED_OUTPUT + textwrap.dedent(r"""
     per = (blocks + T - 1) // T
     def work(t):
         acc = np.zeros(B, np.uint8)
@@ -226,13 +233,7 @@ FLOOR_MMAP = textwrap.dedent(r"""
                         np.copyto(dst, src) if s == 0 else np.bitwise_xor(dst, src, out=dst)
             if lo < size:
                 os.pwrite(fd, acc[:min(B, size - lo)], lo)
-    ths = [threading.Thread(target=work, args=(t,)) for t in range(T)]
-    [th.start() for th in ths]; [th.join() for th in ths]
-    if fsync:
-        os.fsync(fd)
-    os.close(fd)
-    print(json.dumps({"work_s": time.perf_counter() - t0}))
-""")
+""") + _THREADED_TAIL
 
 # And with coreutils: cp of one source's shards (as many bytes as one output), the
 # other sources read by cat in parallel; K outputs are K copies.
