@@ -15,7 +15,19 @@ import mogen_ext
 
 pytestmark = pytest.mark.skipif(not mogen_ext.has_cpu_kernels, reason=f"no compiled kernels: {mogen_ext.load_error}")
 
-K1_PRELUDE = """
+# Prints OK when fn raises a ValueError whose message holds every word (run in the child).
+EXPECT = """
+def expect(fn, *words):
+    try:
+        fn()
+    except ValueError as exc:
+        missing = [x for x in words if x not in str(exc)]
+        print("OK" if not missing else f"message lacks {missing}: {exc}")
+    else:
+        print("no error")
+"""
+
+K1_PRELUDE = EXPECT + """
 import torch, mogen_ext  # loading mogen_ext registers torch.ops.mogen
 C = torch.ops.mogen
 base = torch.randn(2, 20)
@@ -26,14 +38,6 @@ def k1(vmap, topk=False):
     if topk == "argmax":
         return C.fused_log_ratio_argmax(*args)
     return C.fused_log_ratio_topk(*args, topk) if topk else C.fused_log_ratio(*args)
-def expect(fn, *words):
-    try:
-        fn()
-    except ValueError as exc:
-        missing = [x for x in words if x not in str(exc)]
-        print("OK" if not missing else f"message lacks {missing}: {exc}")
-    else:
-        print("no error")
 """
 
 
@@ -73,21 +77,13 @@ with torch.inference_mode():               # inference tensors keep no version: 
     assert out.splitlines() == ["OK", "OK"], out
 
 
-K3_PRELUDE = """
+K3_PRELUDE = EXPECT + """
 import torch, mogen_ext
 from safetensors.torch import save_file
 C = mogen_ext._C
 save_file({"x": torch.ones(16)}, "/TMP/a.safetensors")
 r = C.SafetensorsReader("/TMP/a.safetensors")
 w = C.SafetensorsWriter("/TMP/o.safetensors", [("y", "F32", [16])], {})
-def expect(fn, *words):
-    try:
-        fn()
-    except ValueError as exc:
-        missing = [x for x in words if x not in str(exc)]
-        print("OK" if not missing else f"message lacks {missing}: {exc}")
-    else:
-        print("no error")
 """
 
 BIG = "(1 << 62)"
