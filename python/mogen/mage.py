@@ -58,13 +58,12 @@ def check_preference(preference: Any, n: int) -> np.ndarray:
     return p
 
 
-def _load(path: PathLike, dtype: torch.dtype, device: Any) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    from .decoding.loading import quiet_transformers
+def load_model(path: PathLike, dtype: torch.dtype, device: Any) -> Any:
+    """A causal LM from a local folder, quietly (``mogen decode``'s loader), in eval mode on ``device``."""
+    from .decoding.loading import load_causal_lm, quiet_transformers
 
     quiet_transformers()
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True).to(device).eval()
+    return load_causal_lm(str(path), dtype=dtype, device=device, device_map=None, what="checkpoint")
 
 
 class MAGE:
@@ -110,7 +109,7 @@ class MAGE:
         self.dtype, self.device = dtype, device
         self.guide_folders = self._guide_folders(value_models, experts, reference)
         self.guide_tokenizer = self._guide_tokenizer(guide_tokenizer)
-        self.base = _load(self.backbones[0], dtype, device)
+        self.base = load_model(self.backbones[0], dtype, device)
         self._loaded = self._load_guides(reference)
         self.merges: list[MergeRecord] = []
         self._current: dict[str, Optional[tuple]] = {"base": None, "guide": None}
@@ -141,9 +140,9 @@ class MAGE:
                 read_value_entry(f)
         merged = self.variant.endswith("-M")
         folders = self.guide_folders[:1] if merged else self.guide_folders
-        loaded = {"models": [_load(f, self.dtype, self.device) for f in folders]}
+        loaded = {"models": [load_model(f, self.dtype, self.device) for f in folders]}
         if self.variant.startswith("I"):
-            loaded["reference"] = _load(reference, self.dtype, self.device)
+            loaded["reference"] = load_model(reference, self.dtype, self.device)
         return loaded
 
     def _guides(self) -> list:

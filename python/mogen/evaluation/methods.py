@@ -48,13 +48,13 @@ class _Models:
         return value
 
     def load(self, path: Path, fresh: bool = False) -> Any:
-        from ..mage import _load
+        from ..mage import load_model
 
         dtype = getattr(torch, str(self.paths.get("dtype", "float32")))
         if fresh:  # a model the method merges into: its own copy
-            return _load(path, dtype, "cpu")
+            return load_model(path, dtype, "cpu")
         if path not in self._cache:
-            self._cache[path] = _load(path, dtype, "cpu")
+            self._cache[path] = load_model(path, dtype, "cpu")
         return self._cache[path]
 
     def tokenizer(self, path: Optional[Path]) -> Any:
