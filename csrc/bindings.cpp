@@ -83,7 +83,7 @@ std::vector<mogen::MergeSource> make_sources(const std::vector<SourceSpec>& spec
 }
 
 void merge_to_files(const std::vector<SourceSpec>& srcs, const std::vector<double>& coef,
-                    const std::vector<SinkSpec>& dsts, int64_t numel, bool release) {
+                    const std::vector<SinkSpec>& dsts, int64_t numel) {
   std::vector<mogen::MergeSource> sources = make_sources(srcs, numel);
   std::vector<mogen::MergeSink> sinks;
   for (size_t k = 0; k < dsts.size(); ++k) {
@@ -99,7 +99,7 @@ void merge_to_files(const std::vector<SourceSpec>& srcs, const std::vector<doubl
     sinks.push_back(d);
   }
   py::gil_scoped_release nogil;
-  mogen::cpu::merge_spans(sources, coef, sinks, numel, release);
+  mogen::cpu::merge_spans(sources, coef, sinks, numel);
 }
 
 // The staging buffers of the in-place CUDA merge, kept by mogen.merge_into across
@@ -121,7 +121,7 @@ struct StagingHolder {
 using StagingPtr = std::shared_ptr<StagingHolder>;
 
 void merge_to_tensor(const std::vector<SourceSpec>& srcs, const std::vector<double>& coef, at::Tensor dst,
-                     bool release, const StagingPtr& staging, int64_t chunk, int64_t fail_at_chunk) {
+                     const StagingPtr& staging, int64_t chunk, int64_t fail_at_chunk) {
   MOGEN_CHECK_ARG(dst.is_contiguous(), "the destination tensor must be contiguous");
   std::vector<mogen::MergeSource> sources = make_sources(srcs, dst.numel());
   MOGEN_CHECK_ARG(coef.size() == sources.size(), "coefficients must be [N] = [", sources.size(), "], got ",
@@ -132,7 +132,7 @@ void merge_to_tensor(const std::vector<SourceSpec>& srcs, const std::vector<doub
     StagingHolder local;
     StagingHolder& st = staging != nullptr ? *staging : local;
     py::gil_scoped_release nogil;
-    mogen::cuda::merge_spans_to_device(sources, coef, dst, release, st.staging, chunk, fail_at_chunk);
+    mogen::cuda::merge_spans_to_device(sources, coef, dst, st.staging, chunk, fail_at_chunk);
     return;
   }
 #endif
@@ -143,7 +143,7 @@ void merge_to_tensor(const std::vector<SourceSpec>& srcs, const std::vector<doub
   d.ptr = static_cast<uint8_t*>(dst.data_ptr());
   d.dtype = dt;
   py::gil_scoped_release nogil;
-  mogen::cpu::merge_spans(sources, coef, {d}, dst.numel(), release);
+  mogen::cpu::merge_spans(sources, coef, {d}, dst.numel());
 }
 
 py::list reader_tensors(const mogen::io::Reader& r) {
@@ -248,7 +248,7 @@ void bind_safetensors(py::module_& m) {
       .def("abort", &mogen::io::Writer::abort);
   m.def("merge_to_files", &merge_to_files,
         "K3: out[k] = sum_i coef[k * N + i] * src_i written to (writer, offset) outputs", py::arg("sources"),
-        py::arg("coef"), py::arg("outputs"), py::arg("numel"), py::arg("release") = true);
+        py::arg("coef"), py::arg("outputs"), py::arg("numel"));
   py::class_<StagingHolder, StagingPtr>(m, "MergeStaging",
                                         "Pinned and device staging buffers of the CUDA in-place merge, reused "
                                         "across the tensors of one merge")
@@ -258,8 +258,7 @@ void bind_safetensors(py::module_& m) {
         "K3: dst = sum_i coef[i] * src_i, in place (CPU or CUDA). CUDA only: `staging` (a MergeStaging reused "
         "across calls), `chunk` (elements per staged chunk, 0 = automatic), `fail_at_chunk` (tests: throw before "
         "staging that chunk)",
-        py::arg("sources"), py::arg("coef"), py::arg("dst"), py::arg("release") = true,
-        py::arg("staging") = StagingPtr(), py::arg("chunk") = 0, py::arg("fail_at_chunk") = -1);
+        py::arg("sources"), py::arg("coef"), py::arg("dst"), py::arg("staging") = StagingPtr(), py::arg("chunk") = 0, py::arg("fail_at_chunk") = -1);
 }
 
 pybind11::dict build_info() {

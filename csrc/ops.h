@@ -36,9 +36,9 @@ std::tuple<at::Tensor, at::Tensor> fused_log_ratio_argmax(MOGEN_FUSION_PARAMS);
 // K2; raises naming `ids` (before reading any row) if an id is outside [0, V).
 at::Tensor topk_value_scores(MOGEN_VALUE_PARAMS);
 // K3: out[k] = sum_i coef[k * N + i] * src_i over `numel` elements, fp32 (compensated)
-// accumulation, cast on store; with `release`, each source's pages are dropped once read.
+// accumulation, cast on store; file-backed sources are read with pread (nothing mapped).
 void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<double>& coef,
-                 const std::vector<MergeSink>& sinks, int64_t numel, bool release);
+                 const std::vector<MergeSink>& sinks, int64_t numel);
 }  // namespace cpu
 
 #ifdef MOGEN_WITH_CUDA
@@ -61,7 +61,7 @@ struct MergeStaging {
 // by a memory budget). `fail_at_chunk` >= 0 throws before staging that chunk
 // (tests of the cleanup path; -1 in normal use).
 void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vector<double>& coef, at::Tensor& dst,
-                           bool release, MergeStaging& staging, int64_t chunk = 0, int64_t fail_at_chunk = -1);
+                           MergeStaging& staging, int64_t chunk = 0, int64_t fail_at_chunk = -1);
 }  // namespace cuda
 #endif
 

@@ -80,19 +80,19 @@ def test_many_chunks_reuse_both_slots_and_the_staging(three, dtype):
     cks, srcs = _sources(paths, "model.big")
     staging = mogen_ext._C.MergeStaging()
     dst = torch.zeros(BIG, dtype=dtype, device="cuda")
-    mogen_ext._C.merge_to_tensor(srcs, COEF, dst, False, staging, 7000)
+    mogen_ext._C.merge_to_tensor(srcs, COEF, dst, staging, 7000)
     _check(dst, *_want(sds, "model.big"), "model.big")
     # Staging holds two slots of one 7000-element chunk per source, not the tensor, not a default chunk.
     per_slot = sum((7000 * torch.empty((), dtype=sd["model.big"].dtype).element_size() + 255) // 256 * 256
                    for sd in sds)
     assert staging.nbytes == (2 * per_slot, 2 * per_slot)
     dst2 = torch.zeros(BIG, dtype=dtype, device="cuda")
-    mogen_ext._C.merge_to_tensor(srcs, COEF, dst2, False, staging, 7000)  # reused, not grown
+    mogen_ext._C.merge_to_tensor(srcs, COEF, dst2, staging, 7000)  # reused, not grown
     assert staging.nbytes == (2 * per_slot, 2 * per_slot) and torch.equal(dst.isnan(), dst2.isnan())
     small = torch.zeros(100, dtype=dtype, device="cuda")
     fresh = mogen_ext._C.MergeStaging()
     cks2, srcs2 = _sources(paths, "model.norm.weight")
-    mogen_ext._C.merge_to_tensor(srcs2, COEF, small[:24], False, fresh)
+    mogen_ext._C.merge_to_tensor(srcs2, COEF, small[:24], fresh)
     assert fresh.nbytes[0] <= 2 * 3 * 256  # sized by the tensor (24 elements), not by a chunk
     for ck in cks + cks2:
         ck.close()
@@ -104,10 +104,10 @@ def test_error_mid_merge_leaves_the_device_usable(three):
     staging = mogen_ext._C.MergeStaging()
     dst = torch.zeros(BIG, device="cuda")
     with pytest.raises(RuntimeError, match="before chunk 5"):
-        mogen_ext._C.merge_to_tensor(srcs, COEF, dst, False, staging, 9000, 5)
+        mogen_ext._C.merge_to_tensor(srcs, COEF, dst, staging, 9000, 5)
     torch.cuda.synchronize()  # no error left behind by copies or kernels of the chunks before
     # The buffers were not freed under running copies: a new merge through them is exact.
-    mogen_ext._C.merge_to_tensor(srcs, COEF, dst, False, staging, 9000)
+    mogen_ext._C.merge_to_tensor(srcs, COEF, dst, staging, 9000)
     torch.cuda.synchronize()
     _check(dst, *_want(sds, "model.big"), "model.big after an error")
     for ck in cks:

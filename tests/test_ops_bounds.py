@@ -106,3 +106,14 @@ def test_k3_spans_are_checked(tmp_path):
     code = K3_PRELUDE.replace("/TMP", str(tmp_path)) + "".join(
         f"print({case!r}, end=' '); expect(lambda: {call})\n" for case, call in K3_CASES.items())
     assert _child(code).splitlines() == [f"{case} OK" for case in K3_CASES]
+
+
+def test_k3_source_truncated_after_opening(tmp_path):
+    # A mapped read of the lost pages would be a SIGBUS; K3 reads with pread and says so.
+    code = K3_PRELUDE.replace("/TMP", str(tmp_path)) + textwrap.dedent("""
+        import os
+        os.truncate("/TMP/a.safetensors", os.path.getsize("/TMP/a.safetensors") - 32)
+        expect(lambda: C.merge_to_files([(r, 0, 'F32')], [1.0], [(w, 0, 'F32')], 16), "a.safetensors", "truncated")
+        expect(lambda: C.merge_to_tensor([(r, 0, 'F32')], [1.0], torch.zeros(16)), "a.safetensors", "truncated")
+    """).replace("/TMP", str(tmp_path))
+    assert _child(code).splitlines() == ["OK", "OK"]

@@ -1,14 +1,14 @@
 // K3 on CPU: streaming merge (DESIGN.md sections 1 and 3).
 //
-// out[k][j] = cast(sum_i C[k, i] * x_i[j]) for j in [0, numel), x_i memory-mapped
-// spans of mixed dtypes (fp32 / bf16 / fp16). Blocks of kBlock elements run in
-// parallel (at::parallel_for); within a block, tiles of kTile elements are
-// upcast once per input and accumulated into K fp32 rows that stay in L1/L2,
-// then cast on store either straight into memory (a live parameter) or into a
-// per-thread staging buffer that the same thread pwrites to its offset in the
-// output shard. Each input's pages are released (MADV_DONTNEED) as soon as the
-// block that read them is done, so resident memory is a few blocks per thread
-// whatever the size of the model.
+// out[k][j] = cast(sum_i C[k, i] * x_i[j]) for j in [0, numel), x_i spans of
+// safetensors files of mixed dtypes (fp32 / bf16 / fp16). Blocks of kBlock
+// elements run in parallel (at::parallel_for): each thread preads the block of
+// every source into its own buffer (L2-sized, reused), then, within the block,
+// tiles of kTile elements are upcast once per input and accumulated into K fp32
+// rows that stay in L1, and cast on store either straight into memory (a live
+// parameter) or into a per-thread staging buffer that the same thread pwrites to
+// its offset in the output shard. Nothing is mapped, so resident memory is a few
+// blocks per thread whatever the size of the model.
 #include <algorithm>
 #include <cmath>
 #include <atomic>
@@ -35,7 +35,7 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kTile = 2048;         // elements per L1-resident tile
-constexpr int64_t kBlock = int64_t{1} << 17;  // elements per parallel task (and per pwrite)
+constexpr int64_t kBlock = int64_t{1} << 16;  // elements per parallel task (and per pwrite)
 
 // ---- conversions (exact upcasts; round-to-nearest-even downcasts, NaN kept NaN)
 
@@ -135,11 +135,11 @@ bool any_non_finite(const float* x, int64_t n) {
   return bad != 0;
 }
 
-// Element `j` of a source as fp32 (an exact upcast).
-float load_f32(const MergeSource& s, int64_t j) {
-  const uint8_t* p = s.data + j * dtype_size(s.dtype);
+// Element `j` of `x` (dtype `dt`) as fp32 (an exact upcast).
+float load_f32(const uint8_t* x, DType dt, int64_t j) {
+  const uint8_t* p = x + j * dtype_size(dt);
   float v = 0.0f;
-  switch (s.dtype) {
+  switch (dt) {
     case DType::kFloat32:
       std::memcpy(&v, p, 4);
       break;
@@ -161,13 +161,13 @@ float load_f32(const MergeSource& s, int64_t j) {
 // exactly fp64's: same-sign infinities stay infinite, NaN only where fp64 has it.
 // cuda/merge.cu does the same per element.
 MOGEN_EXACT_FP
-void redo_non_finite(const MergeSource* srcs, int32_t ns, const double* coef_row, int64_t first, float* hi,
-                     int64_t n) {
+void redo_non_finite(const uint8_t* const* x, const MergeSource* srcs, int32_t ns, const double* coef_row,
+                     int64_t first, float* hi, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     if (std::isfinite(hi[j])) continue;
     double sum = 0.0;
     for (int32_t i = 0; i < ns; ++i)
-      if (coef_row[i] != 0.0) sum += coef_row[i] * static_cast<double>(load_f32(srcs[i], first + j));
+      if (coef_row[i] != 0.0) sum += coef_row[i] * static_cast<double>(load_f32(x[i], srcs[i].dtype, first + j));
     hi[j] = static_cast<float>(sum);
   }
 }
@@ -177,7 +177,7 @@ void redo_non_finite(const MergeSource* srcs, int32_t ns, const double* coef_row
 const float* as_f32(const uint8_t* x, DType dt, int64_t n, float* buf) {
   switch (dt) {
     case DType::kFloat32:
-      return reinterpret_cast<const float*>(x);  // spans are 4-byte aligned (checked by the caller)
+      return reinterpret_cast<const float*>(x);  // 4-byte aligned: a 64-byte slot, or checked by merge_spans
     case DType::kBFloat16:
       bf16_to_f32(reinterpret_cast<const uint16_t*>(x), n, buf);
       return buf;
@@ -209,40 +209,71 @@ struct Coefs {
   const double* f64;
 };
 
+// A thread's buffers, reused block after block.
+struct Scratch {
+  std::vector<float> acc;           // [nk] hi tiles, [nk] lo tiles, one upcast tile
+  std::vector<uint8_t> in;          // the block of every file-backed source
+  std::vector<uint8_t> stage;       // the block of every file-backed output
+  std::vector<const uint8_t*> src;  // first element of the block, per source
+};
+
+// Where block [lo, lo + n) of each source is: read into `sc.in` (64-byte aligned
+// slots) from its file, or in place for a source in memory.
+void load_block(const MergeSource* srcs, int32_t ns, int64_t lo, int64_t n, Scratch& sc) {
+  const auto slot = [n](const MergeSource& s) { return (n * dtype_size(s.dtype) + 63) / 64 * 64; };
+  int64_t bytes = 0;
+  for (int32_t i = 0; i < ns; ++i)
+    if (srcs[i].reader != nullptr) bytes += slot(srcs[i]);
+  if (static_cast<int64_t>(sc.in.size()) < bytes + 64) sc.in.resize(static_cast<size_t>(bytes + 64));
+  uint8_t* p = sc.in.data() + (64 - reinterpret_cast<uintptr_t>(sc.in.data()) % 64) % 64;
+  sc.src.resize(static_cast<size_t>(ns));
+  for (int32_t i = 0; i < ns; ++i) {
+    const MergeSource& s = srcs[i];
+    if (s.reader == nullptr) {
+      sc.src[i] = s.data + lo * dtype_size(s.dtype);
+      continue;
+    }
+    read_source(s, lo, n, p);
+    sc.src[i] = p;
+    p += slot(s);
+  }
+}
+
 // One block [lo, lo + n) of every output.
 void merge_block(const MergeSource* srcs, int32_t ns, const Coefs& coef, const MergeSink* sinks, int32_t nk,
-                 int64_t lo, int64_t n, std::vector<float>& acc, std::vector<uint8_t>& stage) {
-  // [nk] hi tiles, [nk] lo tiles, one upcast tile.
-  acc.resize(static_cast<size_t>(2 * nk * kTile + kTile));
-  float* const lo_acc = acc.data() + nk * kTile;
-  float* const xbuf = acc.data() + 2 * nk * kTile;
+                 int64_t lo, int64_t n, Scratch& sc) {
+  load_block(srcs, ns, lo, n, sc);
+  sc.acc.resize(static_cast<size_t>(2 * nk * kTile + kTile));
+  float* const acc = sc.acc.data();
+  float* const lo_acc = acc + nk * kTile;
+  float* const xbuf = acc + 2 * nk * kTile;
   // Byte offset of each output's staging area (only sinks written through a file use it).
   int64_t stage_bytes = 0;
   for (int32_t k = 0; k < nk; ++k)
     if (sinks[k].writer != nullptr) stage_bytes += n * dtype_size(sinks[k].dtype);
-  if (static_cast<int64_t>(stage.size()) < stage_bytes) stage.resize(static_cast<size_t>(stage_bytes));
+  if (static_cast<int64_t>(sc.stage.size()) < stage_bytes) sc.stage.resize(static_cast<size_t>(stage_bytes));
   for (int64_t t = 0; t < n; t += kTile) {
     const int64_t len = std::min(kTile, n - t);
     for (int32_t i = 0; i < ns; ++i) {
-      const MergeSource& s = srcs[i];
-      const float* x = as_f32(s.data + (lo + t) * dtype_size(s.dtype), s.dtype, len, xbuf);
+      const DType dt = srcs[i].dtype;
+      const float* x = as_f32(sc.src[i] + t * dtype_size(dt), dt, len, xbuf);
       for (int32_t k = 0; k < nk; ++k) {
         const float c = coef.hi[k * ns + i], c_lo = coef.lo[k * ns + i];
-        if (i == 0) product_into(x, len, c, c_lo, acc.data() + k * kTile, lo_acc + k * kTile);
-        else product_add(x, len, c, c_lo, acc.data() + k * kTile, lo_acc + k * kTile);
+        if (i == 0) product_into(x, len, c, c_lo, acc + k * kTile, lo_acc + k * kTile);
+        else product_add(x, len, c, c_lo, acc + k * kTile, lo_acc + k * kTile);
       }
     }
     for (int32_t k = 0; k < nk; ++k) {
-      float* const hi = acc.data() + k * kTile;
+      float* const hi = acc + k * kTile;
       collapse(hi, lo_acc + k * kTile, len);
-      if (any_non_finite(hi, len)) redo_non_finite(srcs, ns, coef.f64 + k * ns, lo + t, hi, len);
+      if (any_non_finite(hi, len)) redo_non_finite(sc.src.data(), srcs, ns, coef.f64 + k * ns, t, hi, len);
     }
     int64_t soff = 0;
     for (int32_t k = 0; k < nk; ++k) {
       const MergeSink& d = sinks[k];
       const int64_t isz = dtype_size(d.dtype);
-      uint8_t* out = d.writer != nullptr ? stage.data() + soff + t * isz : d.ptr + (lo + t) * isz;
-      store(acc.data() + k * kTile, len, d.dtype, out);
+      uint8_t* out = d.writer != nullptr ? sc.stage.data() + soff + t * isz : d.ptr + (lo + t) * isz;
+      store(acc + k * kTile, len, d.dtype, out);
       if (d.writer != nullptr) soff += n * isz;
     }
   }
@@ -251,7 +282,7 @@ void merge_block(const MergeSource* srcs, int32_t ns, const Coefs& coef, const M
     const MergeSink& d = sinks[k];
     if (d.writer == nullptr) continue;
     const int64_t isz = dtype_size(d.dtype);
-    d.writer->write(d.offset + lo * isz, stage.data() + soff, n * isz);
+    d.writer->write(d.offset + lo * isz, sc.stage.data() + soff, n * isz);
     soff += n * isz;
   }
 }
@@ -259,7 +290,7 @@ void merge_block(const MergeSource* srcs, int32_t ns, const Coefs& coef, const M
 }  // namespace
 
 void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<double>& coef,
-                 const std::vector<MergeSink>& sinks, int64_t numel, bool release) {
+                 const std::vector<MergeSink>& sinks, int64_t numel) {
   const int32_t ns = static_cast<int32_t>(srcs.size()), nk = static_cast<int32_t>(sinks.size());
   MOGEN_CHECK_ARG(ns >= 1, "merge needs at least one source");
   MOGEN_CHECK_ARG(nk >= 1, "merge needs at least one output");
@@ -267,8 +298,9 @@ void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<double>
                   ", ", ns, "], got ", coef.size(), " values");
   MOGEN_CHECK_ARG(numel >= 0, "numel must be >= 0, got ", numel);
   for (int32_t i = 0; i < ns; ++i)
-    MOGEN_CHECK_ARG(srcs[i].dtype != DType::kFloat32 || reinterpret_cast<uintptr_t>(srcs[i].data) % 4 == 0,
-                    "source ", i, ": fp32 data is not 4-byte aligned");
+    MOGEN_CHECK_ARG(srcs[i].reader != nullptr || srcs[i].dtype != DType::kFloat32 ||
+                        reinterpret_cast<uintptr_t>(srcs[i].data) % 4 == 0,
+                    "source ", i, ": fp32 data in memory is not 4-byte aligned");
   if (numel == 0) return;
   std::vector<float> c_hi(coef.size()), c_lo(coef.size());
   for (size_t q = 0; q < coef.size(); ++q) {
@@ -282,34 +314,21 @@ void merge_spans(const std::vector<MergeSource>& srcs, const std::vector<double>
   std::mutex error_mutex;
   std::atomic<bool> failed{false};
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> acc;
-    std::vector<uint8_t> stage;
+    Scratch scratch;
     for (int64_t b = b0; b < b1 && !failed.load(std::memory_order_relaxed); ++b) {
       const int64_t lo = b * kBlock, n = std::min(kBlock, numel - lo);
       try {
-        merge_block(srcs.data(), ns, Coefs{c_hi.data(), c_lo.data(), coef.data()}, sinks.data(), nk, lo, n, acc,
-                    stage);
+        merge_block(srcs.data(), ns, Coefs{c_hi.data(), c_lo.data(), coef.data()}, sinks.data(), nk, lo, n,
+                    scratch);
       } catch (...) {
         const std::lock_guard<std::mutex> lock(error_mutex);
         if (!error) error = std::current_exception();
         failed.store(true);
         return;
       }
-      if (release)
-        for (const MergeSource& s : srcs)
-          if (s.reader != nullptr) {
-            const int64_t isz = dtype_size(s.dtype);
-            s.reader->release(s.offset + lo * isz, s.offset + (lo + n) * isz);
-          }
     }
   });
   if (error) std::rethrow_exception(error);
-  // A page fault maps a window of neighbouring cached pages too ("fault-around"),
-  // which can reach back into a block another thread has already released;
-  // one last pass over the whole span unmaps those stragglers.
-  if (release)
-    for (const MergeSource& s : srcs)
-      if (s.reader != nullptr) s.reader->release(s.offset, s.offset + numel * dtype_size(s.dtype));
 }
 
 }  // namespace cpu

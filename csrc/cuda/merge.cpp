@@ -1,9 +1,9 @@
-// K3 on CUDA, torch-facing side: merges memory-mapped checkpoint spans straight
-// into a CUDA tensor (a live model's parameter).
+// K3 on CUDA, torch-facing side: merges checkpoint spans straight into a CUDA
+// tensor (a live model's parameter).
 //
 // Per chunk c of `chunk` elements, slot s = c % 2 (double buffering):
-//   host:  wait done[s] (slot s free again), copy each source's chunk from the
-//          mapping into pinned slot s (parallel), release the mapped pages;
+//   host:  wait done[s] (slot s free again), pread each source's chunk into
+//          pinned slot s (parallel over sources);
 //   copy stream:    cudaMemcpyAsync pinned slot s -> device slot s, record copied[s];
 //   compute stream: wait copied[s], launch_merge(device slot s -> dst chunk), record done[s].
 // The host copy of chunk c + 1 overlaps the transfer and kernel of chunk c.
@@ -19,7 +19,6 @@
 // - staging holds min(numel, chunk) elements per source and slot, chunk bounded
 //   by a memory budget, and is kept by the caller across tensors (MergeStaging).
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include <ATen/Parallel.h>
@@ -99,17 +98,12 @@ void ensure_staging(MergeStaging& st, int64_t slot_bytes, const at::Tensor& dst,
   c10::cuda::CUDACachingAllocator::recordStream(st.device.storage().data_ptr(), copy);
 }
 
-// Host side of one chunk: elements [lo, lo + n) of every source from its mapping
-// into `slot` (pinned), in parallel over sources; then their pages are released.
+// Host side of one chunk: elements [lo, lo + n) of every source read into `slot`
+// (pinned), in parallel over sources.
 void stage_on_host(const std::vector<MergeSource>& srcs, int64_t lo, int64_t n, uint8_t* slot,
-                   const std::vector<int64_t>& off, bool release) {
+                   const std::vector<int64_t>& off) {
   at::parallel_for(0, static_cast<int64_t>(srcs.size()), 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t isz = dtype_size(srcs[i].dtype);
-      std::memcpy(slot + off[i], srcs[i].data + lo * isz, static_cast<size_t>(n * isz));
-      if (release && srcs[i].reader != nullptr)
-        srcs[i].reader->release(srcs[i].offset + lo * isz, srcs[i].offset + (lo + n) * isz);
-    }
+    for (int64_t i = i0; i < i1; ++i) read_source(srcs[i], lo, n, slot + off[i]);
   });
 }
 
@@ -130,7 +124,7 @@ MergeInputs chunk_inputs(const std::vector<MergeSource>& srcs, const std::vector
 }  // namespace
 
 void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vector<double>& coef, at::Tensor& dst,
-                           bool release, MergeStaging& staging, int64_t chunk, int64_t fail_at_chunk) {
+                           MergeStaging& staging, int64_t chunk, int64_t fail_at_chunk) {
   MOGEN_CHECK_ARG(dst.is_cuda(), "the CUDA merge got a destination on ", dst.device());
   MOGEN_CHECK_ARG(dst.is_contiguous(), "the destination tensor must be contiguous");
   const int32_t ns = static_cast<int32_t>(srcs.size());
@@ -170,7 +164,7 @@ void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vect
     if (c >= 2) C10_CUDA_CHECK(cudaEventSynchronize(done[s].e));  // slot s is free again
     MOGEN_CHECK(c != fail_at_chunk, "merge into ", dst.device(), " stopped before chunk ", c,
                 " (fail_at_chunk, a test of the cleanup path)");
-    stage_on_host(srcs, lo, n, host + s * slot_bytes, off, release);
+    stage_on_host(srcs, lo, n, host + s * slot_bytes, off);
     for (int32_t i = 0; i < ns; ++i)
       C10_CUDA_CHECK(cudaMemcpyAsync(dev + s * slot_bytes + off[i], host + s * slot_bytes + off[i],
                                      static_cast<size_t>(n * dtype_size(srcs[i].dtype)), cudaMemcpyHostToDevice,
@@ -181,10 +175,6 @@ void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vect
     C10_CUDA_CHECK(cuda_impl::launch_merge(in, out + lo * out_isz, out_dtype, n, compute));
     C10_CUDA_CHECK(cudaEventRecord(done[s].e, compute));
   }
-  // As on CPU: fault-around may have mapped pages behind a released chunk again.
-  if (release)
-    for (const MergeSource& src : srcs)
-      if (src.reader != nullptr) src.reader->release(src.offset, src.offset + numel * dtype_size(src.dtype));
 }
 
 }  // namespace cuda

@@ -361,6 +361,7 @@ Reader::Reader(const std::string& path) : path_(path) {
     if (p == MAP_FAILED) fail_os(path, "cannot map", errno);
     base_ = static_cast<uint8_t*>(p);
     ::madvise(base_, static_cast<size_t>(map_len_), MADV_SEQUENTIAL);
+    ::posix_fadvise(fd_, 0, 0, POSIX_FADV_SEQUENTIAL);  // read-ahead for read() too
     parse_header(reinterpret_cast<const char*>(base_ + 8), static_cast<int64_t>(header_len));
     // The header is parsed; its pages need not stay resident.
     release(-data_offset_, 0);
@@ -399,6 +400,27 @@ void Reader::prefetch(int64_t begin, int64_t end) const {
   int64_t lo = std::max<int64_t>(0, data_offset_ + begin) / ps * ps;
   int64_t hi = std::min<int64_t>(map_len_, data_offset_ + end);
   if (hi > lo) ::madvise(base_ + lo, static_cast<size_t>(hi - lo), MADV_WILLNEED);
+}
+
+void Reader::read(int64_t offset, int64_t len, void* dst) const {
+  if (base_ == nullptr) fail(path_, "the reader is closed");
+  if (offset < 0 || len < 0 || offset > file_size_ - data_offset_ || len > file_size_ - data_offset_ - offset)
+    fail(path_, "read of " + std::to_string(len) + " bytes at data offset " + std::to_string(offset) +
+                    " is outside the data section");
+  char* p = static_cast<char*>(dst);
+  int64_t pos = data_offset_ + offset;
+  while (len > 0) {
+    const ssize_t r = ::pread(fd_, p, static_cast<size_t>(std::min<int64_t>(len, int64_t{1} << 30)), pos);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      fail_os(path_, "read failed at byte " + std::to_string(pos), errno);
+    }
+    // The size was checked when the file was opened: it shrank since.
+    if (r == 0) fail(path_, "truncated while being read (end of file at byte " + std::to_string(pos) + ")");
+    p += r;
+    pos += r;
+    len -= r;
+  }
 }
 
 void Reader::parse_header(const char* text, int64_t len) {

@@ -61,6 +61,9 @@ class Reader {
   void release(int64_t begin, int64_t end) const;
   // Asks the kernel to read data bytes [begin, end) ahead (MADV_WILLNEED).
   void prefetch(int64_t begin, int64_t end) const;
+  // Copies data bytes [offset, offset + len) into `dst` with pread: nothing is
+  // mapped, so nothing needs releasing (thread-safe).
+  void read(int64_t offset, int64_t len, void* dst) const;
   void close();
   bool closed() const { return base_ == nullptr; }
 

@@ -277,7 +277,7 @@ def _input_bytes(spec, it: Item) -> int:
 
 def _call_kernel(C, srcs, coef, outputs, numel) -> None:
     """One K3 call (a module-level hook, so tests can make a write fail midway)."""
-    C.merge_to_files(srcs, coef, outputs, numel, True)
+    C.merge_to_files(srcs, coef, outputs, numel)
 
 
 def _produce(C, spec, it: Item, sinks: list, bar) -> int:

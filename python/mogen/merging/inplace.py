@@ -154,13 +154,13 @@ def _produce_into(C, spec, it: Item, t: torch.Tensor, base_idx, bar, staging) ->
     if on_device and not _backend.has_kernels_for(data.device):
         # No CUDA kernels in this build: merge on the CPU into a pinned buffer, then copy.
         tmp = torch.empty(data.shape, dtype=data.dtype, pin_memory=torch.cuda.is_available())
-        C.merge_to_tensor(srcs, flat, tmp, True)
+        C.merge_to_tensor(srcs, flat, tmp)
         data.copy_(tmp)
     elif data.is_contiguous():
-        C.merge_to_tensor(srcs, flat, data, True, staging)
+        C.merge_to_tensor(srcs, flat, data, staging)
     else:
         tmp = torch.empty(data.shape, dtype=data.dtype, device=data.device)
-        C.merge_to_tensor(srcs, flat, tmp, True, staging)
+        C.merge_to_tensor(srcs, flat, tmp, staging)
         data.copy_(tmp)
     n = sum(r.nbytes for r in refs)
     bar.update(n)
