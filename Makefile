@@ -2,7 +2,7 @@
 # if missing, installs the pinned requirements and (re)builds the extension
 # when a C++/CUDA source changed.
 #   make demo        the embedded demo
-#   make sweep       the embedded comparison of every method (Pareto metrics and plot)
+#   make sweep       the embedded comparisons of every method, two and three objectives (metrics, plots)
 #   make test        the whole test suite
 #   make bench       micro-benchmarks (kernel vs eager reference, vs roofline)
 #   make cuda-check  compile every .cu for sm_80 and sm_90 (works with a CPU torch)
@@ -38,6 +38,7 @@ demo: install
 
 sweep: install
 	$(PY) -m mogen.cli demo --sweep
+	$(PY) -m mogen.cli demo --sweep --objectives 3
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)

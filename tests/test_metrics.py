@@ -76,3 +76,23 @@ def test_controllability():
     swapped = list(ordered)
     swapped[3], swapped[4] = swapped[4], swapped[3]
     assert metrics.controllability(prefs, swapped) == pytest.approx(1 - 2 / (11 * 10))
+
+
+def test_controllability_ignores_tied_preferences():
+    """On the 3-objective lattice most pairs tie in one objective: that objective asks nothing, the
+    other two decide; identical preferences are not pairs."""
+    from mogen.evaluation import preference_grid
+
+    prefs = preference_grid(3, 5)
+    assert metrics.controllability(prefs, 0.1 + 0.5 * prefs) == 1.0  # rewards follow the weights
+    flat = np.tile([0.2, 0.2, 0.2], (len(prefs), 1))
+    assert metrics.controllability(prefs, flat) == 0.0
+    # (1, 0, 0) vs (0, 1, 0): objective 3 tied; objectives 1 and 2 swapped the wrong way, so that pair fails
+    rewards = 0.1 + 0.5 * prefs
+    i, j = prefs.tolist().index([1.0, 0.0, 0.0]), prefs.tolist().index([0.0, 1.0, 0.0])
+    rewards[[i, j]] = rewards[[j, i]]
+    assert metrics.controllability(prefs, rewards) < 1.0
+    twice = np.concatenate([prefs[:2], prefs[:2]])
+    assert metrics.controllability(twice, 0.1 + twice) == 1.0
+    with pytest.raises(ValueError, match="2 distinct preference points"):
+        metrics.controllability([[0.5, 0.5], [0.5, 0.5]], [[1, 2], [2, 1]])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,7 +23,8 @@ def setup(tmp_path_factory):
     for name, model in [("base", tiny_llama(v, 1)), ("pa", tiny_llama(v, 2)), ("pb", tiny_llama(v, 3)),
                         ("bba", tiny_llama(v, 4)), ("bbb", tiny_llama(v, 5)), ("ea", tiny_llama(v, 6)),
                         ("eb", tiny_llama(v, 7)), ("ref", tiny_llama(v, 8)), ("va", value_llama(v, 9)),
-                        ("vb", value_llama(v, 10))]:
+                        ("vb", value_llama(v, 10)), ("pc", tiny_llama(v, 11)), ("bbc", tiny_llama(v, 12)),
+                        ("ec", tiny_llama(v, 13)), ("vc", value_llama(v, 14))]:
         model.generation_config.pad_token_id = tok.pad_token_id
         model.save_pretrained(root / name)
     tok.save_pretrained(root / "base")
@@ -62,6 +65,28 @@ def test_sweep_writes_everything_and_resumes(setup):
     assert (folder / "samples.jsonl").read_text() == before  # seeded per point: the same texts
 
 
+def test_sweep_with_three_objectives(setup):
+    """n = 3: every method kind over the step-1/2 lattice (6 preferences), all metrics finite, a 3-panel plot."""
+    root, cfg = setup
+    models = dict(cfg["models"], policies=["pa", "pb", "pc"], backbones=["bba", "bbb", "bbc"],
+                  experts=["ea", "eb", "ec"], value_models=["va", "vb", "vc"])
+    methods = cfg["methods"] + [{"name": "MPAW search", "kind": "mpaw_search", "beam_width": 2, "expansion": 2,
+                                 "chunk_length": 2}, {"name": "MAGE-I-M", "kind": "mage", "variant": "I-M"}]
+    tri = dict(cfg, output="run3", rewards=[*cfg["rewards"], "mogen.demo.corpus:ocean_rate"],
+               reference_point=[-1, -1, -1], models=models, methods=methods)
+    res = run_sweep(tri, root=root, progress=False)
+    assert res.decoded == 8 * 6
+    lines = [json.loads(x) for x in (root / "run3" / "samples.jsonl").read_text().splitlines()]
+    assert {tuple(ln["preference"]) for ln in lines} == {tuple(mu) for mu in preference_grid(3, 3).tolist()}
+    assert all(len(ln["rewards"]) == 3 for ln in lines)
+    for name, row in res.table:
+        assert all(np.isfinite(v) for v in row.values()), name
+        assert row["HV"] > 0 and 0 <= row["controllability"] <= 1, name
+    head = "Reference point for HV: [-1.0, -1.0, -1.0]; 6 preference points"
+    assert head in (root / "run3" / "metrics.md").read_text()
+    assert (root / "run3" / "pareto.png").stat().st_size > 0
+
+
 def test_sweep_cli(setup, tmp_path, capsys):
     root, cfg = setup
     import yaml
@@ -94,5 +119,18 @@ def test_sweep_errors(setup):
 
 def test_preference_grid():
     assert preference_grid(2, 11).shape == (11, 2)
+    assert np.allclose(preference_grid(2, 11), [[i / 10, 1 - i / 10] for i in range(11)])
     g = preference_grid(3, 5)
     assert g.shape == (15, 3) and torch.allclose(torch.tensor(g.sum(1)), torch.ones(15, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n,points,size", [(3, 5, 15), (3, 6, 21), (4, 4, 20), (5, 3, 15)])
+def test_preference_grid_is_a_path_of_neighbours(n, points, size):
+    """Every lattice point once, mu_1 ascending, consecutive points one lattice step apart (so sparsity,
+    eq. 29 over points in preference order, compares neighbours only)."""
+    d = points - 1
+    g = preference_grid(n, points)
+    lattice = {c for c in itertools.product(range(d + 1), repeat=n) if sum(c) == d}
+    assert g.shape == (size, n) and {tuple(int(x) for x in row) for row in np.rint(g * d)} == lattice
+    assert (np.diff(g[:, 0]) >= 0).all()
+    assert np.allclose(np.abs(np.diff(g, axis=0)).sum(1), 2 / d)

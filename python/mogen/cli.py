@@ -43,8 +43,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.sweep:
         from .demo.sweep import run_demo_sweep
 
-        run_demo_sweep(samples=args.samples or 4)
+        run_demo_sweep(samples=args.samples or 4, objectives=args.objectives)
         return 0
+    if args.objectives != 2:
+        print("mogen demo: --objectives 3 is for the embedded comparison (--sweep)", file=sys.stderr)
+        return 2
     if args.search:
         from .demo import load_demo_models
         from .demo.compare import compare_search, print_comparison
@@ -347,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached demo models")
     p.add_argument("--sweep", action="store_true",
                    help="run the embedded comparison of every method over 11 preferences (make sweep)")
+    p.add_argument("--objectives", type=int, choices=(2, 3), default=2,
+                   help="with --sweep: 3 runs the three-objective variant (nature, city, ocean) over 15 preferences")
     p.add_argument("--samples", type=int, default=None,
                    help="samples per prompt and weighting (default 4)")
     p.add_argument("--beta", type=float, default=1.0, help="scale of the proxy guides' log-ratios")

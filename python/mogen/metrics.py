@@ -9,12 +9,15 @@ are always explicit.
   (eq. 27), exact for any ``n`` (a sweep in 2-D, slicing by the last objective
   beyond);
 - :func:`inner_product`: mean over points of ``mu . r`` (eq. 28);
-- :func:`sparsity`: mean squared distance between consecutive points (eq. 29);
+- :func:`sparsity`: mean squared distance between consecutive points (eq. 29),
+  so the order matters: :func:`mogen.evaluation.preference_grid` lists any
+  ``n`` as a path of neighbouring preferences;
 - :func:`spacing`: standard deviation of each point's distance to its nearest
   other point (eq. 30);
 - :func:`controllability`: MAGE Definition 1, the share of ordered pairs of
-  preference points where every objective's reward moves the way its
-  preference moves;
+  distinct preference points where every objective's reward moves the way its
+  preference moves (an objective whose preference is tied in the pair, as on
+  the three-objective lattice, asks nothing);
 - :func:`pareto_front` / :func:`front_length`: the non-dominated points.
 """
 
@@ -108,7 +111,12 @@ def inner_product(prefs: Any, rewards: Any) -> float:
 
 
 def sparsity(rewards: Any) -> float:
-    """``1/(N-1) sum_i ||r_i - r_{i-1}||^2`` over points in preference order (MAGE eq. 29)."""
+    """``1/(N-1) sum_i ||r_i - r_{i-1}||^2`` over points in preference order (MAGE eq. 29).
+
+    Consecutive rows should be neighbouring preferences, or a jump across the simplex counts as a gap:
+    for ``n >= 3`` :func:`mogen.evaluation.preference_grid` orders its lattice as a path whose
+    consecutive points are one lattice step apart, which keeps eq. 29 a mean over neighbours.
+    """
     r = _points(rewards, "rewards")
     if len(r) < 2:
         raise ValueError("sparsity needs at least 2 points")
@@ -127,12 +135,19 @@ def spacing(rewards: Any) -> float:
 
 
 def controllability(prefs: Any, rewards: Any) -> float:
-    """MAGE Definition 1: over ordered pairs ``i != j``, the share where for every objective ``k``
-    ``sgn(mu_ik - mu_jk) == sgn(R_k(i) - R_k(j))``."""
+    """MAGE Definition 1: over ordered pairs ``i != j`` with ``mu_i != mu_j``, the share where for every
+    objective ``k`` with ``mu_ik != mu_jk``, ``sgn(mu_ik - mu_jk) == sgn(R_k(i) - R_k(j))``.
+
+    An objective whose preference is tied in a pair constrains nothing: the preference does not say
+    which reward should be larger, and demanding exactly equal mean rewards would fail almost every
+    such pair. Two objectives on a grid never tie (``mu_2 = 1 - mu_1``), so there this is the literal
+    definition; on the three-objective lattice most pairs tie in one objective and are judged on the
+    other two.
+    """
     mu, r = _paired(prefs, rewards)
-    n = len(mu)
-    if n < 2:
-        raise ValueError("controllability needs at least 2 preference points")
-    agree = np.all(np.sign(mu[:, None, :] - mu[None, :, :]) == np.sign(r[:, None, :] - r[None, :, :]), axis=2)
-    np.fill_diagonal(agree, False)
-    return float(agree.sum() / (n * (n - 1)))
+    dmu = np.sign(mu[:, None, :] - mu[None, :, :])  # [N, N, n]
+    agree = np.all((dmu == 0) | (dmu == np.sign(r[:, None, :] - r[None, :, :])), axis=2)
+    distinct = np.any(dmu != 0, axis=2)  # excludes i == j and repeated preferences
+    if not distinct.any():
+        raise ValueError("controllability needs at least 2 distinct preference points")
+    return float((agree & distinct).sum() / distinct.sum())

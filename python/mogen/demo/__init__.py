@@ -1,11 +1,11 @@
-"""The embedded demo: tiny models built in-process, two conflicting objectives.
+"""The embedded demo: tiny models built in-process, two conflicting objectives (three in a variant).
 
 ``mogen demo`` / ``make demo`` runs :func:`run_demo`; the models are built once
 (deterministically, about a minute on 2 CPU cores) and cached, see
 :mod:`mogen.demo.train`.
 """
 
-from .corpus import OBJECTIVES, PROMPTS, city_rate, nature_rate
+from .corpus import OBJECTIVES, OBJECTIVES_3, PROMPTS, city_rate, nature_rate, objectives, ocean_rate
 from .run import DemoResult, decode_demo, run_demo
 from .train import DemoConfig, DemoModels, build_demo_models, cache_root, load_demo_models
 
@@ -19,7 +19,10 @@ __all__ = [
     "load_demo_models",
     "cache_root",
     "OBJECTIVES",
+    "OBJECTIVES_3",
+    "objectives",
     "PROMPTS",
     "nature_rate",
     "city_rate",
+    "ocean_rate",
 ]

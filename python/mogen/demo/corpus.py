@@ -1,4 +1,4 @@
-"""The demo's synthetic world: a corpus where two objectives conflict.
+"""The demo's synthetic world: a corpus where two (or three) objectives conflict.
 
 Sentences are built from templates whose open slots are filled from one of
 two topics, *nature* and *city*, or from neutral words. The two objectives
@@ -9,15 +9,22 @@ are programmatic rewards on generated text:
 
 A sentence is mostly about one topic, so more of one means less of the other:
 a decoder can only trade them off, which the demo's weights control.
+
+The three-objective variant (:func:`objectives` ``(3)``, ``topics=TOPICS_3``)
+adds a third topic, *ocean*, and objective 3, ``ocean``: the fraction of
+words that are ocean words. The two-topic defaults are untouched, so the
+two-objective corpus, topic sentences and prompts are the same texts as
+before the variant existed (and the cached two-objective models stay valid).
 """
 
 from __future__ import annotations
 
 import random
 import re
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
-__all__ = ["NATURE", "CITY", "PROMPTS", "OBJECTIVES", "corpus", "topic_sentences", "neutral_prompts", "nature_rate", "city_rate"]
+__all__ = ["NATURE", "CITY", "OCEAN", "PROMPTS", "OBJECTIVES", "OBJECTIVES_3", "TOPICS", "TOPICS_3", "objectives",
+           "corpus", "topic_sentences", "neutral_prompts", "nature_rate", "city_rate", "ocean_rate"]
 
 NATURE: tuple[str, ...] = (
     "forest", "river", "tree", "trees", "bird", "birds", "flower", "flowers", "mountain", "rain", "leaf",
@@ -30,14 +37,27 @@ CITY: tuple[str, ...] = (
     "parking", "apartment", "neon", "sidewalk", "billboard", "downtown", "metro", "tram", "factory", "plaza",
     "lobby", "avenue", "rooftop",
 )
+#: The third topic (three-objective variant only); no word is shared with NATURE, CITY or the templates.
+OCEAN: tuple[str, ...] = (
+    "sea", "wave", "waves", "boat", "boats", "shell", "shells", "sand", "harbor", "whale", "tide", "beach",
+    "coral", "reef", "island", "sailor", "ship", "ships", "anchor", "gull", "gulls", "dolphin", "crab",
+    "lighthouse", "surf", "pier", "dock", "fish", "shore", "coast", "bay", "lagoon", "octopus", "seaweed",
+    "jellyfish",
+)
+#: The topics of the two- and three-objective corpora, in objective order.
+TOPICS: tuple[str, ...] = ("nature", "city")
+TOPICS_3: tuple[str, ...] = ("nature", "city", "ocean")
+_LEXICON = {"nature": NATURE, "city": CITY, "ocean": OCEAN}
 _NEUTRAL_NOUNS = ("day", "morning", "friend", "sister", "teacher", "time", "moment", "week", "story", "idea")
 _ADJ = {
     "nature": ("green", "wild", "quiet", "old", "tall", "wet", "misty", "golden", "fresh", "calm"),
     "city": ("busy", "loud", "bright", "new", "crowded", "grey", "modern", "noisy", "fast", "huge"),
+    "ocean": ("blue", "salty", "deep", "sandy", "sunny", "windy", "warm", "shiny", "foamy", "stormy"),
 }
 _VERB = {
     "nature": ("grew", "bloomed", "sang", "flowed", "rustled", "swayed", "shone", "rested", "drifted", "hid"),
     "city": ("honked", "buzzed", "opened", "closed", "rushed", "glowed", "moved", "stopped", "filled", "waited"),
+    "ocean": ("splashed", "sailed", "floated", "crashed", "sparkled", "dived", "washed", "rolled", "swam", "roared"),
 }
 _SUBJECTS = ("we", "she", "he", "they", "i", "my friend", "my sister", "the teacher", "our group", "the child")
 _MOTION = ("walked to", "looked at", "visited", "found", "saw", "passed", "reached", "painted", "watched", "left")
@@ -73,6 +93,7 @@ def _rate(text: str, lexicon: frozenset) -> float:
 
 _NATURE_SET = frozenset(NATURE)
 _CITY_SET = frozenset(CITY)
+_OCEAN_SET = frozenset(OCEAN)
 
 
 def nature_rate(text: str) -> float:
@@ -85,8 +106,24 @@ def city_rate(text: str) -> float:
     return _rate(text, _CITY_SET)
 
 
+def ocean_rate(text: str) -> float:
+    """Objective 3 (three-objective variant): fraction of the words of ``text`` that are ocean words."""
+    return _rate(text, _OCEAN_SET)
+
+
 #: (name, reward function) of the demo's two objectives, in weight order.
 OBJECTIVES: tuple[tuple[str, Callable[[str], float]], ...] = (("nature", nature_rate), ("city", city_rate))
+#: The three-objective variant: OBJECTIVES, then ocean.
+OBJECTIVES_3: tuple[tuple[str, Callable[[str], float]], ...] = OBJECTIVES + (("ocean", ocean_rate),)
+
+
+def objectives(n: int = 2) -> tuple[tuple[str, Callable[[str], float]], ...]:
+    """(name, reward function) of the demo's ``n`` objectives (2 or 3), in weight order."""
+    if n == 2:
+        return OBJECTIVES
+    if n == 3:
+        return OBJECTIVES_3
+    raise ValueError(f"the demo has 2 or 3 objectives, got {n!r}")
 
 
 def neutral_prompts(n: int, seed: int) -> list[str]:
@@ -96,43 +133,54 @@ def neutral_prompts(n: int, seed: int) -> list[str]:
                       "the" if rng.random() < 0.7 else "a")) for _ in range(n)]
 
 
-def _sentence(rng: random.Random, topic: str) -> str:
-    """One sentence; ``topic`` is "nature", "city" or "mixed"."""
+def _sentence(rng: random.Random, topic: str, topics: Sequence[str] = TOPICS) -> str:
+    """One sentence; ``topic`` is one of ``topics`` or "mixed" (two distinct ``topics``, in random order)."""
     if topic == "mixed":
-        first, second = rng.sample(("nature", "city"), 2)
+        first, second = rng.sample(tuple(topics), 2)
     else:
         first = second = topic
-    lex = {"nature": NATURE, "city": CITY}
     parts = [
         rng.choice(_OPENERS),
         rng.choice(_SUBJECTS),
         rng.choice(_MOTION),
         "the" if rng.random() < 0.7 else "a",
         rng.choice(_ADJ[first]),
-        rng.choice(lex[first]),
+        rng.choice(_LEXICON[first]),
     ]
     if rng.random() < 0.8:
         parts += [
             rng.choice(_CONNECT),
             "the",
-            rng.choice(lex[second]),
+            rng.choice(_LEXICON[second]),
             rng.choice(_VERB[second]),
         ]
         if rng.random() < 0.5:
-            parts += ["near the", rng.choice(lex[second])]
+            parts += ["near the", rng.choice(_LEXICON[second])]
     elif rng.random() < 0.5:
         parts += ["with a", rng.choice(_NEUTRAL_NOUNS)]
     return " ".join(parts) + "."
 
 
-def topic_sentences(topic: str, n: int, seed: int) -> list[str]:
-    """``n`` sentences about ``topic`` ("nature", "city" or "mixed")."""
+def topic_sentences(topic: str, n: int, seed: int, topics: Sequence[str] = TOPICS) -> list[str]:
+    """``n`` sentences about ``topic`` (one of ``topics``, or "mixed": two of ``topics`` per sentence)."""
     rng = random.Random(f"{topic}:{seed}")
-    return [_sentence(rng, topic) for _ in range(n)]
+    return [_sentence(rng, topic, topics) for _ in range(n)]
 
 
-def corpus(n: int = 3000, seed: int = 0, mix: Sequence[float] = (0.45, 0.45, 0.10)) -> list[str]:
-    """The balanced corpus: nature, city and mixed sentences in proportions ``mix``."""
+def corpus(n: int = 3000, seed: int = 0, mix: Optional[Sequence[float]] = None,
+           topics: Sequence[str] = TOPICS) -> list[str]:
+    """The balanced corpus: sentences about each of ``topics`` and "mixed" ones, in proportions ``mix``.
+
+    ``mix`` has ``len(topics) + 1`` weights (the topics', then mixed); by default 0.9 split evenly over
+    the topics and 0.1 mixed, i.e. ``(0.45, 0.45, 0.10)`` for two topics and ``(0.3, 0.3, 0.3, 0.1)``
+    for :data:`TOPICS_3`.
+    """
+    unknown = sorted(set(topics) - set(_LEXICON))
+    if len(topics) < 2 or unknown:
+        raise ValueError(f"topics must be two or more of {sorted(_LEXICON)}, got {list(topics)}")
+    weights = list(mix) if mix is not None else [0.9 / len(topics)] * len(topics) + [0.1]
+    if len(weights) != len(topics) + 1:
+        raise ValueError(f"mix needs {len(topics) + 1} weights (one per topic, then mixed), got {len(weights)}")
     rng = random.Random(seed)
-    topics = rng.choices(("nature", "city", "mixed"), weights=list(mix), k=n)
-    return [_sentence(rng, t) for t in topics]
+    chosen = rng.choices((*topics, "mixed"), weights=weights, k=n)
+    return [_sentence(rng, t, topics) for t in chosen]

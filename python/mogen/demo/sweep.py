@@ -1,10 +1,13 @@
-"""The embedded comparison: every method over 11 preferences on the demo task.
+"""The embedded comparison: every method over 11 preferences on the demo task (15 with three objectives).
 
 ``mogen demo --sweep`` / ``make sweep`` runs :func:`mogen.evaluation.run_sweep`
 on the demo models (base family: base, policies, Bone Soup backbones; small
 guides: experts, reference, value models) and records the metrics table and
 the Pareto plot as ``benchmarks/results/pareto_demo.{md,png}`` when run from
-the source checkout. The run folder (every text, resumable) lives in the cache.
+the source checkout. ``mogen demo --sweep --objectives 3`` does the same on the
+three-objective variant (nature, city, ocean; :data:`DEMO_POINTS` lattice) and
+records ``pareto_demo3.{md,png}``: measured and recorded, with no targets.
+The run folder (every text, resumable) lives in the cache.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from . import corpus as demo_corpus
 from .run import DEMO_GAMMA
 from .train import DemoConfig, cache_root, load_demo_models
 
-__all__ = ["demo_sweep_config", "run_demo_sweep", "DEMO_METHODS"]
+__all__ = ["demo_sweep_config", "run_demo_sweep", "DEMO_METHODS", "DEMO_POINTS"]
 
 #: The rows of the comparison (MAGE Table 2 / MPAW Table 1 on the demo task).
 DEMO_METHODS: list[dict] = [
@@ -35,14 +38,30 @@ DEMO_METHODS: list[dict] = [
 ]
 
 
-def demo_sweep_config(path: Path, output: Path, *, samples: int = 4, points: int = 11, max_new_tokens: int = 24,
-                      methods: Optional[list] = None) -> dict:
-    """The sweep config of the demo models in folder ``path`` (see :mod:`mogen.evaluation.config`)."""
-    names = [n for n, _ in demo_corpus.OBJECTIVES]
+#: Preference points per objective count (the ``preferences`` of the sweep config): 11 for two objectives
+#: (steps of 0.1); for three, 5 means the lattice of step 1/4 on the simplex, 15 points.
+DEMO_POINTS: dict[int, int] = {2: 11, 3: 5}
+
+#: The recorded table's heading, and its file stem under benchmarks/results, per objective count.
+_RECORDS: dict[int, tuple[str, str]] = {
+    2: ("pareto_demo", "## Embedded comparison (demo task, 11 preferences, objective 1 = nature-word rate, "
+                       "objective 2 = city-word rate)"),
+    3: ("pareto_demo3", "## Embedded comparison, three objectives (demo task, 15 preferences: the lattice of step "
+                        "1/4 on the simplex; objectives 1-3 = nature-, city-, ocean-word rate; recorded, no targets)"),
+}
+
+
+def demo_sweep_config(path: Path, output: Path, *, samples: int = 4, points: Optional[int] = None,
+                      max_new_tokens: int = 24, methods: Optional[list] = None, objectives: int = 2) -> dict:
+    """The sweep config of the ``objectives``-objective demo models in folder ``path``
+    (see :mod:`mogen.evaluation.config`); ``points`` defaults to :data:`DEMO_POINTS`."""
+    objs = demo_corpus.objectives(objectives)
+    names = [n for n, _ in objs]
     return {
-        "output": str(output), "prompts": list(demo_corpus.PROMPTS), "samples": samples, "preferences": points,
-        "rewards": [f"mogen.demo.corpus:{fn.__name__}" for _, fn in demo_corpus.OBJECTIVES],
-        "reference_point": [0.0, 0.0],
+        "output": str(output), "prompts": list(demo_corpus.PROMPTS), "samples": samples,
+        "preferences": points if points is not None else DEMO_POINTS[objectives],
+        "rewards": [f"mogen.demo.corpus:{fn.__name__}" for _, fn in objs],
+        "reference_point": [0.0] * objectives,
         "decoding": {"max_new_tokens": max_new_tokens, "do_sample": True, "top_p": 0.95, "seed": 0},
         "models": {
             "tokenizer": str(path / "base"), "base": str(path / "base"),
@@ -55,21 +74,21 @@ def demo_sweep_config(path: Path, output: Path, *, samples: int = 4, points: int
     }
 
 
-def run_demo_sweep(*, samples: int = 4, record: bool = True, stream: TextIO = sys.stdout) -> Path:
-    """Run (or resume) the embedded comparison; print and (from a checkout) record the table and plot."""
+def run_demo_sweep(*, samples: int = 4, record: bool = True, stream: TextIO = sys.stdout,
+                   objectives: int = 2) -> Path:
+    """Run (or resume) the embedded comparison with 2 or 3 objectives (building the demo models of that
+    variant if needed); print and (from a checkout) record the table and plot."""
     from ..evaluation import run_sweep
 
-    models = load_demo_models(log=lambda line: print(line, file=stream, flush=True))
+    models = load_demo_models(DemoConfig(objectives=objectives), log=lambda line: print(line, file=stream, flush=True))
     output = cache_root() / "sweep" / models.path.name
-    res = run_sweep(demo_sweep_config(models.path, output, samples=samples))
+    res = run_sweep(demo_sweep_config(models.path, output, samples=samples, objectives=objectives))
     table = (output / "metrics.md").read_text()
     print(table, file=stream)
     results = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
     if record and results.is_dir():
-        head = ("## Embedded comparison (demo task, 11 preferences, objective 1 = nature-word rate, "
-                "objective 2 = city-word rate)\n\n")
-        (results / "pareto_demo.md").write_text(head + table)
-        shutil.copyfile(output / "pareto.png", results / "pareto_demo.png")
-        print(f"recorded {results / 'pareto_demo.md'} and pareto_demo.png ({res.decoded} points decoded now)",
-              file=stream)
+        stem, head = _RECORDS[objectives]
+        (results / f"{stem}.md").write_text(head + "\n\n" + table)
+        shutil.copyfile(output / "pareto.png", results / f"{stem}.png")
+        print(f"recorded {results / stem}.md and {stem}.png ({res.decoded} points decoded now)", file=stream)
     return output

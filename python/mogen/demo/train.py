@@ -17,6 +17,13 @@ What gets built, deterministically from :class:`DemoConfig`:
   :func:`mogen.value.train_value_model` on responses the reference samples
   to neutral prompts, scored by each objective's reward function.
 
+The three-objective variant (``DemoConfig(objectives=3)``) trains on the
+three-topic corpus (:data:`mogen.demo.corpus.TOPICS_3`) and builds the same
+families with a third member each (``expert_ocean/``, ``policy_ocean/``,
+``backbone_ocean/``, ``value_ocean/``); a backbone's mixture is ``bone_beta``
+of its own topic and the rest split evenly over the other two, the matrix
+``B`` that Bone Soup inverts.
+
 Each folder is a ``transformers`` model folder (``config.json``,
 ``model.safetensors``) with its tokenizer files, so ``mogen decode`` and
 ``from_pretrained`` load them directly. Everything goes to
@@ -54,7 +61,7 @@ DEMO_VERSION = 3
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes and schedules of the demo models (the cache key hashes all of it)."""
+    """Sizes and schedules of the demo models (the cache key hashes all of it; ``objectives`` only when not 2)."""
 
     corpus_size: int = 4000
     topic_size: int = 1500
@@ -81,9 +88,23 @@ class DemoConfig:
     value_epochs: int = 6
     value_lr: float = 2e-3
     threads: int = 2
+    objectives: int = 2  # 2 (nature, city) or 3 (+ ocean): see mogen.demo.corpus.objectives
+
+    def __post_init__(self) -> None:
+        demo_corpus.objectives(self.objectives)  # raises unless 2 or 3
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The corpus topics, one per objective, in weight order."""
+        return tuple(name for name, _ in demo_corpus.objectives(self.objectives))
 
     def key(self) -> str:
-        blob = json.dumps({"version": DEMO_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        fields = dataclasses.asdict(self)
+        # The field came after the two-objective demo: leaving its default out of the hash keeps
+        # that demo's key (and every cache built before the field existed) unchanged.
+        if fields["objectives"] == 2:
+            del fields["objectives"]
+        blob = json.dumps({"version": DEMO_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -195,10 +216,11 @@ def build_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = 
     torch.set_num_threads(max(1, min(config.threads, os.cpu_count() or 1)))
     t0 = time.perf_counter()
     try:
-        log(f"mogen demo: building the demo models into {target} (once; about a minute on 2 CPU cores)")
-        lines = demo_corpus.corpus(config.corpus_size, seed=config.seed)
+        log(f"mogen demo: building the {config.objectives}-objective demo models into {target} "
+            "(once; a minute or two on 2 CPU cores)")
+        lines = demo_corpus.corpus(config.corpus_size, seed=config.seed, topics=config.topics)
         topics = {name: demo_corpus.topic_sentences(name, config.topic_size, seed=config.seed)
-                  for name, _ in demo_corpus.OBJECTIVES}
+                  for name in config.topics}
         base_tok, guide_tok = _tokenizers(config, lines + [s for v in topics.values() for s in v])
 
         folders = _train_base_family(config, base_tok, lines, topics, log)
@@ -208,7 +230,7 @@ def build_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = 
             tok.save_pretrained(tmp / name)
         value_stats = _train_value_models(config, folders["reference"][0], guide_tok, tmp, log)
         meta = {"version": DEMO_VERSION, "config": dataclasses.asdict(config),
-                "objectives": [n for n, _ in demo_corpus.OBJECTIVES], "value_models": value_stats,
+                "objectives": list(config.topics), "value_models": value_stats,
                 "build_seconds": round(time.perf_counter() - t0, 1)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if target.exists():
@@ -229,13 +251,20 @@ def _finetune(model: Any, state: dict, data: tuple, steps: int, cfg: DemoConfig,
 
 
 def _mixture(topics: dict, own: str, share: float, n: int, seed: int) -> list[str]:
-    """``n`` topic sentences, a ``share`` of them about ``own`` and the rest about the other topics."""
+    """``n`` topic sentences, a ``share`` of them about ``own`` and the rest split evenly over the other
+    topics (Bone Soup's ``B``: ``beta`` on the diagonal, ``(1 - beta) / (n - 1)`` elsewhere)."""
     import random
 
-    others = [s for name, lines in topics.items() if name != own for s in lines]
+    others = [name for name in topics if name != own]
     rng = random.Random(f"mix:{own}:{seed}")
     k = int(round(share * n))
-    return rng.sample(topics[own], min(k, len(topics[own]))) + rng.sample(others, min(n - k, len(others)))
+    out = rng.sample(topics[own], min(k, len(topics[own])))
+    for i, name in enumerate(others):
+        # Remainder to the first topics. With one other topic this is the one draw the two-objective
+        # demo always made, so its backbones are unchanged.
+        count = (n - k) // len(others) + (i < (n - k) % len(others))
+        out += rng.sample(topics[name], min(count, len(topics[name])))
+    return out
 
 
 def _train_base_family(cfg: DemoConfig, tok: Any, lines: list, topics: dict, log: Callable[[str], None]) -> dict:
@@ -247,7 +276,7 @@ def _train_base_family(cfg: DemoConfig, tok: Any, lines: list, topics: dict, log
     _train(base, _encode(tok, lines, width), cfg.base_steps, cfg.lr, cfg.batch, cfg.seed, log, "base (byte-level BPE)")
     state = {k: v.clone() for k, v in base.state_dict().items()}
     out = {"base": (base, tok)}
-    for k, (name, _) in enumerate(demo_corpus.OBJECTIVES):
+    for k, name in enumerate(cfg.topics):
         for kind, share in (("policy", 1.0), ("backbone", cfg.bone_beta)):
             data = _encode(tok, _mixture(topics, name, share, cfg.topic_size, cfg.seed), width)
             model = _llama(len(tok), cfg.base_hidden, cfg.base_layers, cfg, tok)
@@ -265,7 +294,7 @@ def _train_guides(cfg: DemoConfig, tok: Any, lines: list, topics: dict, log: Cal
            "reference (metaspace BPE)")
     state = {k: v.clone() for k, v in reference.state_dict().items()}
     out = {"reference": (reference, tok)}
-    for k, (name, _) in enumerate(demo_corpus.OBJECTIVES):
+    for k, name in enumerate(cfg.topics):
         expert = _llama(len(tok), cfg.guide_hidden, cfg.guide_layers, cfg, tok)
         out[f"expert_{name}"] = (_finetune(expert, state, _encode(tok, topics[name], width), cfg.expert_steps, cfg,
                                            cfg.seed + 10 + k, log, f"expert_{name}"), tok)
@@ -279,7 +308,7 @@ def _train_value_models(cfg: DemoConfig, reference: Any, tok: Any, folder: Path,
 
     prompts = demo_corpus.neutral_prompts(cfg.value_prompts, seed=cfg.seed)
     stats = {}
-    for k, (name, fn) in enumerate(demo_corpus.OBJECTIVES):
+    for k, (name, fn) in enumerate(demo_corpus.objectives(cfg.objectives)):
         torch.manual_seed(cfg.seed + 20 + k)
         res = train_value_model(
             reference, tok, prompts=prompts, reward=lambda prompt, response, fn=fn: fn(response),
@@ -310,6 +339,6 @@ def load_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = N
     guide_tok = AutoTokenizer.from_pretrained(path / "reference")
     for tok in (base_tok, guide_tok):
         tok.padding_side = "left"
-    experts = {name: model(f"expert_{name}") for name, _ in demo_corpus.OBJECTIVES}
-    values = {name: model(f"value_{name}") for name, _ in demo_corpus.OBJECTIVES}
+    experts = {name: model(f"expert_{name}") for name in config.topics}
+    values = {name: model(f"value_{name}") for name in config.topics}
     return DemoModels(model("base"), base_tok, model("reference"), experts, guide_tok, path, values)

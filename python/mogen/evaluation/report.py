@@ -29,21 +29,38 @@ def method_metrics(prefs: np.ndarray, means: np.ndarray, ref: list, tokens: int,
 
 
 def _plot(path: Path, names: list, prefs: np.ndarray, means: dict, reward_names: list) -> None:
+    """Mean rewards per preference: the front for two objectives, every pairwise projection beyond.
+
+    ``means[name]`` is ``[P, n]``. Two objectives: one panel, points joined in preference order and
+    labelled with ``mu_1``. ``n >= 3``: one panel per pair ``(k, l)`` of objectives (three for n = 3),
+    markers only, since on the lattice preference order is a path, not a front.
+    """
+    import itertools
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    for name in names:
-        m = means[name]
-        ax.plot(m[:, 0], m[:, 1], marker="o", label=name)
-        for mu, (x, y) in zip(prefs, m[:, :2]):
-            ax.annotate(f"{mu[0]:.1f}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
-    ax.set_xlabel(reward_names[0])
-    ax.set_ylabel(reward_names[1])
-    ax.set_title("mean rewards per preference (labels: weight of objective 1)")
-    ax.legend(fontsize=7)
+    n = prefs.shape[1]
+    pairs = list(itertools.combinations(range(n), 2))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 if n == 2 else 4.6 * len(pairs), 5), squeeze=False)
+    for ax, (k, l) in zip(axes[0], pairs):
+        for name in names:
+            m = means[name]
+            ax.plot(m[:, k], m[:, l], marker="o", label=name, linestyle="-" if n == 2 else "none",
+                    markersize=6 if n == 2 else 4)
+            if n == 2:
+                for mu, (x, y) in zip(prefs, m[:, :2]):
+                    ax.annotate(f"{mu[0]:.1f}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.set_xlabel(reward_names[k])
+        ax.set_ylabel(reward_names[l])
+    if n == 2:
+        axes[0, 0].set_title("mean rewards per preference (labels: weight of objective 1)")
+        axes[0, 0].legend(fontsize=7)
+    else:
+        fig.suptitle(f"mean rewards per preference ({len(prefs)} points on the simplex), pairwise projections")
+        axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
