@@ -6,16 +6,18 @@ Generates N Llama-shaped checkpoints of about --size-gb each (random weights,
   floor     every input byte read into user space and one output of the merged
             size written (the least any merge must do), and K outputs: the best of
             a Python loop, threaded pread/pwrite and mapped inputs folded with numpy
-            (cp, whose copy never leaves the kernel, is shown beside them)
+            (cp, whose copy never leaves the kernel, is shown beside them); for
+            merge_into, the output a buffer in memory
   mogen     mogen.merge, linear, K = 1 (and K = 5 from one pass)
   mergekit  mergekit-yaml with the same linear config, from the PyPI package in
             its own virtual environment, created here (--mergekit-venv) with
             `pip install mergekit`; this interpreter's site-packages are visible
             to it so torch is not downloaded again
 
-and prints wall time, peak RSS (the child's high-water mark, file-backed pages
-included) and GB/s ((bytes read + bytes written) / wall time) of each, then
-writes the table to benchmarks/results/merge_cpu.md.
+each --repeat times (the best run counts), and prints wall time, peak RSS (the
+child's high-water mark, file-backed pages included) and GB/s ((bytes read +
+bytes written) / wall time) of each, then writes the table to
+benchmarks/results/merge_cpu.md.
 
     python benchmarks/bench_merge.py --size-gb 1.0
 """
@@ -127,52 +129,62 @@ def measure(cmd: list[str], env=None) -> dict:
 FLOOR = textwrap.dedent(r"""
     import os, sys, json, time
     t0 = time.perf_counter()
-    out, size, fsync = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-    files = json.loads(sys.argv[4])
+    out, size, nout, fsync = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+    files = json.loads(sys.argv[5])
     buf = bytearray(16 << 20); mv = memoryview(buf)
-    with open(out, "wb") as o:
-        written = 0
-        for f in files:
-            with open(f, "rb", buffering=0) as i:
-                while True:
-                    n = i.readinto(buf)
-                    if not n:
-                        break
-                    if written < size:
-                        k = min(n, size - written)
-                        o.write(mv[:k]); written += k
-        while written < size:
-            k = min(len(buf), size - written); o.write(mv[:k]); written += k
+    os.makedirs(out)
+    outs = [open(os.path.join(out, str(j)), "wb") for j in range(nout)]
+    written = 0
+    for f in files:
+        with open(f, "rb", buffering=0) as i:
+            while True:
+                n = i.readinto(buf)
+                if not n:
+                    break
+                if written < size:
+                    k = min(n, size - written)
+                    [o.write(mv[:k]) for o in outs]; written += k
+    while written < size:
+        k = min(len(buf), size - written); [o.write(mv[:k]) for o in outs]; written += k
+    for o in outs:
         o.flush()
         if fsync:
             os.fsync(o.fileno())
+        o.close()
     print(json.dumps({"work_s": time.perf_counter() - t0}))
 """)
 
 
-# The threaded floors share their set-up (argv: out, size, fsync, sources as
-# [[shard paths of source 0], ...], threads) and their ending; each defines
-# `streams` (per source: [(reader, start in the stream, length)], total), the
-# block size B and `work(t)`.
+# Every floor takes argv: out (a folder that gets the outputs 0 .. K-1 as files,
+# as a merge writes K output folders), size (bytes per output), K, fsync, then
+# its sources. The threaded floors share their set-up (sources as [[shard paths
+# of source 0], ...], then threads) and their ending; each defines `streams` (per
+# source: [(reader, start in the stream, length)], total), the block size B and
+# `work(t)`, which pwrites each block into every output in `fds`.
 _THREADED_HEAD = textwrap.dedent(r"""
     import os, sys, json, time, threading
     t0 = time.perf_counter()
-    out, size, fsync = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-    sources = json.loads(sys.argv[4])
-    T = int(sys.argv[5])
+    out, size, nout, fsync = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+    sources = json.loads(sys.argv[5])
+    T = int(sys.argv[6])
 """)
 _THREADED_OUTPUT = textwrap.dedent(r"""
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.ftruncate(fd, size)
+    fds = []
+    if out != os.devnull:
+        os.makedirs(out)
+        for j in range(nout):
+            fds.append(os.open(os.path.join(out, str(j)), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            os.ftruncate(fds[-1], size)
     longest = max(total for _, total in streams)
     blocks = (max(longest, size) + B - 1) // B
 """)
 _THREADED_TAIL = textwrap.dedent(r"""
     ths = [threading.Thread(target=work, args=(t,)) for t in range(T)]
     [th.start() for th in ths]; [th.join() for th in ths]
-    if fsync:
-        os.fsync(fd)
-    os.close(fd)
+    for fd in fds:
+        if fsync:
+            os.fsync(fd)
+        os.close(fd)
     print(json.dumps({"work_s": time.perf_counter() - t0}))
 """)
 
@@ -197,7 +209,7 @@ FLOOR_PWRITE = _THREADED_HEAD + textwrap.dedent(r"""
                     if a < b:
                         os.preadv(pfd, [mv[a - lo:b - lo]], a - start)
             if lo < size:
-                os.pwrite(fd, mv[:min(B, size - lo)], lo)
+                [os.pwrite(fd, mv[:min(B, size - lo)], lo) for fd in fds]
 """) + _THREADED_TAIL
 
 # The least a merge does, at C speed: every input byte mapped (sequential read-ahead)
@@ -220,6 +232,10 @@ FLOOR_MMAP = _THREADED_HEAD + textwrap.dedent(r"""
             pos += n
         streams.append((parts, pos))
 """) + _THREADED_OUTPUT + textwrap.dedent(r"""
+    mem = None
+    if out == os.devnull:  # an output in memory (merge_into's floor), touched before the clock starts,
+        mem = np.ones(size, np.uint8)  # as a loaded model's parameters are
+        t0 = time.perf_counter()
     per = (blocks + T - 1) // T
     def work(t):
         acc = np.zeros(B, np.uint8)
@@ -231,8 +247,10 @@ FLOOR_MMAP = _THREADED_HEAD + textwrap.dedent(r"""
                     if a < b:
                         dst, src = acc[a - lo:b - lo], arr[a - start:b - start]
                         np.copyto(dst, src) if s == 0 else np.bitwise_xor(dst, src, out=dst)
-            if lo < size:
-                os.pwrite(fd, acc[:min(B, size - lo)], lo)
+            if lo < size and mem is not None:
+                mem[lo:lo + B] = acc[:min(B, size - lo)]
+            elif lo < size:
+                [os.pwrite(fd, acc[:min(B, size - lo)], lo) for fd in fds]
 """) + _THREADED_TAIL
 
 # And with coreutils: cp of one source's shards (as many bytes as one output), the
@@ -240,8 +258,8 @@ FLOOR_MMAP = _THREADED_HEAD + textwrap.dedent(r"""
 FLOOR_CP = textwrap.dedent(r"""
     import os, sys, json, time, subprocess
     t0 = time.perf_counter()
-    out, k, fsync = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-    sources = json.loads(sys.argv[4])
+    out, k, fsync = sys.argv[1], int(sys.argv[3]), sys.argv[4] == "1"
+    sources = json.loads(sys.argv[5])
     os.makedirs(out)
     cat = subprocess.Popen(["cat"] + [f for files in sources[1:] for f in files], stdout=subprocess.DEVNULL)
     for j in range(k):
@@ -261,28 +279,47 @@ def settle(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def best_floor(what: str, nout: int, fsync: bool, out_bytes: int, srcs, work: Path, settle_s: float) -> dict:
+def best_of(repeat: int, run) -> dict:
+    """The fastest (least work time) of `repeat` runs of `run()`: the machine's page cache and
+    writeback make single runs swing by up to 2x, for mogen and for the floors alike."""
+    return min((run() for _ in range(repeat)), key=lambda m: m["merge_s"])
+
+
+def best_floor(what: str, nout: int, fsync: bool, out_bytes: int, srcs, work: Path, settle_s: float,
+               repeat: int, memory: bool = False) -> dict:
     """The fastest of the floor's implementations that pass every byte through user space
     (each run in a fresh process after the page cache settled): the Python read/write loop,
     threaded pread/pwrite, mapped inputs folded with numpy and pwritten from threads. cp is
     timed too and reported beside them, but is no floor for a merge: its copy stays inside
-    the kernel (copy_file_range), and a merge must compute on every byte."""
+    the kernel (copy_file_range), and a merge must compute on every byte. With `memory`, the
+    output is a buffer in memory (merge_into's floor): only the mapped fold, the fastest way.
+    Each way runs `repeat` times; its best counts."""
     files = [str(f) for s in srcs for f in sorted(s.glob("*.safetensors"))]
     by_source = [[str(f) for f in sorted(s.glob("*.safetensors"))] for s in srcs]
     fs = "1" if fsync else "0"
-    runs = {"python loop": [FLOOR, str(nout * out_bytes), fs, json.dumps(files)],
-            "pwrite x4 threads": [FLOOR_PWRITE, str(nout * out_bytes), fs, json.dumps(by_source), "4"],
-            "mmap + numpy fold, x2 threads": [FLOOR_MMAP, str(nout * out_bytes), fs, json.dumps(by_source), "2"],
-            "cp": [FLOOR_CP, str(nout), fs, json.dumps(by_source)]}
-    best, ways = None, {}
-    for name, (code, *args) in runs.items():
-        o = work / "floor.out"
-        shutil.rmtree(o, ignore_errors=True) if o.is_dir() else o.unlink(missing_ok=True)
+    head = [str(out_bytes), str(nout), fs]
+    runs = {"python loop": [FLOOR, *head, json.dumps(files)],
+            "pwrite x4 threads": [FLOOR_PWRITE, *head, json.dumps(by_source), "4"],
+            "mmap + numpy fold, x2 threads": [FLOOR_MMAP, *head, json.dumps(by_source), "2"],
+            "cp": [FLOOR_CP, *head, json.dumps(by_source)]}
+    if memory:
+        runs = {k: v for k, v in runs.items() if k.startswith("mmap")}
+    o = Path(os.devnull) if memory else work / "floor.out"
+
+    def once(code, args):
+        if not memory:
+            shutil.rmtree(o, ignore_errors=True)
         page_cache_warm(srcs)
         settle(settle_s)
         m = measure([sys.executable, "-c", code, str(o)] + args)
-        shutil.rmtree(o, ignore_errors=True) if o.is_dir() else o.unlink(missing_ok=True)
+        if not memory:
+            shutil.rmtree(o, ignore_errors=True)
         m["merge_s"] = json.loads(m["stdout"].strip().splitlines()[-1])["work_s"]
+        return m
+
+    best, ways = None, {}
+    for name, (code, *args) in runs.items():
+        m = best_of(repeat, lambda: once(code, args))
         m["how"] = name
         print(f"  {what} via {name}: {m['merge_s']:.2f}s", flush=True)
         ways[name] = m["merge_s"]
@@ -351,20 +388,21 @@ def ensure_mergekit(venv: Path) -> tuple[str | None, str]:
 # ---------------------------------------------------------------- main
 
 
-def criteria(rows, by, floor_k: str, k: int) -> list[str]:
+def criteria(rows, floors: dict) -> list[str]:
     """The acceptance checks, as lines: every mogen row at or above 0.9x of its floor's work time
-    (a floor beaten by more than 10% is not a floor) and within 1.5x of it; K outputs from one
-    pass within 1.5x of the floor that writes K outputs; 3x / 5x less wall time / peak RSS than mergekit."""
+    (a floor beaten by more than 10% is not a floor) and within 1.5x of it (so K outputs from one
+    pass within 1.5x of the floor that writes K outputs); 3x / 5x less wall time / peak RSS than
+    mergekit."""
     out = []
     for r in rows:
-        if not r["what"].startswith("mogen") or "merge_into" in r["what"]:
+        if "floor" not in r:
             continue
-        ref = by[floor_k] if f"K={k}" in r["what"] else rows[1] if "fsync" in r["what"] else rows[0]
+        ref = floors[r["floor"]]
         x = r["merge_s"] / ref["merge_s"]
         out.append(f"- check {r['what']}: {x:.2f}x its floor ({ref['what']}): "
                    f"{'PASS' if 0.9 <= x <= 1.5 else 'FAIL'} (wanted 0.9x to 1.5x)")
     mk = next((r for r in rows if r["what"].startswith("mergekit")), None)
-    mg = by["mogen linear, K=1"]
+    mg = next(r for r in rows if r["what"] == "mogen linear, K=1")
     if mk:
         t, m = mk["wall"] / mg["wall"], mk["peak_rss"] / mg["peak_rss"]
         out.append(f"- check vs mergekit: {t:.2f}x less wall time, {m:.2f}x less peak RSS: "
@@ -382,6 +420,7 @@ def main() -> int:
     ap.add_argument("--skip-mergekit", action="store_true")
     ap.add_argument("--k", type=int, default=5, help="outputs of the one-pass sweep")
     ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each floor way and mogen row; the best counts")
     ap.add_argument("--settle-s", type=float, default=3.0,
                     help="pause after sync before each measured run (page cache settled)")
     args = ap.parse_args()
@@ -415,13 +454,18 @@ def main() -> int:
         return p
 
     settle(args.settle_s)  # the inputs just written must not be written back during the runs
-    floor_k = f"floor: read inputs + write {args.k} outputs"
-    for what, nout, fs in [("floor: read inputs + write 1 output", 1, False),
-                           ("floor: read inputs + write 1 output + fsync", 1, True), (floor_k, args.k, False)]:
-        m = best_floor(what, nout, fs, out_bytes, srcs, work, args.settle_s)
-        rows.append({"what": f"{what} (best: {m['how']})", "wall": m["wall"], "peak_rss": m["peak_rss"],
-                     "bytes": in_bytes + nout * out_bytes, "merge_s": m["merge_s"], "ways": m["ways"]})
-    floor_k = rows[2]["what"]
+    # The floors, by key; each mogen row names the one that moves as many bytes.
+    floors = {}
+    for key, what, nout, fs, mem in [
+            ("1", "floor: read inputs + write 1 output", 1, False, False),
+            ("1+fsync", "floor: read inputs + write 1 output + fsync", 1, True, False),
+            ("K", f"floor: read inputs + write {args.k} outputs", args.k, False, False),
+            ("memory", "floor: read inputs + fill 1 output in memory", 1, False, True)]:
+        m = best_floor(what, nout, fs, out_bytes, srcs, work, args.settle_s, args.repeat, memory=mem)
+        floors[key] = {"what": f"{what} (best: {m['how']})", "wall": m["wall"], "peak_rss": m["peak_rss"],
+                       "bytes": in_bytes + (0 if mem else nout * out_bytes), "merge_s": m["merge_s"],
+                       "ways": m["ways"]}
+        rows.append(floors[key])
     merge_code = textwrap.dedent("""
         import json, sys, mogen
         srcs, coef, outs, fsync = json.loads(sys.argv[1])
@@ -429,15 +473,26 @@ def main() -> int:
         print(json.dumps({"merge_s": r.total_seconds, "peak": r.peak_rss, "base": r.baseline_rss}))
     """ % args.dtype)
     coef_k = [[round(w + 0.01 * k, 6) for w in weights] for k in range(args.k)]
-    for label, coef, k, fs in [("mogen linear, K=1", weights, 1, False), (f"mogen linear, K={args.k}", coef_k, args.k, False),
-                               ("mogen linear, K=1, fsync (default)", weights, 1, True)]:
-        outs = [str(out_dir(f"mogen{j}")) for j in range(k)]
+    def run_mogen(code: str, argv: list, outs=()) -> dict:
+        for o in outs:
+            out_dir(o)
         page_cache_warm(srcs)
         settle(args.settle_s)
-        m = measure([sys.executable, "-c", merge_code, json.dumps([[str(s) for s in srcs], coef, outs, fs])], env)
+        m = measure([sys.executable, "-c", code, json.dumps(argv)], env)
         info = json.loads(m["stdout"].strip().splitlines()[-1])
+        m.update(merge_s=info["merge_s"], rss_above_base=info["peak"] - info["base"])
+        return m
+
+    for label, coef, k, fs, floor in [("mogen linear, K=1", weights, 1, False, "1"),
+                                      (f"mogen linear, K={args.k}", coef_k, args.k, False, "K"),
+                                      ("mogen linear, K=1, fsync (default)", weights, 1, True, "1+fsync")]:
+        outs = [f"mogen{j}" for j in range(k)]
+        argv = [[str(s) for s in srcs], coef, [str(work / o) for o in outs], fs]
+        m = best_of(args.repeat, lambda: run_mogen(merge_code, argv, outs))
         rows.append({"what": label, "wall": m["wall"], "peak_rss": m["peak_rss"], "bytes": in_bytes + k * out_bytes,
-                     "merge_s": info["merge_s"], "rss_above_base": info["peak"] - info["base"]})
+                     "merge_s": m["merge_s"], "rss_above_base": m["rss_above_base"], "floor": floor})
+        for o in outs[1:]:  # mogen0 stays for the rounding check; the rest only fill the page cache
+            shutil.rmtree(work / o, ignore_errors=True)
     # merge_into: a model loaded from the first source, re-merged in place; the
     # peak is measured against the process once the model is loaded.
     into_code = textwrap.dedent("""
@@ -456,12 +511,10 @@ def main() -> int:
         r = mogen.merge_into(model, srcs, coef)
         print(json.dumps({"merge_s": time.perf_counter() - t0, "peak": r.peak_rss, "base": r.baseline_rss}))
     """ % args.dtype)
-    page_cache_warm(srcs)
-    settle(args.settle_s)
-    m = measure([sys.executable, "-c", into_code, json.dumps([[str(s) for s in srcs], weights])], env)
-    info = json.loads(m["stdout"].strip().splitlines()[-1])
+    m = best_of(args.repeat, lambda: run_mogen(into_code, [[str(s) for s in srcs], weights]))
     rows.append({"what": "mogen merge_into (in place, model loaded)", "wall": m["wall"], "peak_rss": m["peak_rss"],
-                 "bytes": in_bytes, "merge_s": info["merge_s"], "rss_above_base": info["peak"] - info["base"]})
+                 "bytes": in_bytes, "merge_s": m["merge_s"], "rss_above_base": m["rss_above_base"],
+                 "floor": "memory"})
     mk_note = "skipped (--skip-mergekit)"
     if not args.skip_mergekit:
         py, ver = ensure_mergekit(Path(args.mergekit_venv))
@@ -484,7 +537,6 @@ def main() -> int:
                          "peak_rss": m["peak_rss"], "bytes": in_bytes + out_bytes})
             mk_note += "; " + rounding_note(srcs, weights, work / "mogen0", o)
     # ---- report
-    floor = rows[0]["wall"]
     by = {r["what"]: r for r in rows}
     lines = [f"# Merge benchmark ({args.sources} x {in_bytes / args.sources / 1e9:.2f} GB {args.dtype}, linear, CPU)", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
@@ -495,9 +547,8 @@ def main() -> int:
              "| run | wall s | work s | peak RSS MiB | GB/s (wall) | GB/s (work) | work vs floor |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        # Each run against the floor that writes as much: K outputs against K, fsync against fsync.
-        ref = (by[floor_k] if f"K={args.k}" in r["what"] or r["what"] == floor_k
-               else rows[1] if "fsync" in r["what"] else rows[0])
+        # Each run against the floor that moves as many bytes (a floor against itself).
+        ref = floors[r["floor"]] if "floor" in r else r
         ws = r.get("merge_s")
         work_s = "" if ws is None else f"{ws:.2f}"
         gbs_work = "" if ws is None else f"{r['bytes'] / ws / 1e9:.2f}"
@@ -511,20 +562,20 @@ def main() -> int:
     if mk:
         lines.append(f"- mogen vs mergekit: {mk['wall'] / mg['wall']:.2f}x less wall time, "
                      f"{mk['peak_rss'] / mg['peak_rss']:.2f}x less peak RSS.")
-    lines.append(f"- mogen K=1 vs floor (no fsync), work time: {mg['merge_s'] / rows[0]['merge_s']:.2f}x "
-                 f"(wall: {mg['wall'] / floor:.2f}x, mostly `import torch`); in-process merge time {mg['merge_s']:.2f}s; "
+    lines.append(f"- mogen K=1 vs floor (no fsync), work time: {mg['merge_s'] / floors['1']['merge_s']:.2f}x "
+                 f"(wall: {mg['wall'] / floors['1']['wall']:.2f}x, mostly `import torch`); in-process merge time {mg['merge_s']:.2f}s; "
                  f"peak RSS above the interpreter's baseline during the merge: {mg['rss_above_base'] / 2**20:.0f} MiB.")
     mi = by["mogen merge_into (in place, model loaded)"]
     lines.append(f"- merge_into: peak RSS above the loaded model during the in-place merge: "
                  f"{mi['rss_above_base'] / 2**20:.0f} MiB; {mi['merge_s']:.2f}s.")
-    for r in rows[:3]:
+    for r in floors.values():
         lines.append(f"- {r['what'].split(' (best')[0]}, work s of each way: "
                      + ", ".join(f"{k} {v:.2f}" for k, v in r["ways"].items()))
-    lines += criteria(rows, by, floor_k, args.k)
+    lines += criteria(rows, floors)
     lines.append(f"- K={args.k} outputs from one pass vs K=1: {kk['wall'] / mg['wall']:.2f}x the wall time "
                  f"({kk['merge_s'] / mg['merge_s']:.2f}x in-process); the floor itself grows "
-                 f"{by[floor_k]['merge_s'] / rows[0]['merge_s']:.2f}x from writing 1 output to {args.k}, and K={args.k} "
-                 f"takes {kk['merge_s'] / by[floor_k]['merge_s']:.2f}x its floor.")
+                 f"{floors['K']['merge_s'] / floors['1']['merge_s']:.2f}x from writing 1 output to {args.k}, and "
+                 f"K={args.k} takes {kk['merge_s'] / floors['K']['merge_s']:.2f}x its floor.")
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)

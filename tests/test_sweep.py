@@ -63,6 +63,13 @@ def test_sweep_writes_everything_and_resumes(setup):
     resumed = run_sweep(cfg, root=root, progress=False)
     assert resumed.decoded == 2
     assert (folder / "samples.jsonl").read_text() == before  # seeded per point: the same texts
+    # other settings: the points of the old run are decoded again, not mixed in
+    more = run_sweep({**cfg, "samples": 2}, root=root, progress=False)
+    assert more.decoded == 18 and more.skipped == 0
+    assert len((folder / "samples.jsonl").read_text().splitlines()) == 6 * 3 * 2 * 2
+    tuned = run_sweep({**cfg, "samples": 2, "methods": cfg["methods"][:4] + [{**cfg["methods"][4], "beta": 0.5}]},
+                      root=root, progress=False)
+    assert tuned.decoded == 3 and tuned.skipped == 12  # only the method whose parameters changed
 
 
 def test_sweep_with_three_objectives(setup):

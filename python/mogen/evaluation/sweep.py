@@ -2,7 +2,10 @@
 
 The run folder holds one ``points/<method>/<preference>.json`` per finished
 (method, preference) point, written atomically, so a rerun skips finished
-points and a killed run resumes where it stopped. When every point is done the
+points and a killed run resumes where it stopped. Each point records a
+fingerprint of what its texts depend on (prompts, samples, decoding settings,
+rewards, models, the method's parameters): a point from a run with other
+settings is decoded again, never mixed into this run's table. When every point is done the
 run writes ``samples.jsonl`` (every response with its method, preference and
 rewards), ``means.csv`` (mean rewards per method and preference),
 ``metrics.md`` (one row per method) and ``pareto.png``.
@@ -10,6 +13,7 @@ rewards), ``means.csv`` (mean rewards per method and preference),
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,7 +24,7 @@ from typing import Any, Optional
 import torch
 
 from ..value.data import checked
-from .config import SweepConfig, load_sweep_config
+from .config import MethodSpec, SweepConfig, load_sweep_config
 from .methods import _Models, build_decoder
 from .report import write_reports
 
@@ -40,6 +44,20 @@ def _slug(text: str) -> str:
 
 def _point_key(mu) -> str:
     return "_".join(f"{x:.4f}" for x in mu)
+
+
+def _fingerprint(cfg: SweepConfig, method: MethodSpec) -> str:
+    """A hash of everything a point of ``method`` depends on (not the output folder or the metrics)."""
+    blob = {"prompts": list(cfg.prompts), "samples": cfg.samples, "decoding": cfg.decoding, "models": cfg.models,
+            "rewards": [spec for spec, _ in cfg.rewards], "method": [method.kind, method.params]}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _finished(path: Path, fingerprint: str) -> bool:
+    try:
+        return json.loads(path.read_text()).get("fingerprint") == fingerprint
+    except (OSError, ValueError):
+        return False
 
 
 def _write_atomic(path: Path, data: Any) -> None:
@@ -85,8 +103,9 @@ def run_sweep(config: Any, *, progress: bool = True, root: Optional[Path] = None
     folder = Path(cfg.output)
     models = _Models(cfg)
     prefs = [tuple(float(x) for x in mu) for mu in cfg.preferences]
+    prints = {m.name: _fingerprint(cfg, m) for m in cfg.methods}
     todo = [(m, mu) for m in cfg.methods for mu in prefs
-            if not (folder / "points" / _slug(m.name) / f"{_point_key(mu)}.json").is_file()]
+            if not _finished(folder / "points" / _slug(m.name) / f"{_point_key(mu)}.json", prints[m.name])]
     skipped = len(cfg.methods) * len(prefs) - len(todo)
     bar = tqdm(total=len(todo), desc="sweep", disable=not progress or not todo)
     decoders: dict = {}
@@ -97,7 +116,7 @@ def run_sweep(config: Any, *, progress: bool = True, root: Optional[Path] = None
         tok.padding_side = "left"
         bar.set_postfix_str(f"{method.name} {list(mu)}")
         point = _decode_point(decoders[method.name], tok, cfg, mu)
-        point["method"] = method.name
+        point["method"], point["fingerprint"] = method.name, prints[method.name]
         _write_atomic(folder / "points" / _slug(method.name) / f"{_point_key(mu)}.json", point)
         bar.update(1)
     bar.close()
