@@ -20,7 +20,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from .. import bench
 
     if args.op == "value":
         setting = dict(batch=args.batch, hidden_size=args.hidden, vocab=args.vocab, k=args.k,
@@ -36,12 +36,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.fusion:
-        from .showcase import run_fusion_showcase
+        from ..showcase import run_fusion_showcase
 
         run_fusion_showcase(seed=args.seed)
         return 0
     if args.sweep:
-        from .demo.sweep import run_demo_sweep
+        from ..demo.sweep import run_demo_sweep
 
         run_demo_sweep(samples=args.samples or 4, objectives=args.objectives)
         return 0
@@ -49,8 +49,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print("mogen demo: --objectives 3 is for the embedded comparison (--sweep)", file=sys.stderr)
         return 2
     if args.search:
-        from .demo import load_demo_models
-        from .demo.compare import compare_search, print_comparison
+        from ..demo import load_demo_models
+        from ..demo.compare import compare_search, print_comparison
 
         models = load_demo_models(rebuild=args.rebuild, log=print)
         print(f"mogen demo --search: {len(models.base_tokenizer)}-token byte-level base, proxy guides with their own "
@@ -59,7 +59,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         result = compare_search(models, samples=args.samples or 4, seed=args.seed, beta=args.beta)
         print_comparison(result, print)
         return 0 if result.search_wins else 1
-    from .demo import run_demo
+    from ..demo import run_demo
 
     gamma = {} if args.gamma is None else {"gamma": args.gamma}
     results = run_demo(seed=args.seed, rebuild=args.rebuild, samples=args.samples or 4, beta=args.beta, **gamma)
@@ -83,8 +83,8 @@ def _load_for_decoding(args: argparse.Namespace) -> tuple:
     """``(base, base tokenizer, guides, weights)`` from ``--base``, ``--guide``, ``--value``, ``--weights``."""
     import torch
 
-    from . import decoding
-    from .decoding.loading import (
+    from .. import decoding
+    from ..decoding.loading import (
         has_tokenizer,
         load_causal_lm,
         load_tokenizer,
@@ -125,7 +125,7 @@ def _load_for_decoding(args: argparse.Namespace) -> tuple:
                                           model(ref_dir, f"guide {i} reference"), tokenizer=guide_tok,
                                           temperature=args.guide_temperature))
     for j, value_dir in enumerate(args.value):
-        from .value import read_value_entry
+        from ..value import read_value_entry
 
         read_value_entry(value_dir)  # a clear error for a folder that is not a value model
         value_tok = tokenizer(value_dir, f"value {j} tokenizer") if has_tokenizer(value_dir) else None
@@ -138,8 +138,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     import torch
     from transformers import TextStreamer
 
-    from . import decoding
-    from .decoding.models import output_device
+    from .. import decoding
+    from ..decoding.models import output_device
 
     base, base_tok, guides, weights = _load_for_decoding(args)
     enc = base_tok([args.prompt], return_tensors="pt")
@@ -180,8 +180,8 @@ class _BeamStreamer:
 def _cmd_search(args: argparse.Namespace) -> int:
     import torch
 
-    from . import decoding
-    from .decoding.models import output_device
+    from .. import decoding
+    from ..decoding.models import output_device
 
     base, base_tok, guides, weights = _load_for_decoding(args)
     enc = base_tok([args.prompt], return_tensors="pt")
@@ -238,7 +238,7 @@ def _param_value(text: str):
 
 def _clean_leftovers(args: argparse.Namespace) -> int:
     """``mogen merge --clean --out X``: removes temporary folders left beside X by merges that died."""
-    from .merging.leftovers import remove_leftovers
+    from ..merging.leftovers import remove_leftovers
 
     if args.config or args.source or args.weights:
         raise SystemExit("mogen merge --clean takes only --out (the targets whose leftovers to remove)")
@@ -250,7 +250,7 @@ def _clean_leftovers(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .evaluation import run_sweep
+    from ..evaluation import run_sweep
 
     res = run_sweep(args.config, progress=not args.quiet)
     print(f"mogen sweep: {res.decoded} point(s) decoded, {res.skipped} already done; reports in {res.folder}")
@@ -261,9 +261,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     import os
 
-    from .merging import merge
-    from .merging.config import config_to_merge_args, load_config
-    from .merging.layerwise import merge_config, needs_layerwise
+    from ..merging import merge
+    from ..merging.config import config_to_merge_args, load_config
+    from ..merging.layerwise import merge_config, needs_layerwise
 
     if args.clean:
         return _clean_leftovers(args)
@@ -441,6 +441,3 @@ def _one_line(exc: BaseException) -> str:
     """An error message on one line (YAML and JSON parsers report over several)."""
     return " ".join(str(exc).split())
 
-
-if __name__ == "__main__":
-    sys.exit(main())

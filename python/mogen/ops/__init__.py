@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-from . import _backend, reference
+from .. import _backend, reference
 
 __all__ = ["fused_log_ratio", "fused_log_ratio_topk", "fused_log_ratio_argmax", "topk_value_scores", "top_p_mask",
            "sample"]
