@@ -1,8 +1,9 @@
 // The dispatcher registration of every tensor op: ONE schema table (namespace
 // `mogen`) and its CPU and CUDA kernels. Called as torch.ops.mogen.<op>, the
-// ops trace under torch.compile (their fake kernels are in mogen/ops.py, named
-// by set_python_module below), show up by name in the profiler, and release the
-// GIL while they run (torch.ops does that for every op).
+// ops trace under torch.compile (their fake kernels are in mogen/ops/fakes.py,
+// registered by mogen.ops, the module set_python_module below names), show up by
+// name in the profiler, and release the GIL while they run (torch.ops does that
+// for every op).
 //
 // K3 (the streaming merge) stays a pybind11 function in bindings.cpp: it takes
 // safetensors reader and writer objects and byte offsets into their files, which

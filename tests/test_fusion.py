@@ -350,8 +350,8 @@ def test_map_range_checked_once_per_map_on_the_fallback(good, monkeypatch):
     monkeypatch.setattr(_backend, "has_kernels_for", lambda device: False)
     monkeypatch.setattr(_backend, "_warned", True)
     calls = []
-    real = ops._map_range
-    monkeypatch.setattr(ops, "_map_range", lambda t: calls.append(1) or real(t))
+    real = ops.checks._map_range
+    monkeypatch.setattr(ops.checks, "_map_range", lambda t: calls.append(1) or real(t))  # where _check_map finds it
     vmap = torch.randint(-1, 10, (20,), dtype=torch.int32)
     for _ in range(5):
         call(good, vocab_maps=[None, vmap])

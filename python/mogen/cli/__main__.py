@@ -1,0 +1,7 @@
+"""``python -m mogen.cli``: the ``mogen`` command line."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
