@@ -285,41 +285,59 @@ def best_of(repeat: int, run) -> dict:
     return min((run() for _ in range(repeat)), key=lambda m: m["merge_s"])
 
 
+def compiled_floor(work: Path) -> str | None:
+    """benchmarks/floor.cpp built into `work` (once per source change); None without a C++ compiler."""
+    src, exe = ROOT / "benchmarks" / "floor.cpp", work / "floor_bin"
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
+        return str(exe)
+    if cxx is None:
+        print("  no C++ compiler: the compiled floor is left out", flush=True)
+        return None
+    subprocess.run([cxx, "-O2", "-std=c++17", "-pthread", str(src), "-o", str(exe)], check=True)
+    return str(exe)
+
+
 def best_floor(what: str, nout: int, fsync: bool, out_bytes: int, srcs, work: Path, settle_s: float,
                repeat: int, memory: bool = False) -> dict:
     """The fastest of the floor's implementations that pass every byte through user space
     (each run in a fresh process after the page cache settled): the Python read/write loop,
-    threaded pread/pwrite, mapped inputs folded with numpy and pwritten from threads. cp is
-    timed too and reported beside them, but is no floor for a merge: its copy stays inside
-    the kernel (copy_file_range), and a merge must compute on every byte. With `memory`, the
-    output is a buffer in memory (merge_into's floor): only the mapped fold, the fastest way.
-    Each way runs `repeat` times; its best counts."""
+    threaded pread/pwrite, mapped inputs folded with numpy and pwritten from threads, and the
+    same in C++ (benchmarks/floor.cpp). cp is timed too and reported beside them, but is no
+    floor for a merge: its copy stays inside the kernel (copy_file_range), and a merge must
+    compute on every byte. With `memory`, the output is a buffer in memory (merge_into's
+    floor): only the two fastest ways. Each way runs `repeat` times; its best counts."""
     files = [str(f) for s in srcs for f in sorted(s.glob("*.safetensors"))]
     by_source = [[str(f) for f in sorted(s.glob("*.safetensors"))] for s in srcs]
     fs = "1" if fsync else "0"
     head = [str(out_bytes), str(nout), fs]
-    runs = {"python loop": [FLOOR, *head, json.dumps(files)],
-            "pwrite x4 threads": [FLOOR_PWRITE, *head, json.dumps(by_source), "4"],
-            "mmap + numpy fold, x2 threads": [FLOOR_MMAP, *head, json.dumps(by_source), "2"],
-            "cp": [FLOOR_CP, *head, json.dumps(by_source)]}
+    py = [sys.executable, "-c"]
+    runs = {"python loop": py + [FLOOR, "OUT", *head, json.dumps(files)],
+            "pwrite x4 threads": py + [FLOOR_PWRITE, "OUT", *head, json.dumps(by_source), "4"],
+            "mmap + numpy fold, x2 threads": py + [FLOOR_MMAP, "OUT", *head, json.dumps(by_source), "2"],
+            "cp": py + [FLOOR_CP, "OUT", *head, json.dumps(by_source)]}
+    exe = compiled_floor(work)
+    if exe is not None:
+        runs["C++ pread + fold + pwrite, x2 threads"] = [exe, "OUT", *head, "2", str(len(srcs))] + [
+            x for files_of in by_source for x in [str(len(files_of)), *files_of]]
     if memory:
-        runs = {k: v for k, v in runs.items() if k.startswith("mmap")}
+        runs = {k: v for k, v in runs.items() if k.startswith(("mmap", "C++"))}
     o = Path(os.devnull) if memory else work / "floor.out"
 
-    def once(code, args):
+    def once(cmd):
         if not memory:
             shutil.rmtree(o, ignore_errors=True)
         page_cache_warm(srcs)
         settle(settle_s)
-        m = measure([sys.executable, "-c", code, str(o)] + args)
+        m = measure([str(o) if c == "OUT" else c for c in cmd])
         if not memory:
             shutil.rmtree(o, ignore_errors=True)
         m["merge_s"] = json.loads(m["stdout"].strip().splitlines()[-1])["work_s"]
         return m
 
     best, ways = None, {}
-    for name, (code, *args) in runs.items():
-        m = best_of(repeat, lambda: once(code, args))
+    for name, cmd in runs.items():
+        m = best_of(repeat, lambda: once(cmd))
         m["how"] = name
         print(f"  {what} via {name}: {m['merge_s']:.2f}s", flush=True)
         ways[name] = m["merge_s"]

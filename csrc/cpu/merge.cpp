@@ -117,6 +117,47 @@ void product_add(const float* x, int64_t n, float c, float c_lo, float* hi, floa
   }
 }
 
+// The same sum for up to kFusedSources sources at once: hi and lo stay in
+// registers across the sources and only hi + lo is stored, where the passes
+// above load and store both per source and output (K outputs x N sources
+// passes over the tile). The operations, and their order, are those of
+// product_into then product_add, so the result is bitwise the same.
+constexpr int32_t kFusedSources = 4;
+#define MOGEN_FUSED_SUM(NS)                                                                            \
+  MOGEN_MULTIVERSION MOGEN_EXACT_FP void fused_sum_##NS(const float* const* x, const float* c,          \
+                                                        const float* c_lo, float* __restrict out,        \
+                                                        int64_t n) {                                     \
+    for (int64_t j = 0; j < n; ++j) {                                                                    \
+      const float x0 = x[0][j], p0 = c[0] * x0;                                                          \
+      float hi = p0, lo = std::fma(c[0], x0, -p0) + c_lo[0] * x0;                                        \
+      for (int32_t i = 1; i < NS; ++i) {                                                                 \
+        const float xi = x[i][j], p = c[i] * xi;                                                         \
+        const float p_err = std::fma(c[i], xi, -p) + c_lo[i] * xi;                                       \
+        const float s = hi + p;                                                                          \
+        const float b = s - hi;                                                                          \
+        const float s_err = (hi - (s - b)) + (p - b);                                                    \
+        hi = s;                                                                                          \
+        lo += s_err + p_err;                                                                             \
+      }                                                                                                  \
+      out[j] = hi + lo;                                                                                  \
+    }                                                                                                    \
+  }
+MOGEN_FUSED_SUM(1)
+MOGEN_FUSED_SUM(2)
+MOGEN_FUSED_SUM(3)
+MOGEN_FUSED_SUM(4)
+#undef MOGEN_FUSED_SUM
+
+// out = sum_i (c[i] + c_lo[i]) * x[i] over n elements, for 1 <= ns <= kFusedSources.
+void fused_sum(int32_t ns, const float* const* x, const float* c, const float* c_lo, float* out, int64_t n) {
+  switch (ns) {
+    case 1: return fused_sum_1(x, c, c_lo, out, n);
+    case 2: return fused_sum_2(x, c, c_lo, out, n);
+    case 3: return fused_sum_3(x, c, c_lo, out, n);
+    default: return fused_sum_4(x, c, c_lo, out, n);
+  }
+}
+
 // hi[j] = hi[j] + lo[j]: the pair rounded to one fp32.
 MOGEN_MULTIVERSION MOGEN_EXACT_FP
 void collapse(float* hi, const float* lo, int64_t n) {
@@ -211,7 +252,7 @@ struct Coefs {
 
 // A thread's buffers, reused block after block.
 struct Scratch {
-  std::vector<float> acc;           // [nk] hi tiles, [nk] lo tiles, one upcast tile
+  std::vector<float> acc;           // sum tiles and upcast tiles (see merge_block)
   std::vector<uint8_t> in;          // the block of every file-backed source
   std::vector<uint8_t> stage;       // the block of every file-backed output
   std::vector<const uint8_t*> src;  // first element of the block, per source
@@ -243,7 +284,8 @@ void load_block(const MergeSource* srcs, int32_t ns, int64_t lo, int64_t n, Scra
 void merge_block(const MergeSource* srcs, int32_t ns, const Coefs& coef, const MergeSink* sinks, int32_t nk,
                  int64_t lo, int64_t n, Scratch& sc) {
   load_block(srcs, ns, lo, n, sc);
-  sc.acc.resize(static_cast<size_t>(2 * nk * kTile + kTile));
+  // [nk] sum (hi) tiles; then [nk] lo tiles and one upcast tile, or (fused) one upcast tile per source.
+  sc.acc.resize(static_cast<size_t>((nk + std::max(nk + 1, std::min(ns, kFusedSources))) * kTile));
   float* const acc = sc.acc.data();
   float* const lo_acc = acc + nk * kTile;
   float* const xbuf = acc + 2 * nk * kTile;
@@ -254,18 +296,28 @@ void merge_block(const MergeSource* srcs, int32_t ns, const Coefs& coef, const M
   if (static_cast<int64_t>(sc.stage.size()) < stage_bytes) sc.stage.resize(static_cast<size_t>(stage_bytes));
   for (int64_t t = 0; t < n; t += kTile) {
     const int64_t len = std::min(kTile, n - t);
-    for (int32_t i = 0; i < ns; ++i) {
-      const DType dt = srcs[i].dtype;
-      const float* x = as_f32(sc.src[i] + t * dtype_size(dt), dt, len, xbuf);
-      for (int32_t k = 0; k < nk; ++k) {
-        const float c = coef.hi[k * ns + i], c_lo = coef.lo[k * ns + i];
-        if (i == 0) product_into(x, len, c, c_lo, acc + k * kTile, lo_acc + k * kTile);
-        else product_add(x, len, c, c_lo, acc + k * kTile, lo_acc + k * kTile);
+    if (ns <= kFusedSources) {
+      // Every source's tile upcast once (fp32 sources are read in place), then one pass per output.
+      const float* x[kFusedSources];
+      for (int32_t i = 0; i < ns; ++i) {
+        const DType dt = srcs[i].dtype;
+        x[i] = as_f32(sc.src[i] + t * dtype_size(dt), dt, len, lo_acc + i * kTile);
       }
+      for (int32_t k = 0; k < nk; ++k) fused_sum(ns, x, coef.hi + k * ns, coef.lo + k * ns, acc + k * kTile, len);
+    } else {
+      for (int32_t i = 0; i < ns; ++i) {
+        const DType dt = srcs[i].dtype;
+        const float* x = as_f32(sc.src[i] + t * dtype_size(dt), dt, len, xbuf);
+        for (int32_t k = 0; k < nk; ++k) {
+          const float c = coef.hi[k * ns + i], c_lo = coef.lo[k * ns + i];
+          if (i == 0) product_into(x, len, c, c_lo, acc + k * kTile, lo_acc + k * kTile);
+          else product_add(x, len, c, c_lo, acc + k * kTile, lo_acc + k * kTile);
+        }
+      }
+      for (int32_t k = 0; k < nk; ++k) collapse(acc + k * kTile, lo_acc + k * kTile, len);
     }
     for (int32_t k = 0; k < nk; ++k) {
       float* const hi = acc + k * kTile;
-      collapse(hi, lo_acc + k * kTile, len);
       if (any_non_finite(hi, len)) redo_non_finite(sc.src.data(), srcs, ns, coef.f64 + k * ns, t, hi, len);
     }
     int64_t soff = 0;
