@@ -5,9 +5,10 @@ Generates N Llama-shaped checkpoints of about --size-gb each (random weights,
 
   floor     every input byte read into user space and one output of the merged
             size written (the least any merge must do), and K outputs: the best of
-            a Python loop, threaded pread/pwrite and mapped inputs folded with numpy
-            (cp, whose copy never leaves the kernel, is shown beside them); for
-            merge_into, the output a buffer in memory
+            a Python loop, threaded pread/pwrite, mapped inputs folded with numpy,
+            and pread / XOR fold / pwrite in C++ (benchmarks/floor.cpp, built here
+            with the system compiler); cp, whose copy never leaves the kernel, is
+            shown beside them; for merge_into, the output a buffer in memory
   mogen     mogen.merge, linear, K = 1 (and K = 5 from one pass)
   mergekit  mergekit-yaml with the same linear config, from the PyPI package in
             its own virtual environment, created here (--mergekit-venv) with
