@@ -17,7 +17,7 @@ from merge_helpers import (OUT_DTYPES, assert_matches_fp64, load_ckpt, model_ten
 
 pytestmark = pytest.mark.skipif(not mogen_ext.has_cpu_kernels, reason=f"no compiled kernels: {mogen_ext.load_error}")
 
-BIG = 300_001  # above the kernel's 128K-element block; pieces are made smaller still below
+BIG = 300_001  # above the kernel's 64K-element block; pieces are made smaller still below
 
 
 @pytest.fixture
@@ -64,6 +64,22 @@ def test_linear_matches_fp64(three, tmp_path, out_dtype, monkeypatch):
     assert (tmp_path / "out" / "tokenizer.json").exists()
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
         assert f.metadata() == {"format": "pt"}
+
+
+@pytest.mark.parametrize("count", [1, 2, 4, 5, 7])
+def test_any_number_of_sources_matches_fp64(tmp_path, count):
+    # Up to 4 sources the kernel sums in one register-resident pass, beyond in passes per
+    # source; both keep the compensated pair, so both match fp64 the same way.
+    dts = [{}, {"q": torch.bfloat16, "big": torch.bfloat16}, {"up": torch.float16, "big": torch.float16}]
+    sds = [model_tensors(i, dts[i % 3], big=BIG) for i in range(count)]
+    paths = [save_ckpt(tmp_path / f"s{i}", sd) for i, sd in enumerate(sds)]
+    c = [(-1) ** i * (0.3 + 0.17 * i) for i in range(count)]
+    mogen.merge(paths, c, tmp_path / "out", dtype="F32", progress=False)
+    got = load_ckpt(tmp_path / "out")
+    for n in _float_names(sds[0]):
+        x = [np64(sd[n]) for sd in sds]
+        assert_matches_fp64(got[n], sum(ci * xi for ci, xi in zip(c, x)),
+                            sum(abs(ci) * np.abs(xi) for ci, xi in zip(c, x)), n)
 
 
 def test_default_dtype_is_first_source(three, tmp_path):
