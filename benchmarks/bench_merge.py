@@ -160,14 +160,24 @@ FLOOR = textwrap.dedent(r"""
 # as a merge writes K output folders), size (bytes per output), K, fsync, then
 # its sources. The threaded floors share their set-up (sources as [[shard paths
 # of source 0], ...], then threads) and their ending; each defines `streams` (per
-# source: [(reader, start in the stream, length)], total), the block size B and
-# `work(t)`, which pwrites each block into every output in `fds`.
+# source: [(reader, start in the stream, length)], total; `stream_parts` builds it
+# from a way to open one shard), the block size B and `work(t)`, which pwrites
+# each block into every output in `fds`.
 _THREADED_HEAD = textwrap.dedent(r"""
     import os, sys, json, time, threading
     t0 = time.perf_counter()
     out, size, nout, fsync = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
     sources = json.loads(sys.argv[5])
     T = int(sys.argv[6])
+    def stream_parts(open_part):
+        streams = []
+        for files in sources:
+            pos, parts = 0, []
+            for f in files:
+                reader, n = open_part(f)
+                parts.append((reader, pos, n)); pos += n
+            streams.append((parts, pos))
+        return streams
 """)
 _THREADED_OUTPUT = textwrap.dedent(r"""
     fds = []
@@ -193,12 +203,7 @@ _THREADED_TAIL = textwrap.dedent(r"""
 # shards read as one stream) and pwrite the output's blocks into a pre-sized file.
 FLOOR_PWRITE = _THREADED_HEAD + textwrap.dedent(r"""
     B = 16 << 20
-    streams = []
-    for files in sources:
-        pos, parts = 0, []
-        for f in files:
-            n = os.path.getsize(f); parts.append((os.open(f, os.O_RDONLY), pos, n)); pos += n
-        streams.append((parts, pos))
+    streams = stream_parts(lambda f: (os.open(f, os.O_RDONLY), os.path.getsize(f)))
 """) + _THREADED_OUTPUT + textwrap.dedent(r"""
     def work(t):
         buf = bytearray(B); mv = memoryview(buf)
@@ -213,25 +218,22 @@ FLOOR_PWRITE = _THREADED_HEAD + textwrap.dedent(r"""
                 [os.pwrite(fd, mv[:min(B, size - lo)], lo) for fd in fds]
 """) + _THREADED_TAIL
 
-# The least a merge does, at C speed: every input byte mapped (sequential read-ahead)
-# and brought into the CPU (the first source copied, the others XOR-folded into an
-# L2-sized block with numpy, which releases the GIL), each block pwritten into a
-# pre-sized output; each thread takes a contiguous range of blocks.
+# The least a merge does, with numpy doing the byte work: every input byte mapped
+# (sequential read-ahead) and brought into the CPU (the first source copied, the
+# others XOR-folded into an L2-sized block with numpy, which releases the GIL),
+# each block pwritten into a pre-sized output; each thread takes a contiguous
+# range of blocks. benchmarks/floor.cpp does the same with pread in C++.
 FLOOR_MMAP = _THREADED_HEAD + textwrap.dedent(r"""
     import mmap
     import numpy as np
     B = 256 << 10
-    streams = []
-    for files in sources:
-        pos, parts = 0, []
-        for f in files:
-            with open(f, "rb") as fh:
-                n = os.fstat(fh.fileno()).st_size
-                mm = mmap.mmap(fh.fileno(), n, access=mmap.ACCESS_READ)
-                mm.madvise(mmap.MADV_SEQUENTIAL)
-                parts.append((np.frombuffer(mm, np.uint8), pos, n))
-            pos += n
-        streams.append((parts, pos))
+    def mapped(f):
+        with open(f, "rb") as fh:
+            n = os.fstat(fh.fileno()).st_size
+            mm = mmap.mmap(fh.fileno(), n, access=mmap.ACCESS_READ)
+        mm.madvise(mmap.MADV_SEQUENTIAL)
+        return np.frombuffer(mm, np.uint8), n
+    streams = stream_parts(mapped)
 """) + _THREADED_OUTPUT + textwrap.dedent(r"""
     mem = None
     if out == os.devnull:  # an output in memory (merge_into's floor), touched before the clock starts,
