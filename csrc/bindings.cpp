@@ -202,7 +202,7 @@ void bind_safetensors(py::module_& m) {
   py::register_exception<mogen::io::OsError>(m, "SafetensorsOSError", PyExc_OSError);
   (void)base;
   py::class_<mogen::io::Reader, ReaderPtr>(m, "SafetensorsReader",
-                                           "A memory-mapped, validated safetensors file (DESIGN section 3)")
+                                           "A memory-mapped, validated safetensors file (docs/design.md section 3)")
       .def(py::init<const std::string&>(), py::arg("path"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("path", &mogen::io::Reader::path)
       .def_property_readonly("file_size", &mogen::io::Reader::file_size)

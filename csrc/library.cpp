@@ -18,7 +18,7 @@
 //   experts    M tensors [B, V_i], refs M tensors [B, V_i] (expert i and ref i: one shape, one dtype)
 //   maps       M entries: int32 [V_b] (guide id or -1, each in [-1, V_i), checked by the op) or None
 //   weights    float32 [B, M], any strides (a stride-0 expand of [M] serves every row)
-//   inv_temps  M floats > 0; beta, base_inv_temp, unmapped: floats (DESIGN section 1)
+//   inv_temps  M floats > 0; beta, base_inv_temp, unmapped: floats (docs/design.md section 1)
 #define MOGEN_K1_ARGS                                                                                          \
   "Tensor base, Tensor[] experts, Tensor[] refs, Tensor?[] maps, Tensor weights, float[] inv_temps, float beta, " \
   "float base_inv_temp, float unmapped"

@@ -1,6 +1,6 @@
 """An independent scorer for chunk search: every model re-reads the whole text, no cache, float64.
 
-For prompt ids ``x`` and generated base ids ``y`` (DESIGN section 1, ``mogen.decoding.scoring``):
+For prompt ids ``x`` and generated base ids ``y`` (docs/design.md section 1, ``mogen.decoding.scoring``):
 
 - base: ``sum_t log_softmax(z_b)[y_t]`` over the tokenizer's vocabulary;
 - a guide sharing the base's ids reads ``x + y`` as ids;

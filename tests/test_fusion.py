@@ -1,6 +1,6 @@
 """K1 (multi-vocabulary log-ratio fusion) against an independent fp64 computation.
 
-`expected()` below re-derives DESIGN section 1 in numpy float64, independent of
+`expected()` below re-derives docs/design.md section 1 in numpy float64, independent of
 both the kernels and `mogen.reference`; the reference is checked against it too.
 """
 
@@ -32,7 +32,7 @@ def _log_softmax64(x: np.ndarray, temperature: float) -> np.ndarray:
 
 def expected(base, experts, refs, weights, vocab_maps=None, beta=1.0, base_temperature=1.0, temperatures=None,
              unmapped=0.0) -> np.ndarray:
-    """DESIGN section 1 in float64 numpy, [B, V_b]."""
+    """docs/design.md section 1 in float64 numpy, [B, V_b]."""
     m = len(experts)
     maps = vocab_maps or [None] * m
     temps = temperatures if temperatures is not None else [1.0] * m
@@ -239,7 +239,7 @@ def test_topk_full_row_and_large_k():
 
 
 def test_shared_vocab_equals_eq12_on_raw_logits():
-    # With one vocabulary, DESIGN's fused score and MPAW eq. 12 (weighted raw-logit
+    # With one vocabulary, the design's fused score and MPAW eq. 12 (weighted raw-logit
     # ratios) differ by a per-row constant, so they rank tokens the same.
     base, experts, refs, _, w = make_case(4, 517, [None, None], torch.float32, per_row=True)
     fused = ops.fused_log_ratio(base, experts, refs, w).double()

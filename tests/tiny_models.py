@@ -137,7 +137,7 @@ def reference_greedy(base, guides: Sequence[ProxyGuide], prompts: Sequence[Seque
                      eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None) -> list[list[int]]:
     """Greedy multi-objective decoding recomputing every model's full-sequence logits each step.
 
-    DESIGN section 1 with plain torch ops in float64:
+    docs/design.md section 1 with plain torch ops in float64:
     ``s = log_softmax(z_b) + beta * sum_i w_i (log_softmax(z_ei / t_i) - log_softmax(z_ri / t_i))``.
     Rows are run unpadded, so no attention mask or position bookkeeping is involved.
     """
@@ -302,7 +302,7 @@ def reference_greedy_guided(base, guides, prompts: Sequence[Sequence[int]], weig
                             vocab: Optional[int] = None) -> list[list[int]]:
     """Greedy decoding with proxy and value guides, every model recomputed from scratch each step, float64.
 
-    ``s = log_softmax(z_b) + beta * sum_i w_i term_i + gamma * sum_j u_j Q_j`` (DESIGN section 1). Value
+    ``s = log_softmax(z_b) + beta * sum_i w_i term_i + gamma * sum_j u_j Q_j`` (docs/design.md section 1). Value
     guides with ``top_k = k`` value only the k best ids of the rest of ``s`` (ties: lower id first); every
     other id is out.
     """

@@ -1,7 +1,7 @@
 // Plain description of one K1 (multi-vocabulary log-ratio fusion) problem.
 //
 // Torch-free on purpose: the CUDA kernels (.cu) and the CPU kernels share it,
-// and .cu files must compile without torch headers (see DESIGN.md section 4).
+// and .cu files must compile without torch headers (see docs/design.md section 4).
 #pragma once
 
 #include <cstdint>

@@ -3,7 +3,7 @@
 // fp32 accumulation over fp32 / bf16 / fp16 inputs (each tensor its own dtype).
 //
 // Torch-free on purpose: the CUDA kernel (.cu) and the CPU kernel share it, and
-// .cu files must compile without torch headers (see DESIGN.md section 4).
+// .cu files must compile without torch headers (see docs/design.md section 4).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// K1 on CPU: multi-vocabulary log-ratio fusion (DESIGN.md sections 1 and 3).
+// K1 on CPU: multi-vocabulary log-ratio fusion (docs/design.md sections 1 and 3).
 //
 // Phase 1, tasks of (row, input, vocab chunk): an online (max, sum of exp) pass
 //   per input (base, each expert, each reference); the chunk partials are then

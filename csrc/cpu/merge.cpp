@@ -1,4 +1,4 @@
-// K3 on CPU: streaming merge (DESIGN.md sections 1 and 3).
+// K3 on CPU: streaming merge (docs/design.md sections 1 and 3).
 //
 // out[k][j] = cast(sum_i C[k, i] * x_i[j]) for j in [0, numel), x_i spans of
 // safetensors files of mixed dtypes (fp32 / bf16 / fp16). Blocks of kBlock

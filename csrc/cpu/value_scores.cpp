@@ -1,4 +1,4 @@
-// K2 on CPU: top-k value scores (DESIGN.md sections 1 and 3).
+// K2 on CPU: top-k value scores (docs/design.md sections 1 and 3).
 //
 //   out[b, c] = sum_h hidden[b, h] * weight[ids[b, c], h] + bias[ids[b, c]]
 //

@@ -1,4 +1,4 @@
-// K1 on CUDA: multi-vocabulary log-ratio fusion. Torch-free (see DESIGN.md section 4).
+// K1 on CUDA: multi-vocabulary log-ratio fusion. Torch-free (see docs/design.md section 4).
 //
 // Mirrors cpu/fusion.cpp step for step:
 //   1. lse_partials: per (row, input, vocab chunk) one block computes the

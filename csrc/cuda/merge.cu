@@ -1,5 +1,5 @@
 // K3 on CUDA: one accumulation step of the streaming merge, on device-resident
-// staging buffers. Torch-free (see DESIGN.md section 4); the pinned staging and
+// staging buffers. Torch-free (see docs/design.md section 4); the pinned staging and
 // copy/compute overlap live in cuda/merge.cpp.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

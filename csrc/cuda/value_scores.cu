@@ -1,4 +1,4 @@
-// K2 on CUDA: top-k value scores. Torch-free (see DESIGN.md section 4).
+// K2 on CUDA: top-k value scores. Torch-free (see docs/design.md section 4).
 //
 //   out[b, c] = sum_h hidden[b, h] * weight[ids[b, c], h] + bias[ids[b, c]]
 //

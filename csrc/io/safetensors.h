@@ -1,4 +1,4 @@
-// safetensors files in C++ (DESIGN.md section 3): a memory-mapped, validated
+// safetensors files in C++ (docs/design.md section 3): a memory-mapped, validated
 // reader and a writer of pre-sized files. Torch-free: errors are thrown as
 // mogen::io::Error (a std::runtime_error) and turned into Python exceptions by
 // the binding.
@@ -36,7 +36,7 @@ struct TensorEntry {
   int64_t numel() const;
 };
 
-// One safetensors file, mapped read-only. Every check of DESIGN section 3 runs in
+// One safetensors file, mapped read-only. Every check of docs/design.md section 3 runs in
 // the constructor: the header length against the file's size (and 100 MB), a
 // strict JSON parse, known dtypes, non-negative shapes, numel * itemsize equal to
 // the byte range (checked arithmetic), and ranges contiguous from 0 to the end of

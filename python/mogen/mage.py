@@ -1,4 +1,4 @@
-"""MAGE: merge, then guide (DESIGN section 1; the MAGE paper sections 3.3-3.4).
+"""MAGE: merge, then guide (docs/design.md section 1; the MAGE paper sections 3.3-3.4).
 
 Stage 1 builds a base per preference ``mu``: the backbone checkpoints merged
 with Bone Soup coefficients ``lambda = B^-1 mu`` (optionally extrapolated away

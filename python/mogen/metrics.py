@@ -1,4 +1,4 @@
-"""Pareto-front metrics of a preference sweep (MAGE sec. 5.4, DESIGN section 1).
+"""Pareto-front metrics of a preference sweep (MAGE sec. 5.4, docs/design.md section 1).
 
 Every function maximises: a point ``r`` of ``n`` rewards is better when every
 coordinate is larger. Inputs are array-likes (``[N, n]`` points, ``[N, n]``

@@ -1,6 +1,6 @@
 """Pure-PyTorch reference of every mogen kernel.
 
-These functions define the math the compiled kernels must reproduce (DESIGN.md
+These functions define the math the compiled kernels must reproduce (docs/design.md
 section 1). They are used by the tests and as the fallback when the compiled
 extension is missing. They favour clarity over speed: every step is a plain
 torch op, computed in ``dtype`` (fp32 by default, fp64 for tight checks).
@@ -125,7 +125,7 @@ def topk_value_scores(
 
 # ---------------------------------------------------------------- merging (K3)
 #
-# Per-tensor references of the merge methods (DESIGN.md section 1), in float64
+# Per-tensor references of the merge methods (docs/design.md section 1), in float64
 # on whole tensors. The engine (mogen.merging) streams and accumulates in fp32;
 # these define what it must compute.
 

@@ -1,4 +1,4 @@
-"""Decoding-time multi-objective alignment (DESIGN.md section 1, token level).
+"""Decoding-time multi-objective alignment (docs/design.md section 1, token level).
 
 - :func:`generate`: drop-in for ``base.generate`` with weighted proxy guides,
   per-row preferences, and guides with their own tokenizers.

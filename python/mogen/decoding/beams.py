@@ -20,7 +20,7 @@ __all__ = ["Beam", "select_beams", "prompt_generators", "SearchOutput"]
 
 @dataclass(frozen=True)
 class Beam:
-    """One sequence of the search and its score (DESIGN section 1, chunk-level search).
+    """One sequence of the search and its score (docs/design.md section 1, chunk-level search).
 
     Attributes:
         tokens: the generated base ids (the prompt excluded; ends with eos when ``finished``).

@@ -98,7 +98,7 @@ class _Binder:
 
 def bind_guides(guides: Any, weights: Any, *, batch: Optional[int], tokenizer: Any, vocab_size: int,
                 device: torch.device, beta: float, gamma: float, strict_width: bool = True) -> Guidance:
-    """Validate ``guides`` and bind them to runners and terms (DESIGN section 2).
+    """Validate ``guides`` and bind them to runners and terms (docs/design.md section 2).
 
     A guide runs when its weight is non-zero on some row (and, for value
     guides, ``gamma != 0``). Without a base tokenizer a guide sharing the

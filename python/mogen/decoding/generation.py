@@ -1,4 +1,4 @@
-"""``mogen.generate``: token-level multi-objective decoding (MPAW eq. 12, MAGE eq. 25, DESIGN section 1).
+"""``mogen.generate``: token-level multi-objective decoding (MPAW eq. 12, MAGE eq. 25, docs/design.md section 1).
 
 Every step, for every row ``b`` and base token ``v``::
 
@@ -10,7 +10,7 @@ then the next token is ``argmax s`` (greedy) or a draw from
 guide that shares the base's tokenizer and a :func:`mogen.vocab.build_vocab_map`
 map otherwise.
 
-This module is the token-level *driver* (layer 3 of DESIGN section 2): it
+This module is the token-level *driver* (layer 3 of docs/design.md section 2): it
 feeds the base and the guides' runners (:mod:`mogen.decoding.runners`) and asks
 the fused terms (:mod:`mogen.decoding.terms`) for the next token's scores.
 
@@ -221,7 +221,7 @@ def generate(
             guide in order (a batch may serve users with different
             preferences); default: the guides' weights. A guide with weight 0
             on every row is not run.
-        beta: scale of the proxy guides' log-ratios (DESIGN section 1).
+        beta: scale of the proxy guides' log-ratios (docs/design.md section 1).
         gamma: scale of the value guides' ``Q`` (MAGE eq. 25); 0 turns them off.
         max_new_tokens: at most this many tokens are appended.
         do_sample: sample instead of greedy argmax.

@@ -1,6 +1,6 @@
 """Guides: small models that steer the base model's next-token distribution.
 
-Two kinds, mixed freely in one call (DESIGN.md section 1):
+Two kinds, mixed freely in one call (docs/design.md section 1):
 
 A :class:`ProxyGuide` is an aligned "expert" and its unaligned "reference"
 (MPAW's weak pair). At each step it contributes, for every base token ``v``,

@@ -84,7 +84,7 @@ class LMRunner:
         name: used in error messages ("base", "guides[0].expert", ...).
         output: ``"logits"`` (the head's output ``[B, keep, V]``) or ``"hidden"``
             (the backbone's last hidden state ``[B, keep, H]``, head not run: for
-            scoring a few candidates of a value head, DESIGN K2).
+            scoring a few candidates of a value head, docs/design.md, K2).
     """
 
     def __init__(self, model: torch.nn.Module, vocab_size: int, name: str, output: str = "logits") -> None:

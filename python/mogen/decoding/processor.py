@@ -1,7 +1,7 @@
 """The fusion as a ``transformers`` logits processor.
 
 For users who keep ``base.generate(..., logits_processor=[processor])``: the
-processor replaces the base's scores by the fused score of DESIGN section 1,
+processor replaces the base's scores by the fused score of docs/design.md section 1,
 
     s(v) = log_softmax(scores)(v) + beta * sum_i w_i * (log p_ei(v) - log p_ri(v)),
 

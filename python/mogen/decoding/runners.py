@@ -1,4 +1,4 @@
-"""Layer 1 of decoding (DESIGN section 2): runners, the models fed step by step.
+"""Layer 1 of decoding (docs/design.md section 2): runners, the models fed step by step.
 
 Every model of a decoding call is an :class:`~mogen.decoding.models.LMRunner`
 (one KV cache) in a *group* that says what it reads:

@@ -3,7 +3,7 @@
 The top-p mask and the draw are :func:`mogen.ops.top_p_mask` and
 :func:`mogen.ops.sample` (re-exported here as ``nucleus_keep`` and
 ``sample_indices``); :func:`filter_scores` is the full-row reference of the
-filters. :class:`TokenSelector` applies them to the fused scores ``s`` of DESIGN.md
+filters. :class:`TokenSelector` applies them to the fused scores ``s`` of docs/design.md
 section 1 in the order ``transformers`` uses: temperature, then top-k, then
 top-p, then a draw from ``softmax`` with the caller's ``torch.Generator``.
 

@@ -1,4 +1,4 @@
-"""Sequence scores of chunk search (DESIGN section 1), kept incrementally from the runners' outputs.
+"""Sequence scores of chunk search (docs/design.md section 1), kept incrementally from the runners' outputs.
 
 For a candidate continuation ``y`` of prompt ``x`` (row ``r`` of a search)::
 

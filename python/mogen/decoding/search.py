@@ -1,4 +1,4 @@
-"""``mogen.search``: chunk-level beam search (MPAW Algorithm 1; MAGE's b/c/l lookahead), DESIGN section 1.
+"""``mogen.search``: chunk-level beam search (MPAW Algorithm 1; MAGE's b/c/l lookahead), docs/design.md section 1.
 
 Per prompt, ``W`` beams; every round each live beam is extended by ``kappa``
 sampled chunks of ``L`` tokens, every candidate is scored
@@ -12,7 +12,7 @@ each model reading the text in its own tokenizer, and the top ``W`` are kept
 :func:`mogen.generate` (``proposal="guided"``, MAGE's b/c/l lookahead with
 ``b = W, c = kappa, l = L``), after temperature / top-k / top-p.
 
-This module is a *driver* (layer 3 of DESIGN section 2):
+This module is a *driver* (layer 3 of docs/design.md section 2):
 
 - rows are prompts x live beams x expansions, grouped by prompt; each token
   is ONE batched forward of every model for all of them;

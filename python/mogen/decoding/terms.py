@@ -1,7 +1,7 @@
-"""Layer 2 of decoding (DESIGN section 2): guide terms and their fusion.
+"""Layer 2 of decoding (docs/design.md section 2): guide terms and their fusion.
 
 A guide term turns its runners' outputs into what the guide adds to the fused
-score of DESIGN section 1::
+score of docs/design.md section 1::
 
     s(v) = log_softmax(z_b / tau)(v) + beta * sum_i w_i term_i(v) + gamma * sum_j u_j Q_j(m_j(v))
 

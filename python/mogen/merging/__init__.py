@@ -1,4 +1,4 @@
-"""mogen's streaming merge engine (DESIGN.md sections 1 and 3, kernel K3).
+"""mogen's streaming merge engine (docs/design.md sections 1 and 3, kernel K3).
 
 ``merge`` writes merged checkpoints (K of them from one read of the inputs),
 ``merge_into`` merges into a live model's parameters, ``bone_soup_coefficients``

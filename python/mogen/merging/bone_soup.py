@@ -1,4 +1,4 @@
-"""Bone Soup merging coefficients (MAGE Stage 1; DESIGN.md section 1)."""
+"""Bone Soup merging coefficients (MAGE Stage 1; docs/design.md section 1)."""
 
 from __future__ import annotations
 

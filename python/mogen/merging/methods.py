@@ -1,5 +1,5 @@
 """Merge methods: their parameters, the coefficient matrix of the linear ones,
-and the per-tensor math of the others (DESIGN.md section 1).
+and the per-tensor math of the others (docs/design.md section 1).
 
 Inputs of a merge are numbered: the N sources first, then ``base`` (when the
 method or the caller gives one), then the SFT checkpoint (Bone Soup with

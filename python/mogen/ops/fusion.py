@@ -1,4 +1,4 @@
-"""Multi-vocabulary log-ratio fusion (DESIGN K1): the full scores, the top k, the argmax.
+"""Multi-vocabulary log-ratio fusion (docs/design.md, K1): the full scores, the top k, the argmax.
 
 The wrappers check their arguments (:mod:`mogen.ops.checks`), then run the
 compiled op or, without the extension, the reference in ``mogen.reference``.
@@ -122,7 +122,7 @@ def fused_log_ratio(
     temperatures: Optional[Union[float, Sequence[float]]] = None,
     unmapped: float = 0.0,
 ) -> torch.Tensor:
-    """Multi-vocabulary log-ratio fusion (DESIGN K1), float32 ``[B, V_b]``.
+    """Multi-vocabulary log-ratio fusion (docs/design.md, K1), float32 ``[B, V_b]``.
 
     ``s(v) = log_softmax(z_b / base_temperature)(v)
              + beta * sum_i w_i * (log_softmax(z_ei / t_i)[m_i(v)] - log_softmax(z_ri / t_i)[m_i(v)])``

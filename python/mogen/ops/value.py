@@ -1,4 +1,4 @@
-"""A value head scored at k candidate ids per row (DESIGN K2)."""
+"""A value head scored at k candidate ids per row (docs/design.md, K2)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def topk_value_scores(
     ids: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """A value head scored at k candidate ids per row only (DESIGN K2), float32 ``[B, k]``.
+    """A value head scored at k candidate ids per row only (docs/design.md, K2), float32 ``[B, k]``.
 
     ``out[b, c] = sum_h hidden[b, h] * weight[ids[b, c], h] + bias[ids[b, c]]``
 

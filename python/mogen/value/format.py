@@ -1,4 +1,4 @@
-"""The value-model format (DESIGN section 1, MAGE eq. 15-16).
+"""The value-model format (docs/design.md section 1, MAGE eq. 15-16).
 
 A value model is an ordinary ``transformers`` causal-LM checkpoint whose
 output head is a *value head*: entry ``v`` of its output at position ``t`` is

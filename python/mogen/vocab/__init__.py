@@ -1,4 +1,4 @@
-"""Cross-tokenizer vocabulary maps ``m : V_b -> V_i or -1`` (DESIGN.md section 1).
+"""Cross-tokenizer vocabulary maps ``m : V_b -> V_i or -1`` (docs/design.md section 1).
 
 A proxy or value guide with its own tokenizer scores the base model's candidate
 token ``v`` through ``m(v)``, the guide token that stands for the same text.
