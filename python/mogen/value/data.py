@@ -1,11 +1,13 @@
 """Training data for value models: sampled responses scored by a reward function.
 
 A value model regresses the final reward of a response at every response
-token (MAGE eq. 16). :func:`sample_responses` draws responses to prompts from a
-policy with :func:`mogen.generate` (seeded, batched) and :func:`score` calls the
+token, the final eos included (MAGE eq. 16). :func:`sample_responses` draws
+responses to prompts from a policy with :func:`mogen.generate` (seeded,
+batched), noting which of them ended with eos, and :func:`score` calls the
 user's ``reward(prompt, response) -> float`` on each, refusing non-finite
 rewards with the text named. :func:`encode_example` finds the response's
-tokens as the value model will read them at decoding time.
+tokens as the value model will read them at decoding time, with the eos
+appended when the response ended.
 """
 
 from __future__ import annotations
@@ -23,23 +25,26 @@ Reward = Callable[[str, str], float]
 
 @dataclass(frozen=True)
 class Example:
-    """One (prompt, response, reward) triple."""
+    """One (prompt, response, reward) triple; ``ended``: the response ended with eos (False when it was cut
+    at the length limit), so eos is the last token the value model learns to value."""
 
     prompt: str
     response: str
     reward: float
+    ended: bool = True
 
 
 def sample_responses(policy: Any, tokenizer: Any, prompts: Sequence[str], *, samples_per_prompt: int,
                      max_new_tokens: int, seed: int, top_p: Optional[float] = None, temperature: float = 1.0,
-                     batch_size: int = 64) -> list[tuple[str, str]]:
-    """``samples_per_prompt`` sampled responses per prompt: ``[(prompt, response)]`` in prompt order."""
+                     batch_size: int = 64) -> list[tuple[str, str, bool]]:
+    """``samples_per_prompt`` sampled responses per prompt: ``[(prompt, response, ended)]`` in prompt order,
+    ``ended`` True when the policy emitted eos before ``max_new_tokens`` ran out."""
     from ..decoding import generate
 
     rows = [p for p in prompts for _ in range(samples_per_prompt)]
     gen = torch.Generator(device=_device_of(policy)).manual_seed(seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str, bool]] = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -48,8 +53,11 @@ def sample_responses(policy: Any, tokenizer: Any, prompts: Sequence[str], *, sam
             enc = tokenizer(chunk, return_tensors="pt", padding=True)
             ids = generate(policy, enc["input_ids"], enc["attention_mask"], guides=None, max_new_tokens=max_new_tokens,
                            do_sample=True, temperature=temperature, top_p=top_p, generator=gen, pad_token_id=pad)
-            texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            out.extend(zip(chunk, texts))
+            new = ids[:, enc["input_ids"].shape[1]:]
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            ended = (new == tokenizer.eos_token_id).any(dim=1).tolist() if tokenizer.eos_token_id is not None \
+                else [False] * len(texts)
+            out.extend(zip(chunk, texts, ended))
     finally:
         tokenizer.padding_side = side
     return out
@@ -61,28 +69,33 @@ def _device_of(model: Any) -> torch.device:
     return output_device(model)
 
 
-def checked(prompt: str, response: str, r: Any) -> Example:
-    """``Example(prompt, response, r)``; TypeError / ValueError naming the text unless ``r`` is a finite number."""
+def checked(prompt: str, response: str, r: Any, ended: bool = True) -> Example:
+    """``Example(prompt, response, r, ended)``; TypeError / ValueError naming the text unless ``r`` is a finite
+    number."""
     try:
         value = float(r)
     except (TypeError, ValueError):
         raise TypeError(f"the reward of (prompt={prompt!r}, response={response!r}) is {r!r}, not a number") from None
     if not math.isfinite(value):
         raise ValueError(f"the reward of (prompt={prompt!r}, response={response!r}) is {value}; rewards must be finite")
-    return Example(str(prompt), str(response), value)
+    return Example(str(prompt), str(response), value, bool(ended))
 
 
-def score(pairs: Sequence[tuple[str, str]], reward: Reward) -> list[Example]:
-    """``reward(prompt, response)`` of every pair, checked by :func:`checked`."""
-    return [checked(prompt, response, reward(prompt, response)) for prompt, response in pairs]
+def score(responses: Sequence[tuple[str, str, bool]], reward: Reward) -> list[Example]:
+    """``reward(prompt, response)`` of every ``(prompt, response, ended)``, checked by :func:`checked`."""
+    return [checked(prompt, response, reward(prompt, response), ended) for prompt, response, ended in responses]
 
 
-def encode_example(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], int]:
-    """``(ids, n_prompt)``: the ids of ``prompt + response`` as a guide reads them, and where the response starts.
+def encode_example(tokenizer: Any, prompt: str, response: str, ended: bool = True) -> tuple[list[int], int]:
+    """``(ids, n_prompt)``: the ids of ``prompt + response`` as a guide reads them (then eos when ``ended`` and
+    the tokenizer has one), and where the response starts.
 
     The value model reads ``special_prefix + encode(text)`` at decoding time
     (:mod:`mogen.decoding.retokenize`); tokens that encode the prompt's text
     the same way alone and joined belong to the prompt, the rest to the response.
+    The eos is a response token like any other: eq. 16 sums over every token of
+    the response, and a value model that never saw eos as a target could not
+    tell a good place to stop from a bad one.
     """
     from ..decoding.retokenize import special_prefix
 
@@ -92,6 +105,8 @@ def encode_example(tokenizer: Any, prompt: str, response: str) -> tuple[list[int
     n = 0
     while n < min(len(full), len(alone)) and full[n] == alone[n]:
         n += 1
+    if ended and tokenizer.eos_token_id is not None:
+        full = full + [int(tokenizer.eos_token_id)]
     return full, max(n, 1)
 
 

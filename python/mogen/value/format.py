@@ -10,7 +10,16 @@ next. ``config.json`` marks it with an entry::
 
 Training regresses ``(r - reward_offset) / reward_scale``, so ``Q`` is in those
 normalised units; multiply by ``reward_scale`` and add ``reward_offset`` to get
-rewards back. Because the format is that of any causal LM, ``from_pretrained``
+rewards back.
+
+A token that training never reached keeps its head row at the zero it started
+from (:func:`make_value_model` resets the head), so its ``Q`` is 0 in every
+state: the average training reward. Guidance then neither favours nor
+penalises it against an average continuation, whatever the state; only the
+base's own probability decides it. Training targets every response token
+through the final eos (:func:`mogen.value.train_value_model`), so eos is valued
+wherever the data ends responses; the training result reports how many head
+rows no target reached (``untrained_rows``). Because the format is that of any causal LM, ``from_pretrained``
 loads value models and :func:`mogen.merge` / :func:`mogen.merge_into` merge them
 with no special case (MAGE-E-M: one value model merged with the preference).
 """

@@ -7,10 +7,15 @@ and fits, for every response ``y`` of prompt ``x`` with reward ``r``::
 
     L = 1/2 * mean_t (Q(x, y<t)[y_t] - (r - offset) / scale)^2
 
-(eq. 16 averaged over the response's tokens, so long and short responses weigh
-the same; ``offset`` / ``scale`` are the mean and standard deviation of the
-training rewards, stored in the model's ``mogen_value_model`` entry). Seeded
-and deterministic on CPU for a fixed thread count.
+over every token ``y_t`` of the response, the final eos included (a response
+cut at ``max_new_tokens`` has no eos; its last token is the last target).
+That is eq. 16 averaged over the response's tokens, so long and short
+responses weigh the same; ``offset`` / ``scale`` are the mean and standard
+deviation of the training rewards, stored in the model's ``mogen_value_model``
+entry. The head starts at zero, so a head row that no target ever reached
+keeps ``Q = 0``: the average training reward, neither favoured nor penalised;
+:attr:`ValueTrainingResult.untrained_rows` says how many there are. Seeded and
+deterministic on CPU for a fixed thread count.
 """
 
 from __future__ import annotations
@@ -43,21 +48,47 @@ class ValueTrainingResult:
     heldout_examples: int = 0
     seconds: float = 0.0
     path: Optional[Path] = None
+    head_rows: int = 0  # rows of the value head (its vocabulary)
+    untrained_rows: int = 0  # head rows that never received a target: their Q stays 0 (the average reward)
+
+    @property
+    def untrained_fraction(self) -> float:
+        """The share of head rows that training never reached."""
+        return self.untrained_rows / self.head_rows if self.head_rows else 0.0
+
+
+def batch_targets(rows: Sequence[tuple[list[int], int, float]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """One training batch from ``(ids, n_prompt, target)`` rows (:func:`~mogen.value.data.encode_example`).
+
+    Returns ``ids [B, T]`` (right-padded with ``pad_id``), ``predict [B, T - 1]``
+    and ``target [B, 1]``: ``predict[b, t]`` is True where position ``t``'s
+    output is scored at token ``t + 1``, which is every response token (the eos
+    included) and no prompt token or padding.
+    """
+    width = max(len(ids) for ids, _, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    predict = torch.zeros(len(rows), width - 1, dtype=torch.bool)
+    target = torch.zeros(len(rows), 1)
+    for b, (row, n_prompt, r) in enumerate(rows):
+        ids[b, : len(row)] = torch.tensor(row)
+        predict[b, n_prompt - 1 : len(row) - 1] = True
+        target[b, 0] = r
+    return ids, predict, target
 
 
 def _batches(encoded: list[tuple[list[int], int, float]], batch_size: int, pad_id: int, order: list[int]):
     for start in range(0, len(order), batch_size):
-        chunk = [encoded[i] for i in order[start : start + batch_size]]
-        width = max(len(ids) for ids, _, _ in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        # predict[b, t]: position t's output is scored at token t + 1 (a response token)
-        predict = torch.zeros(len(chunk), width - 1, dtype=torch.bool)
-        target = torch.zeros(len(chunk), 1)
-        for b, (row, n_prompt, r) in enumerate(chunk):
-            ids[b, : len(row)] = torch.tensor(row)
-            predict[b, n_prompt - 1 : len(row) - 1] = True
-            target[b, 0] = r
-        yield ids, predict, target
+        yield batch_targets([encoded[i] for i in order[start : start + batch_size]], pad_id)
+
+
+def _encode(tokenizer: Any, examples: Sequence[Example], targets: Sequence[float]) -> list:
+    return [(*encode_example(tokenizer, e.prompt, e.response, e.ended), t) for e, t in zip(examples, targets)]
+
+
+def _untrained_rows(encoded: list, head_rows: int) -> int:
+    """How many of the head's rows no response token (eos included) ever targets."""
+    reached = {t for ids, n_prompt, _ in encoded for t in ids[n_prompt:]}
+    return head_rows - len({t for t in reached if 0 <= t < head_rows})
 
 
 def _q_taken(model: Any, ids: torch.Tensor) -> torch.Tensor:
@@ -70,7 +101,7 @@ def predict_final_values(model: Any, tokenizer: Any, examples: Sequence[Example]
     """The value model's prediction at each response's last token, ``Q(x, y<T)[y_T]``, in reward units."""
     entry = getattr(model.config, "mogen_value_model", {}) or {}
     scale, offset = float(entry.get("reward_scale", 1.0)), float(entry.get("reward_offset", 0.0))
-    encoded = [(*encode_example(tokenizer, e.prompt, e.response), e.reward) for e in examples]
+    encoded = _encode(tokenizer, examples, [e.reward for e in examples])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[float] = []
     device = next(model.parameters()).device
@@ -118,7 +149,8 @@ def train_value_model(
         prompts, reward: sample ``samples_per_prompt`` responses per prompt from
             ``policy`` (default: ``model`` as loaded) and score each with
             ``reward(prompt, response) -> float``. Or give ``data``: prepared
-            ``(prompt, response, reward)`` triples.
+            ``(prompt, response, reward)`` triples (the response ended with
+            eos) or ``(prompt, response, reward, ended)``, or :class:`Example`.
         objectives: names stored in the model's ``mogen_value_model`` entry.
         epochs, lr, batch_size: AdamW over every parameter.
         heldout: fraction of examples kept out of training to report the
@@ -141,10 +173,13 @@ def train_value_model(
     scale = std if std > 1e-8 else 1.0
     value = make_value_model(copy.deepcopy(_load(model)), objectives=objectives, reward_scale=scale,
                              reward_offset=offset)
-    losses = _fit(value, tokenizer, train, offset, scale, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+    encoded = _encode(tokenizer, train, [(e.reward - offset) / scale for e in train])
+    losses = _fit(value, tokenizer, encoded, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                   progress=progress)
     value.eval()
     result = ValueTrainingResult(value, losses, offset, scale, None, len(train), len(held))
+    result.head_rows = int(value.get_output_embeddings().weight.shape[0])
+    result.untrained_rows = _untrained_rows(encoded, result.head_rows)
     if held:
         result.heldout_spearman = spearman(predict_final_values(value, tokenizer, held), [e.reward for e in held])
     if save_to is not None:
@@ -156,7 +191,8 @@ def train_value_model(
 def _examples(model, tokenizer, prompts, reward, data, policy, samples_per_prompt, max_new_tokens, top_p,
               seed) -> list[Example]:
     if data is not None:
-        return [checked(*(e if not isinstance(e, Example) else (e.prompt, e.response, e.reward))) for e in data]
+        return [checked(*(e if not isinstance(e, Example) else (e.prompt, e.response, e.reward, e.ended)))
+                for e in data]
     if prompts is None or reward is None:
         raise ValueError("train_value_model needs prompts= and reward= (responses are sampled) or data=")
     if not prompts:
@@ -180,11 +216,10 @@ def _split(examples: list[Example], heldout: float, seed: int) -> tuple[list[Exa
     return train, held
 
 
-def _fit(value: Any, tokenizer: Any, train: list[Example], offset: float, scale: float, *, epochs: int, lr: float,
-         batch_size: int, seed: int, progress: bool) -> list[float]:
+def _fit(value: Any, tokenizer: Any, encoded: list, *, epochs: int, lr: float, batch_size: int, seed: int,
+         progress: bool) -> list[float]:
     from tqdm.auto import tqdm
 
-    encoded = [(*encode_example(tokenizer, e.prompt, e.response), (e.reward - offset) / scale) for e in train]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(value.parameters()).device
     opt = torch.optim.AdamW(value.parameters(), lr=lr, weight_decay=0.0)
