@@ -50,7 +50,7 @@ def test_one_hot_e_m_is_that_value_model_on_the_stage1_merge(folders, tmp_path):
     assert not torch.equal(out, plain)  # the guide steers
 
 
-@pytest.mark.parametrize("variant", ["E", "E-M", "I", "I-M", "none"])
+@pytest.mark.parametrize("variant", ["E", "E-M", "I", "I-M", "I-M-linear", "none"])
 def test_two_preferences_in_one_batch_equal_each_alone(folders, variant):
     tok = folders["tok"]
     ids, mask = _prompts(tok)
@@ -114,3 +114,94 @@ def test_mage_with_chunk_search(folders):
                           generator=torch.Generator().manual_seed(0))
     assert out.shape[0] == 2 and out.shape[1] > ids.shape[1] and torch.equal(out, again)
     assert len(mage.merges) == 2  # one base and one expert merge for the one preference
+
+
+# --------------------------------------------------------------------------- #
+# Each variant against the same decode built by hand at mu = (0.3, 0.7): the
+# Stage-1 base merged with B^-1 mu solved here (not by mogen's closed form),
+# the guides weighted or merged by hand.
+# --------------------------------------------------------------------------- #
+
+MU = [0.3, 0.7]
+
+
+def _bone_soup_by_hand(mu, beta, alpha):
+    """``(1 + alpha) B^-1 mu`` and ``-alpha`` with ``B`` built and solved numerically."""
+    n = len(mu)
+    b = np.full((n, n), (1 - beta) / (n - 1))
+    np.fill_diagonal(b, beta)
+    return [(1 + alpha) * float(x) for x in np.linalg.solve(b, np.asarray(mu))], -alpha
+
+
+def _merged(tmp_path, name, sources, coefs):
+    from transformers import AutoModelForCausalLM
+
+    mogen.merge(sources, coefs, tmp_path / name, progress=False)
+    return AutoModelForCausalLM.from_pretrained(tmp_path / name).eval()
+
+
+@pytest.fixture(scope="module")
+def stage1(folders, tmp_path_factory):
+    """The Stage-1 base at MU: backbones by Bone Soup (beta 0.8), extrapolated from the SFT model by 0.2."""
+    lam, sft = _bone_soup_by_hand(MU, 0.8, 0.2)
+    return _merged(tmp_path_factory.mktemp("stage1"), "base", [folders["bb0"], folders["bb1"], folders["sft"]],
+                   lam + [sft])
+
+
+def _mage(folders, variant, **kwargs):
+    return MAGE([folders["bb0"], folders["bb1"]], tokenizer=folders["tok"], variant=variant, bone_beta=0.8, alpha=0.2,
+                sft=folders["sft"], **kwargs)
+
+
+def _decode(base, folders, guides, weights, **kwargs):
+    ids, mask = _prompts(folders["tok"])
+    return mogen.generate(base, ids, mask, guides=guides, tokenizer=folders["tok"], weights=weights,
+                          max_new_tokens=10, **kwargs)
+
+
+def _mage_decode(mage, folders):
+    ids, mask = _prompts(folders["tok"])
+    return mage.generate(ids, mask, preference=MU, max_new_tokens=10)
+
+
+def test_e_is_the_value_ensemble_weighted_by_mu(folders, stage1):
+    from transformers import AutoModelForCausalLM
+
+    values = [mogen.ValueGuide(AutoModelForCausalLM.from_pretrained(folders[v]).eval()) for v in ("v0", "v1")]
+    out = _mage_decode(_mage(folders, "E", value_models=[folders["v0"], folders["v1"]], gamma=2.0), folders)
+    assert torch.equal(out, _decode(stage1, folders, values, MU, gamma=2.0))
+    assert not torch.equal(out, _decode(stage1, folders, values, [0.7, 0.3], gamma=2.0))  # mu decides
+
+
+def test_e_m_is_guidance_by_the_value_models_merged_with_mu(folders, stage1, tmp_path):
+    value = _merged(tmp_path, "value", [folders["v0"], folders["v1"]], MU)
+    out = _mage_decode(_mage(folders, "E-M", value_models=[folders["v0"], folders["v1"]], gamma=2.0), folders)
+    assert torch.equal(out, _decode(stage1, folders, [mogen.ValueGuide(value)], None, gamma=2.0))
+
+
+def test_i_m_is_guidance_by_the_bone_soup_merge_of_the_experts(folders, stage1, tmp_path):
+    """MAGE-I-M (MAGE 5.6.1): experts merged with (1 + alpha) B_e^-1 mu, minus alpha times the reference."""
+    from transformers import AutoModelForCausalLM
+
+    lam, ref_coef = _bone_soup_by_hand(MU, 0.7, 0.3)
+    expert = _merged(tmp_path, "expert", [folders["e0"], folders["e1"], folders["ref"]], lam + [ref_coef])
+    ref = AutoModelForCausalLM.from_pretrained(folders["ref"]).eval()
+    experts = dict(experts=[folders["e0"], folders["e1"]], reference=folders["ref"])
+    out = _mage_decode(_mage(folders, "I-M", expert_beta=0.7, expert_alpha=0.3, **experts), folders)
+    assert torch.equal(out, _decode(stage1, folders, [mogen.ProxyGuide(expert, ref)], None))
+    linear = _merged(tmp_path, "linear", [folders["e0"], folders["e1"]], MU)
+    out_linear = _mage_decode(_mage(folders, "I-M-linear", **experts), folders)
+    assert torch.equal(out_linear, _decode(stage1, folders, [mogen.ProxyGuide(linear, ref)], None))
+    assert not torch.equal(out, out_linear)  # the two merges steer differently
+    # expert_beta = 1, no extrapolation: B_e = I, so Bone Soup is the linear merge
+    plain = _mage_decode(_mage(folders, "I-M", expert_beta=1.0, **experts), folders)
+    assert torch.equal(plain, out_linear)
+
+
+def test_variant_errors(folders):
+    with pytest.raises(ValueError, match="variant must be one of .*I-M-linear"):
+        _mage(folders, "I-M-prime")
+    with pytest.raises(ValueError, match="singular"):
+        _mage(folders, "I-M", experts=[folders["e0"], folders["e1"]], reference=folders["ref"], expert_beta=0.5)
+    with pytest.raises(ValueError, match="needs experts"):
+        _mage(folders, "I-M-linear", reference=folders["ref"])
