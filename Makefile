@@ -5,6 +5,7 @@
 #   make sweep       the embedded comparisons of every method, two and three objectives (metrics, plots)
 #   make test        the whole test suite
 #   make bench       micro-benchmarks (kernel vs eager reference, vs roofline)
+#   make readme      README's benchmark tables and At-a-glance figures, from benchmarks/results/
 #   make cuda-check  compile every .cu for sm_80 and sm_90 (works with a CPU torch)
 #   make cmake       C++ dev loop: CMake + Ninja build, compile_commands.json
 
@@ -19,7 +20,7 @@ CU_SRCS := $(wildcard csrc/cuda/*.cu)
 EXT_SRCS := $(shell find csrc -type f) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: install demo sweep test bench cuda-check cmake clean mergekit
+.PHONY: install demo sweep test bench cuda-check cmake clean mergekit readme
 
 $(VENV)/.deps: requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +48,10 @@ bench: install
 	$(PY) -m pytest benchmarks/bench_fusion.py --benchmark-only --benchmark-columns=median,ops -p no:cacheprovider $(PYTEST_ARGS)
 	$(PY) -m pytest benchmarks/bench_value.py --benchmark-only --benchmark-columns=median,ops -p no:cacheprovider $(PYTEST_ARGS)
 	$(PY) benchmarks/bench_decode.py
+
+# README's generated blocks (<!-- bench:NAME -->, <!-- glance -->) from benchmarks/results/.
+readme:
+	$(PYTHON) benchmarks/readme_tables.py
 
 # mergekit in its own venv (.venv-mergekit, sharing .venv's torch) for the
 # agreement tests and the merge benchmark; the tests skip without it.

@@ -24,8 +24,6 @@ and written to ``benchmarks/results/decode_<device>.md``.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,8 +38,7 @@ sys.path.insert(0, str(ROOT))
 import mogen  # noqa: E402
 from mogen import _backend  # noqa: E402
 from mogen.bench import markdown_table  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
+from results_file import write_results  # noqa: E402
 
 
 def llama(vocab: int, hidden: int, layers: int, heads: int, seed: int, device: str):
@@ -202,8 +199,7 @@ def main() -> int:
     args = ap.parse_args()
     repeat = 1 if args.quick else 3
     kernels = "compiled kernels" if _backend.has_kernels_for(torch.device(args.device)) else "pure-PyTorch reference"
-    header = (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, device {args.device}, mogen.ops: {kernels}")
+    header = f"setup: device {args.device}, mogen.ops: {kernels}"
     print(header)
     rows: list[dict] = []
     bench_case("tiny", vocab=512, hidden=64, layers=2, heads=4, g_hidden=32, g_layers=2, batch=4, prompt=16,
@@ -213,13 +209,12 @@ def main() -> int:
                    prompt=32, steps=8 if args.quick else 32, repeat=repeat, device=args.device, rows=rows,
                    cross=False)
     table = markdown_table(rows)
-    text = "\n".join(["## decode", "", header, "", *table, "",
-                      "tokens/s counts new tokens over wall time (prefill included); 'outside forward' is the share",
-                      "of wall time not spent inside a model's forward (measured with hooks)."])
-    print("\n" + text)
+    body = [header, "", *table, "",
+            "tokens/s counts new tokens over wall time (prefill included); 'outside forward' is the share",
+            "of wall time not spent inside a model's forward (measured with hooks)."]
+    print("\n" + "\n".join(body))
     if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"decode_{args.device.split(':')[0]}.md").write_text(text + "\n")
+        print("wrote", write_results(f"decode_{args.device.split(':')[0]}", "## decode", body))
     return 0
 
 

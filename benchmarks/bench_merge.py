@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -38,8 +37,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 sys.path[:0] = [str(ROOT / "python"), str(ROOT)]  # this checkout's mogen, not an installed one
+
+from results_file import write_results  # noqa: E402
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -559,8 +559,20 @@ def main() -> int:
             mk_note += "; " + rounding_note(srcs, weights, work / "mogen0", o)
     # ---- report
     by = {r["what"]: r for r in rows}
-    lines = [f"# Merge benchmark ({args.sources} x {in_bytes / args.sources / 1e9:.2f} GB {args.dtype}, linear, CPU)", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
+    title = f"# Merge benchmark ({args.sources} x {in_bytes / args.sources / 1e9:.2f} GB {args.dtype}, linear, CPU)"
+    lines = [f"Merging {args.sources} x {in_bytes / args.sources / 1e9:.2f} GB {args.dtype} checkpoints, linear, on the CPU; "
+             f"inputs in the page cache and settled (sync + {args.settle_s:g} s pause) before each run, each run a fresh "
+             f"process, every floor way and mogen row run {args.repeat} times with the best kept. The floor is the fastest "
+             "of four ways that bring every input byte into user space and write the output(s), each output its own file "
+             "as a merge writes them: a Python read/write loop, threaded pread/pwrite, mapped inputs XOR-folded in "
+             "L2-sized blocks with numpy and pwritten from two threads, and the same pread / XOR / pwrite in C++ "
+             "(`benchmarks/floor.cpp`); `cp` (whose copy stays in the kernel, which a merge that computes on every "
+             "element cannot do) is shown beside them. `merge_into` is held against a floor whose output is a buffer "
+             "in memory, as a loaded model's parameters are. What mogen adds to its floor is the compensated fp32 "
+             "arithmetic, which the floor's XOR does not do (`merge_into` has no file write to hide it behind). K3 "
+             "reads its inputs with `pread` into a per-thread block buffer (mapping the inputs and releasing each "
+             "block to keep resident memory low sent a TLB shootdown per block to the other thread) and sums up to "
+             "four sources in one register-resident pass per output.", "",
              f"{mk_note}. Inputs in the page cache; each row a fresh process (wall includes interpreter start). "
              "GB/s = (bytes read + bytes written) / wall.", "",
              "'work s' is the time inside the process (the merge call; the floor's loop), without imports; "
@@ -592,15 +604,15 @@ def main() -> int:
     for r in floors.values():
         lines.append(f"- {r['what'].split(' (best')[0]}, work s of each way: "
                      + ", ".join(f"{k} {v:.2f}" for k, v in r["ways"].items()))
+    vs_floor = [r["merge_s"] / floors[r["floor"]]["merge_s"] for r in rows if "floor" in r]
+    lines.append(f"- every mogen row: {min(vs_floor):.2f}-{max(vs_floor):.2f}x its floor's work time.")
     lines += criteria(rows, floors)
     lines.append(f"- K={args.k} outputs from one pass vs K=1: {kk['wall'] / mg['wall']:.2f}x the wall time "
                  f"({kk['merge_s'] / mg['merge_s']:.2f}x in-process); the floor itself grows "
                  f"{floors['K']['merge_s'] / floors['1']['merge_s']:.2f}x from writing 1 output to {args.k}, and "
                  f"K={args.k} takes {kk['merge_s'] / floors['K']['merge_s']:.2f}x its floor.")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "merge_cpu.md").write_text(text)
+    print("\n".join(lines))
+    print("wrote", write_results("merge_cpu", title, lines))
     if not args.keep:
         for p in work.iterdir():
             if p.name.startswith(("mogen", "mergekit", "floor")):

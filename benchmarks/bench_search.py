@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -46,8 +44,7 @@ sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_decode import llama, n_params  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
+from results_file import write_results  # noqa: E402
 
 
 def _status_mb(field: str) -> float:
@@ -328,15 +325,13 @@ def main() -> int:
         return 0
     threads = torch.get_num_threads()
     args.prefixes = (32, 128) if args.quick else (32, 128, 512)
-    header = (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-              f"{torch.__version__}, {threads} threads, CPU, fp32")
-    print(header, flush=True)
-    lines = ["## chunk-level beam search: mogen.search vs a naive search", "", header]
+    lines = ["setup: CPU, fp32"]
     spec = {"W": 4, "kappa": 4, "L": 10, "seed": 0, "threads": threads, "weights": [0.5, 0.5]}
     if not args.no_medium:
         base, _, guides = medium_models()
-        print(f"medium: base {n_params(base):.1f}M, guides 2 x (expert + reference) of {n_params(guides[0].expert):.1f}M",
-              flush=True)
+        sizes = f"medium: base {n_params(base):.1f}M, guides 2 x (expert + reference) of {n_params(guides[0].expert):.1f}M"
+        print(sizes, flush=True)
+        lines += ["", sizes + "."]
         del base, guides
         medium(args, spec, lines)
         new = 40 if args.quick else 256
@@ -349,11 +344,9 @@ def main() -> int:
     lines += ["", "tokens/s counts every candidate token sampled (W x kappa rows x tokens) over the wall time of the",
               "whole search (prefill included); peak RSS is the child process's VmHWM, reset after the models are",
               "loaded (ru_maxrss where the reset is not allowed); no eos, so every beam runs to the last token."]
-    text = "\n".join(lines)
-    print("\n" + text)
+    print("\n" + "\n".join(lines))
     if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "search_cpu.md").write_text(text + "\n")
+        print("wrote", write_results("search_cpu", "## chunk-level beam search: mogen.search vs a naive search", lines))
     return 0
 
 

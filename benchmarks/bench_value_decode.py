@@ -19,18 +19,17 @@ included) and the share of wall time outside the models' forward passes, in
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 
 import torch
 
-from bench_decode import RESULTS, llama, n_params, timed_share
+from bench_decode import llama, n_params, timed_share
 
 import mogen  # noqa: E402
 from mogen import _backend  # noqa: E402
 from mogen.bench import markdown_table  # noqa: E402
 from mogen.value import make_value_model  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 
 def main() -> int:
@@ -44,8 +43,7 @@ def main() -> int:
     value = make_value_model(llama(vocab, 512, 2, 8, 1, device), reset_head=False)
     ids = torch.randint(5, vocab, (batch, prompt), generator=torch.Generator().manual_seed(0)).to(device)
     kernels = "compiled kernels" if _backend.has_kernels_for(torch.device(device)) else "pure-PyTorch reference"
-    header = (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, device {device}, mogen.ops: {kernels}; base {n_params(base):.1f}M, "
+    header = (f"setup: device {device}, mogen.ops: {kernels}; base {n_params(base):.1f}M, "
               f"value model {n_params(value):.1f}M (head {vocab} x 512), V = {vocab}, batch {batch}, prompt {prompt}, "
               f"{steps} new tokens per row")
     print(header, flush=True)
@@ -63,23 +61,25 @@ def main() -> int:
              # top-k mode runs the value model's backbone (value.model) and never its head
              ("value guide, top_k=20 (K2)", run_value(20), [base, value.model]),
              ("value guide, top_k=200 (K2)", run_value(200), [base, value.model])]
-    rows = []
+    rows, tps = [], {}
     for what, fn, models in cases:
         t, share = timed_share(fn, models, device, repeat)
         new = batch * steps
+        tps[what] = new / t
         rows.append({"decoder": what, "tokens/s": f"{new / t:.1f}", "ms/step": f"{1e3 * t / steps:.2f}",
                      "outside forward": f"{100 * share:.1f}%"})
         print(f"  {what:<32} {new / t:8.1f} tokens/s  {1e3 * t / steps:8.2f} ms/step  outside forward "
               f"{100 * share:5.1f}%", flush=True)
     table = markdown_table(rows)
-    text = "\n".join(["## value-guided decode", "", header, "", *table, "",
-                      "tokens/s counts new tokens over wall time (prefill included); 'outside forward' is the share",
-                      "of wall time not spent inside a model's forward (top-k: the value model's backbone), which",
-                      "includes K2 and the fusion."])
-    print("\n" + text)
+    body = [header, "", *table, "",
+            "tokens/s counts new tokens over wall time (prefill included); 'outside forward' is the share",
+            "of wall time not spent inside a model's forward (top-k: the value model's backbone), which",
+            "includes K2 and the fusion.", "",
+            f"- value guide top_k=20 vs full head: {tps[cases[2][0]] / tps[cases[1][0]]:.2f}x the tokens/s; "
+            f"top_k=20 vs base.generate: {tps[cases[2][0]] / tps[cases[0][0]]:.2f}x."]
+    print("\n" + "\n".join(body))
     if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"value_decode_{device.split(':')[0]}.md").write_text(text + "\n")
+        print("wrote", write_results(f"value_decode_{device.split(':')[0]}", "## value-guided decode", body))
     return 0
 
 

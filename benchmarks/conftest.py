@@ -1,19 +1,14 @@
 """Shared benchmark plumbing: the machine's copy bandwidth (the roofline every
 kernel is compared with) and a summary table printed, and saved under
-benchmarks/results/, at the end of the run."""
+benchmarks/results/ (with the machine, commit and command), at the end of the run."""
 
 from __future__ import annotations
-
-import os
-import platform
-from pathlib import Path
 
 import pytest
 import torch
 
 from mogen.bench import best_time, markdown_table
-
-RESULTS = Path(__file__).parent / "results"
+from results_file import write_results
 _rows: dict[str, list[dict]] = {}
 _copy_buffers: list[torch.Tensor] = []
 
@@ -50,12 +45,8 @@ def record(table: str, row: dict) -> None:
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not _rows:
         return
-    RESULTS.mkdir(exist_ok=True)
-    header = (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for table, rows in _rows.items():
-        lines = [f"## {table}", "", header, ""] + markdown_table(rows)
+        path = write_results(table, f"## {table}", markdown_table(rows))
         terminalreporter.write_line("")
-        for ln in lines:
+        for ln in path.read_text().splitlines():
             terminalreporter.write_line(ln)
-        (RESULTS / f"{table}.md").write_text("\n".join(lines) + "\n")

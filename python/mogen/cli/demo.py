@@ -15,21 +15,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.sweep:
         from ..demo.sweep import run_demo_sweep
 
-        run_demo_sweep(**({"samples": args.samples} if args.samples else {}), objectives=args.objectives)
+        run_demo_sweep(**({"samples": args.samples} if args.samples else {}), objectives=args.objectives,
+                       **({"seeds": args.seeds} if args.seeds else {}), seed_offset=args.seed_offset)
         return 0
     if args.objectives != 2:
         print("mogen demo: --objectives 3 is for the embedded comparison (--sweep)", file=sys.stderr)
         return 2
     if args.search:
         from ..demo import load_demo_models
-        from ..demo.compare import compare_search, print_comparison
+        from ..demo.compare import compare_search, print_comparison, record_comparison
 
         models = load_demo_models(rebuild=args.rebuild, log=print)
-        print(f"mogen demo --search: {len(models.base_tokenizer)}-token byte-level base, proxy guides with their own "
-              f"metaspace tokenizer; search W=4, kappa=4, L=8 vs token-level generate, {args.samples or 4} samples per "
-              "prompt, top-p 0.95, 24 new tokens")
+        printed: list = []
+
+        def out(line: str) -> None:
+            print(line, flush=True)
+            printed.append(line)
+
+        out(f"mogen demo --search: {len(models.base_tokenizer)}-token byte-level base, proxy guides with their own "
+            f"metaspace tokenizer; search W=4, kappa=4, L=8 vs token-level generate, {args.samples or 4} samples per "
+            "prompt, top-p 0.95, 24 new tokens")
         result = compare_search(models, samples=args.samples or 4, seed=args.seed, beta=args.beta)
-        print_comparison(result, print)
+        print_comparison(result, out)
+        path = record_comparison(printed, args.seed)
+        if path is not None:
+            print(f"recorded {path}")
         return 0 if result.search_wins else 1
     from ..demo import run_demo
 
@@ -52,7 +62,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objectives", type=int, choices=(2, 3), default=2,
                    help="with --sweep: 3 runs the three-objective variant (nature, city, ocean) over 15 preferences")
     p.add_argument("--samples", type=int, default=None,
-                   help="samples per prompt and weighting (default 4; --sweep: 16)")
+                   help="samples per prompt and weighting (default 4; --sweep: mogen.demo.sweep.DEMO_SAMPLES per seed)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="with --sweep: decoding seeds, samples pooled over them (default mogen.demo.sweep.DEMO_SEEDS)")
+    p.add_argument("--seed-offset", type=int, default=0,
+                   help="with --sweep: the first decoding seed (seeds are offset, offset + 1, ...)")
     p.add_argument("--beta", type=float, default=1.0, help="scale of the proxy guides' log-ratios")
     p.add_argument("--gamma", type=float, default=None,
                    help="scale of the value guides' values (default: mogen.demo.run.DEMO_GAMMA)")

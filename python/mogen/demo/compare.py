@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -21,7 +22,7 @@ from . import corpus as demo_corpus
 from .run import _decode_rows, _guides
 from .train import DemoModels
 
-__all__ = ["SEARCH_WEIGHTINGS", "SearchComparison", "compare_search", "print_comparison"]
+__all__ = ["SEARCH_WEIGHTINGS", "SearchComparison", "compare_search", "print_comparison", "record_comparison"]
 
 SEARCH_WEIGHTINGS: tuple[tuple[float, float], ...] = ((1.0, 0.0), (0.5, 0.5), (0.0, 1.0))
 
@@ -101,3 +102,18 @@ def print_comparison(result: SearchComparison, out: Callable[[str], None]) -> No
             out(f"{name}: w . rewards >= token-level generate's at {result.wins(name)} of {n} weightings "
                 f"(mean {result.mean(name):.3f} vs {result.mean('generate'):.3f})")
     out("(w . rewards: mean over prompts x samples of w_nature * nature rate + w_city * city rate)")
+
+
+def record_comparison(printed: Sequence[str], seed: int) -> Optional[Path]:
+    """From a checkout, writes ``benchmarks/results/search_demo_cpu.md``: where it came from
+    (:func:`mogen.provenance.provenance_lines`) and what ``mogen demo --search`` printed. None elsewhere."""
+    from ..provenance import provenance_lines
+
+    results = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
+    if not results.is_dir():
+        return None
+    path = results / "search_demo_cpu.md"
+    path.write_text("\n".join(["## mogen demo --search (demo models)", "", *provenance_lines(), "", "```", *printed,
+                               "```", "", f"Deterministic given the seed (--seed {seed}); the seconds column is wall "
+                               "time on the machine above, shared with other work."]) + "\n")
+    return path
