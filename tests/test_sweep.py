@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import json
 
 import numpy as np
@@ -31,7 +32,8 @@ def setup(tmp_path_factory):
     (root / "prompts.txt").write_text("the river\na busy street\n")
     cfg = {
         "output": "run", "prompts": "prompts.txt", "preferences": 3, "samples": 1, "reference_point": [-1, -1],
-        "rewards": ["mogen.demo.corpus:nature_rate", "mogen.demo.corpus:city_rate"],
+        # Known, non-zero rewards on random text, so that every metric has something to measure.
+        "rewards": ["tests_sweep_rewards:count_e", "tests_sweep_rewards:count_a"],
         "decoding": {"max_new_tokens": 4, "do_sample": True, "seed": 0},
         "models": {"base": "base", "policies": ["pa", "pb"], "backbones": ["bba", "bbb"], "experts": ["ea", "eb"],
                    "reference": "ref", "value_models": ["va", "vb"]},
@@ -79,7 +81,7 @@ def test_sweep_with_three_objectives(setup):
                   experts=["ea", "eb", "ec"], value_models=["va", "vb", "vc"])
     methods = cfg["methods"] + [{"name": "MPAW search", "kind": "mpaw_search", "beam_width": 2, "expansion": 2,
                                  "chunk_length": 2}, {"name": "MAGE-I-M", "kind": "mage", "variant": "I-M"}]
-    tri = dict(cfg, output="run3", rewards=[*cfg["rewards"], "mogen.demo.corpus:ocean_rate"],
+    tri = dict(cfg, output="run3", rewards=[*cfg["rewards"], "tests_sweep_rewards:count_o"],
                reference_point=[-1, -1, -1], models=models, methods=methods)
     res = run_sweep(tri, root=root, progress=False)
     assert res.decoded == 8 * 6
@@ -141,3 +143,81 @@ def test_preference_grid_is_a_path_of_neighbours(n, points, size):
     assert g.shape == (size, n) and {tuple(int(x) for x in row) for row in np.rint(g * d)} == lattice
     assert (np.diff(g[:, 0]) >= 0).all()
     assert np.allclose(np.abs(np.diff(g, axis=0)).sum(1), 2 / d)
+
+
+# --------------------------------------------------------------------------- #
+# The reports against the texts: every figure of means.csv and metrics.md
+# recomputed from samples.jsonl with this file's own code.
+# --------------------------------------------------------------------------- #
+
+
+def _own_metrics(prefs: np.ndarray, r: np.ndarray, ref) -> dict:
+    """Two objectives, maximised: HV (eq. 27), IP (28), sparsity (29), spacing (30), front, Definition 1."""
+    pts = [tuple(p) for p in r]
+    front = {p for p in pts if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in pts)}
+    hv, top = 0.0, ref[1]
+    for x, y in sorted((p for p in front if p[0] > ref[0] and p[1] > ref[1]), reverse=True):
+        if y > top:
+            hv, top = hv + (x - ref[0]) * (y - top), y
+    nearest = [min(np.hypot(*(r[i] - r[j])) for j in range(len(r)) if j != i) for i in range(len(r))]
+    pairs = [(i, j) for i in range(len(r)) for j in range(len(r)) if i != j]
+    agree = [all(np.sign(prefs[i, k] - prefs[j, k]) == np.sign(r[i, k] - r[j, k]) for k in range(2)) for i, j in pairs]
+    return {"HV": hv, "IP": float(np.mean([p @ x for p, x in zip(prefs, r)])),
+            "sparsity": sum(float(np.sum((r[i] - r[i - 1]) ** 2)) for i in range(1, len(r))) / (len(r) - 1),
+            "spacing": float(np.std(nearest)), "front": len(front), "controllability": float(np.mean(agree))}
+
+
+def _md_rows(text: str) -> dict:
+    """metrics.md's table: method -> {column: (value, low, high)} (tokens/s: (value, None, None))."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    cols = [c.strip() for c in lines[0].strip("|").split("|")][1:]
+    out = {}
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        row = {}
+        for col, cell in zip(cols, cells[1:]):
+            m = re.fullmatch(r"(\S+)(?: \[(\S+), (\S+)\])?", cell)
+            row[col] = tuple(float(x) if x is not None else None for x in m.groups())
+        out[cells[0]] = row
+    return out
+
+
+def test_reports_agree_with_the_texts(setup):
+    import csv
+
+    from tests_sweep_rewards import count_a, count_e
+
+    root, cfg = setup
+    run = dict(cfg, output="run_check", preferences=5, samples=2, seeds=2, bootstrap={"resamples": 200, "seed": 3},
+               decoding={**cfg["decoding"], "max_new_tokens": 8},
+               methods=[cfg["methods"][0], cfg["methods"][4], {"name": "MAGE-E", "kind": "mage", "variant": "E",
+                                                                 "gamma": 4.0}])
+    res = run_sweep(run, root=root, progress=False)
+    folder = root / "run_check"
+    lines = [json.loads(x) for x in (folder / "samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 * 5 * 2 * 2 * 2 and {ln["seed"] for ln in lines} == {0, 1}
+    assert all(ln["rewards"] == [count_e(ln["response"]), count_a(ln["response"])] for ln in lines)
+    groups: dict = {}
+    for ln in lines:
+        groups.setdefault(ln["method"], {}).setdefault(tuple(ln["preference"]), []).append(ln["rewards"])
+    with open(folder / "means.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    md = _md_rows((folder / "metrics.md").read_text())
+    assert "2 prompts x 2 samples each x 2 seed(s) [0, 1]" in (folder / "metrics.md").read_text()
+    for name, by_pref in groups.items():
+        prefs = np.asarray(list(by_pref))
+        means = np.asarray([np.mean(v, axis=0) for v in by_pref.values()])
+        assert (means > 0).all(), name  # known, non-zero rewards
+        if name != "base":  # the guided methods move with mu: the metrics have work to do
+            assert np.ptp(means, axis=0).min() > 0, name
+        got = np.asarray([[float(r["count_e"]), float(r["count_a"])] for r in csv_rows if r["method"] == name])
+        np.testing.assert_allclose(got, means, rtol=0, atol=1e-12)
+        own = _own_metrics(prefs, means, [-1.0, -1.0])
+        row = dict(res.table)[name]
+        for col, value in own.items():
+            assert row[col] == pytest.approx(value, abs=1e-12), (name, col)
+            shown, low, high = md[name][col]
+            assert shown == pytest.approx(value, abs=5e-5 if col != "front" else 0), (name, col)
+            assert low <= high, (name, col)
+    again = run_sweep(run, root=root, progress=False)  # seeded bootstrap: the same intervals
+    assert again.decoded == 0 and _md_rows((folder / "metrics.md").read_text()) == md

@@ -3,3 +3,16 @@
 
 def not_finite(prompt: str, response: str) -> float:
     return float("nan")
+
+
+def count_e(response: str) -> float:
+    """How many times 'e' occurs in the response: known, non-zero on random text, and easy to recompute."""
+    return float(response.count("e"))
+
+
+def count_a(response: str) -> float:
+    return float(response.count("a"))
+
+
+def count_o(response: str) -> float:
+    return float(response.count("o"))

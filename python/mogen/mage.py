@@ -7,7 +7,14 @@ from an SFT checkpoint). Stage 2 steers it with one of
 - ``"E"``: explicit value models, an ensemble weighted by ``mu``;
 - ``"E-M"``: the value models merged with ``mu`` into one (MAGE-E-M);
 - ``"I"``: proxy guides (experts sharing one reference), weighted by ``mu``;
-- ``"I-M"``: the experts merged with ``mu`` into one expert (MAGE-I-M);
+- ``"I-M"``: the experts merged into one expert by Bone Soup (MAGE-I-M, MAGE
+  section 5.6.1): coefficients ``lambda_e = B_e^-1 mu`` for the experts' own
+  reward-mixing matrix (diagonal ``expert_beta``; 1 when each expert was trained
+  on one reward, where ``lambda_e = mu``), extrapolated away from the shared
+  reference, the small family's SFT model: ``(1 + expert_alpha) lambda_e`` on
+  the experts and ``-expert_alpha`` on the reference;
+- ``"I-M-linear"``: the experts merged linearly with ``mu`` (the paper's
+  MAGE-I-M', the naive baseline of its Table 3);
 - ``"none"``: Stage 1 only.
 
 Merged models are live ``transformers`` models re-merged in place
@@ -28,11 +35,40 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-__all__ = ["MAGE", "MergeRecord", "VARIANTS", "check_preference"]
+__all__ = ["MAGE", "MergeRecord", "VARIANTS", "Variant", "check_preference"]
 
-VARIANTS = ("none", "E", "E-M", "I", "I-M")
 PathLike = Union[str, Path]
 _SIMPLEX_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a MAGE variant guides with: ``guide`` ``"value"`` (explicit value models), ``"proxy"`` (experts
+    over a shared reference) or None; ``merge`` None (an ensemble), ``"linear"`` (merged with ``mu``) or
+    ``"bone_soup"`` (merged with ``B_e^-1 mu``, extrapolated from the reference)."""
+
+    guide: Optional[str]
+    merge: Optional[str] = None
+
+    @property
+    def merged(self) -> bool:
+        return self.merge is not None
+
+    @property
+    def folders_arg(self) -> str:
+        """The constructor argument that names this variant's guide folders."""
+        return "value_models" if self.guide == "value" else "experts"
+
+
+#: The variants by name.
+VARIANTS: dict[str, Variant] = {
+    "none": Variant(None),
+    "E": Variant("value"),
+    "E-M": Variant("value", "linear"),
+    "I": Variant("proxy"),
+    "I-M": Variant("proxy", "bone_soup"),
+    "I-M-linear": Variant("proxy", "linear"),
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +94,21 @@ def check_preference(preference: Any, n: int) -> np.ndarray:
     return p
 
 
+def bone_soup_sources(mu: Sequence[float], models: Sequence[PathLike], beta: float, alpha: float,
+                      anchor: Optional[PathLike]) -> tuple[list[Path], list[float]]:
+    """``(sources, coefficients)`` of the Bone Soup merge of ``models`` for preference ``mu``:
+    ``(1 + alpha) B^-1 mu`` on the models, and ``-alpha`` on ``anchor`` (their SFT model) when
+    ``alpha != 0``."""
+    from .merging import bone_soup_coefficients
+
+    lam, anchor_coef = bone_soup_coefficients(mu, beta, alpha)
+    sources, coefs = [Path(m) for m in models], [float(x) for x in lam]
+    if alpha != 0.0:
+        sources.append(Path(anchor))
+        coefs.append(float(anchor_coef))
+    return sources, coefs
+
+
 def load_model(path: PathLike, dtype: torch.dtype, device: Any) -> Any:
     """A causal LM from a local folder, quietly (``mogen decode``'s loader), in eval mode on ``device``."""
     from .decoding.loading import load_causal_lm, quiet_transformers
@@ -76,7 +127,10 @@ class MAGE:
         bone_beta: the backbones' dominant reward weight (Bone Soup ``beta``).
         alpha, sft: extrapolation away from the SFT checkpoint (``alpha`` 0: none).
         value_models: n value-model folders (``E`` / ``E-M``).
-        experts, reference: n expert folders and their shared reference (``I`` / ``I-M``).
+        experts, reference: n expert folders and their shared reference (``I`` / ``I-M`` / ``I-M-linear``).
+        expert_beta: ``I-M``: the experts' dominant reward weight (their Bone Soup ``beta``; 1 when each
+            expert was trained on one reward alone).
+        expert_alpha: ``I-M``: extrapolation away from the reference (0: none).
         guide_tokenizer: the guides' tokenizer; ``"auto"`` loads the first
             guide folder's when it has one, else the guides share the base's.
         beta, gamma: scales of proxy and value guidance.
@@ -89,7 +143,7 @@ class MAGE:
     def __init__(self, backbones: Sequence[PathLike], *, tokenizer: Any, variant: str = "E-M", bone_beta: float = 0.8,
                  alpha: float = 0.0, sft: Optional[PathLike] = None, value_models: Optional[Sequence[PathLike]] = None,
                  experts: Optional[Sequence[PathLike]] = None, reference: Optional[PathLike] = None,
-                 guide_tokenizer: Any = "auto", beta: float = 1.0, gamma: float = 1.0,
+                 expert_beta: float = 1.0, expert_alpha: float = 0.0, guide_tokenizer: Any = "auto", beta: float = 1.0, gamma: float = 1.0,
                  value_top_k: Optional[int] = None, search: Optional[dict] = None,
                  dtype: torch.dtype = torch.float32, device: Any = "cpu") -> None:
         from .merging import bone_soup_coefficients
@@ -100,11 +154,15 @@ class MAGE:
         self.n = len(self.backbones)
         if self.n < 2:
             raise ValueError(f"MAGE needs at least 2 backbones (one per objective), got {self.n}")
-        bone_soup_coefficients([1.0] + [0.0] * (self.n - 1), bone_beta, alpha)  # checks beta and alpha once
+        one_hot = [1.0] + [0.0] * (self.n - 1)
+        bone_soup_coefficients(one_hot, bone_beta, alpha)  # checks beta and alpha once
+        bone_soup_coefficients(one_hot, expert_beta, expert_alpha)
         if alpha != 0.0 and sft is None:
             raise ValueError("alpha != 0 extrapolates away from the SFT checkpoint: pass sft=<its folder>")
-        self.variant, self.tokenizer = variant, tokenizer
+        self.variant, self.kind, self.tokenizer = variant, VARIANTS[variant], tokenizer
         self.bone_beta, self.alpha, self.sft = float(bone_beta), float(alpha), sft
+        self.expert_beta, self.expert_alpha = float(expert_beta), float(expert_alpha)
+        self.reference = Path(reference) if reference is not None else None
         self.beta, self.gamma, self.value_top_k, self.search = beta, gamma, value_top_k, search
         self.dtype, self.device = dtype, device
         self.guide_folders = self._guide_folders(value_models, experts, reference)
@@ -116,13 +174,15 @@ class MAGE:
 
     # -- set-up --------------------------------------------------------------------
     def _guide_folders(self, value_models, experts, reference) -> list[Path]:
-        need = {"E": value_models, "E-M": value_models, "I": experts, "I-M": experts, "none": []}[self.variant]
-        what = "value_models" if self.variant.startswith("E") else "experts"
-        if self.variant != "none" and (need is None or len(need) != self.n):
-            raise ValueError(f"variant {self.variant!r} needs {what}: {self.n} folders, one per backbone")
-        if self.variant.startswith("I") and reference is None:
+        if self.kind.guide is None:
+            return []
+        need = value_models if self.kind.guide == "value" else experts
+        if need is None or len(need) != self.n:
+            raise ValueError(f"variant {self.variant!r} needs {self.kind.folders_arg}: {self.n} folders, "
+                             "one per backbone")
+        if self.kind.guide == "proxy" and reference is None:
             raise ValueError(f"variant {self.variant!r} needs reference=<the experts' shared reference folder>")
-        return [Path(p) for p in need or []]
+        return [Path(p) for p in need]
 
     def _guide_tokenizer(self, guide_tokenizer: Any) -> Any:
         if not (isinstance(guide_tokenizer, str) and guide_tokenizer == "auto"):
@@ -133,15 +193,14 @@ class MAGE:
         return load_tokenizer(str(first), "guide") if first is not None and has_tokenizer(str(first)) else None
 
     def _load_guides(self, reference: Optional[PathLike]) -> dict:
-        if self.variant.startswith("E"):
+        if self.kind.guide == "value":
             from .value import read_value_entry
 
             for f in self.guide_folders:
                 read_value_entry(f)
-        merged = self.variant.endswith("-M")
-        folders = self.guide_folders[:1] if merged else self.guide_folders
+        folders = self.guide_folders[:1] if self.kind.merged else self.guide_folders
         loaded = {"models": [load_model(f, self.dtype, self.device) for f in folders]}
-        if self.variant.startswith("I"):
+        if self.kind.guide == "proxy":
             loaded["reference"] = load_model(reference, self.dtype, self.device)
         return loaded
 
@@ -149,9 +208,9 @@ class MAGE:
         from .decoding import ProxyGuide, ValueGuide
 
         tok = self.guide_tokenizer
-        if self.variant.startswith("E"):
+        if self.kind.guide == "value":
             return [ValueGuide(m, tokenizer=tok, top_k=self.value_top_k) for m in self._loaded["models"]]
-        if self.variant.startswith("I"):
+        if self.kind.guide == "proxy":
             return [ProxyGuide(m, self._loaded["reference"], tokenizer=tok) for m in self._loaded["models"]]
         return []
 
@@ -168,22 +227,19 @@ class MAGE:
 
     def prepare(self, preference: Sequence[float]) -> None:
         """Re-merge the live base (and the merged guide) for one preference, if it changed."""
-        from .merging import bone_soup_coefficients
-
         mu = tuple(float(x) for x in check_preference(preference, self.n)[0])
-        lam, sft_coef = bone_soup_coefficients(mu, self.bone_beta, self.alpha)
-        sources, coefs = list(self.backbones), [float(x) for x in lam]
-        if self.alpha != 0.0:
-            sources.append(Path(self.sft))
-            coefs.append(float(sft_coef))
-        self._remerge("base", self.base, sources, coefs, mu)
-        if self.variant.endswith("-M"):
+        self._remerge("base", self.base, *bone_soup_sources(mu, self.backbones, self.bone_beta, self.alpha,
+                                                            self.sft), mu)
+        if self.kind.merge == "linear":
             self._remerge("guide", self._loaded["models"][0], self.guide_folders, list(mu), mu)
+        elif self.kind.merge == "bone_soup":
+            self._remerge("guide", self._loaded["models"][0], *bone_soup_sources(
+                mu, self.guide_folders, self.expert_beta, self.expert_alpha, self.reference), mu)
 
     def _weights(self, mu: tuple) -> Optional[list[float]]:
-        if self.variant == "none":
+        if self.kind.guide is None:
             return None
-        return [1.0] if self.variant.endswith("-M") else list(mu)
+        return [1.0] if self.kind.merged else list(mu)
 
     # -- decoding ----------------------------------------------------------------------
     def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *,

@@ -15,7 +15,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.sweep:
         from ..demo.sweep import run_demo_sweep
 
-        run_demo_sweep(**({"samples": args.samples} if args.samples else {}), objectives=args.objectives)
+        run_demo_sweep(**({"samples": args.samples} if args.samples else {}), objectives=args.objectives,
+                       **({"seeds": args.seeds} if args.seeds else {}), seed_offset=args.seed_offset)
         return 0
     if args.objectives != 2:
         print("mogen demo: --objectives 3 is for the embedded comparison (--sweep)", file=sys.stderr)
@@ -61,7 +62,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objectives", type=int, choices=(2, 3), default=2,
                    help="with --sweep: 3 runs the three-objective variant (nature, city, ocean) over 15 preferences")
     p.add_argument("--samples", type=int, default=None,
-                   help="samples per prompt and weighting (default 4; --sweep: 16)")
+                   help="samples per prompt and weighting (default 4; --sweep: mogen.demo.sweep.DEMO_SAMPLES per seed)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="with --sweep: decoding seeds, samples pooled over them (default mogen.demo.sweep.DEMO_SEEDS)")
+    p.add_argument("--seed-offset", type=int, default=0,
+                   help="with --sweep: the first decoding seed (seeds are offset, offset + 1, ...)")
     p.add_argument("--beta", type=float, default=1.0, help="scale of the proxy guides' log-ratios")
     p.add_argument("--gamma", type=float, default=None,
                    help="scale of the value guides' values (default: mogen.demo.run.DEMO_GAMMA)")

@@ -8,7 +8,7 @@ import argparse
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..evaluation import run_sweep
 
-    res = run_sweep(args.config, progress=not args.quiet)
+    res = run_sweep(args.config, progress=not args.quiet, seeds=args.seeds, seed_offset=args.seed_offset)
     print(f"mogen sweep: {res.decoded} point(s) decoded, {res.skipped} already done; reports in {res.folder}")
     print((res.folder / "metrics.md").read_text())
     return 0
@@ -19,8 +19,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep", help="run methods over a grid of preferences; write texts, rewards, metrics and a Pareto plot",
         description="Runs (or resumes) the sweep of a YAML config (see mogen.evaluation.config): every method "
-                    "at every preference point, scored by the reward functions. Writes samples.jsonl, means.csv, "
-                    "metrics.md and pareto.png to the config's output folder; finished points are skipped.")
+                    "at every preference point and decoding seed, scored by the reward functions. Writes "
+                    "samples.jsonl, means.csv, metrics.md (every metric with its 95% bootstrap interval), "
+                    "bootstrap.npz and pareto.png to the config's output folder; finished points are skipped.")
     p.add_argument("--config", required=True, help="the sweep config (YAML)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="decoding seeds, each point decoded once per seed and the samples pooled (default: the "
+                        "config's seeds, else 1)")
+    p.add_argument("--seed-offset", type=int, default=0,
+                   help="added to the config's decoding seed: the seeds are seed + offset, seed + offset + 1, ...")
     p.set_defaults(func=_cmd_sweep)

@@ -1,7 +1,14 @@
 """The embedded comparison's targets, checked on a finished run and printed under its table.
 
-Each line states a measured figure, the target, and PASS / FAIL; nothing here
-changes what was measured. Two diagnostics explain the misses:
+Each line states a measured figure with its 95% bootstrap interval, the target,
+and a verdict: **met** (the whole interval clears the target), **not met** (the
+whole interval lies on the wrong side) or **within noise** (the interval
+straddles the target: this run cannot tell). Comparisons of two methods (a HV
+ratio, a HV difference) are read from paired replicates: the same resampled
+prompts and samples for both (:mod:`mogen.evaluation.bootstrap`). Time per
+token has no bootstrap; its interval is the range over the decoding seeds,
+each seed timed on its own. Nothing here changes what was measured. Two
+diagnostics explain misses:
 
 - controllability (MAGE Definition 1) counts a pair of preferences as
   uncontrolled when some objective's mean reward does not move the way its
@@ -22,12 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..evaluation.bootstrap import Interval, interval
+
 __all__ = ["target_lines"]
 
 #: Rows whose controllability must reach 0.95.
 _CONTROLLED = ("MPAW token-level", "MAGE-E", "MAGE-E-M", "MAGE-I", "MAGE-I-M")
 #: (merged, ensemble, guide forwards kept, guide forwards of the ensemble).
 _MERGED = (("MAGE-E-M", "MAGE-E", 1, 2), ("MAGE-I-M", "MAGE-I", 2, 3))
+#: A merged guide's HV within this share of its ensemble's; its time per token at most this share.
+_HV_TOLERANCE = 0.05
+_TIME_SHARE = 0.6
+_CONTROL_TARGET = 0.95
 
 
 def _means(folder: Path) -> dict:
@@ -59,32 +72,73 @@ def _failing_pairs(prefs: np.ndarray, rewards: np.ndarray) -> tuple[int, int]:
     return tied, reversed_
 
 
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
+def _within(iv: Interval, low: float, high: float) -> str:
+    """The verdict of "the value lies in ``[low, high]``"."""
+    if low <= iv.low and iv.high <= high:
+        return "met"
+    if iv.high < low or iv.low > high:
+        return "not met"
+    return "within noise"
+
+
+def _fmt(iv: Interval, digits: int = 4) -> str:
+    return f"{iv.value:.{digits}f} [{iv.low:.{digits}f}, {iv.high:.{digits}f}]"
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / b, np.nan)
+
+
+def _merged_line(rows: dict, boot: dict, merged: str, ens: str, kept: int, total: int) -> str:
+    hv = interval(rows[merged]["HV"] / rows[ens]["HV"] if rows[ens]["HV"] > 0 else float("nan"),
+                  _ratio(boot[f"{merged}/HV"], boot[f"{ens}/HV"]))
+    per_seed = boot[f"{ens}/tokens_per_second"] / boot[f"{merged}/tokens_per_second"]
+    t = Interval(rows[ens]["tokens/s"] / rows[merged]["tokens/s"], float(per_seed.min()), float(per_seed.max()))
+    tb, te = 1 / rows["base only"]["tokens/s"], 1 / rows[ens]["tokens/s"]
+    bound = (tb + (te - tb) * kept / total) / te
+    return (f"- {merged} vs {ens}: HV ratio {_fmt(hv, 3)} (target within {_HV_TOLERANCE:.0%}: "
+            f"{_within(hv, 1 - _HV_TOLERANCE, 1 + _HV_TOLERANCE)}); time per token {_fmt(t, 2)} over "
+            f"{len(per_seed)} seed(s) (target <= {_TIME_SHARE}x: {t.clears(_TIME_SHARE, above=False)}; the least it "
+            f"could be, the base's forward kept: {bound:.2f}x)")
+
+
+def _order_verdict(diff: Interval, strict: bool) -> str:
+    """The verdict of "difference > 0" (``>= 0`` unless ``strict``) from its interval."""
+    if diff.low > 0 or (not strict and diff.low >= 0):
+        return "met"
+    if diff.high < 0 or (strict and diff.high <= 0):
+        return "not met"
+    return "within noise"
+
+
+def _order_line(rows: dict, boot: dict, chain: tuple, strict: bool) -> str:
+    """HV falls along ``chain`` (strictly when ``strict``), judged on every paired difference's interval."""
+    diffs = [interval(rows[a]["HV"] - rows[b]["HV"], boot[f"{a}/HV"] - boot[f"{b}/HV"])
+             for a, b in zip(chain, chain[1:])]
+    verdicts = [_order_verdict(d, strict) for d in diffs]
+    verdict = "not met" if "not met" in verdicts else "within noise" if "within noise" in verdicts else "met"
+    sign = " > " if strict else " >= "
+    figures = sign.join(f"{name} {rows[name]['HV']:.4f}" for name in chain)
+    parts = ", ".join(f"{a} - {b} {_fmt(d)}" for (a, b), d in zip(zip(chain, chain[1:]), diffs))
+    return f"HV {figures}: {verdict} (paired differences: {parts})"
 
 
 def target_lines(folder: Path, table: list) -> list[str]:
-    """The issue's targets on a two-objective run in ``folder`` with metrics rows ``table``."""
+    """The issue's targets on a two-objective run in ``folder`` (means.csv, bootstrap.npz) with metrics
+    rows ``table``."""
     rows, means = dict(table), _means(folder)
+    with np.load(folder / "bootstrap.npz") as z:
+        boot = {k: z[k] for k in z.files}
     lines = []
     for name in _CONTROLLED:
-        c = rows[name]["controllability"]
+        c = interval(rows[name]["controllability"], boot[f"{name}/controllability"])
         tied, rev = _failing_pairs(*means[name])
-        lines.append(f"- controllability of {name}: {c:.4f} (target >= 0.95: {_verdict(c >= 0.95)}); failing pairs: "
-                     f"{tied} tied, {rev} reversed")
-    base_tps = rows["base only"]["tokens/s"]
-    for merged, ens, kept, total in _MERGED:
-        hv = rows[merged]["HV"] / rows[ens]["HV"] if rows[ens]["HV"] > 0 else float("nan")
-        t = rows[ens]["tokens/s"] / rows[merged]["tokens/s"]
-        tb, te = 1 / base_tps, 1 / rows[ens]["tokens/s"]
-        bound = (tb + (te - tb) * kept / total) / te
-        lines.append(f"- {merged} vs {ens}: HV {hv:.3f}x (target within 5%: {_verdict(abs(hv - 1) <= 0.05)}); time per "
-                     f"token {t:.2f}x (target <= 0.6x: {_verdict(t <= 0.6)}; the least it could be, the base's forward "
-                     f"kept: {bound:.2f}x)")
-    hv = {k: v["HV"] for k, v in rows.items()}
-    lines.append(f"- Stage 2 adds to Stage 1: HV MAGE-E {hv['MAGE-E']:.4f} > Bone Soup {hv['Bone Soup']:.4f} > "
-                 f"Rewarded Soup {hv['Rewarded Soup']:.4f}: "
-                 f"{_verdict(hv['MAGE-E'] > hv['Bone Soup'] > hv['Rewarded Soup'])}")
-    lines.append(f"- MPAW chunk search HV {hv['MPAW chunk search']:.4f} >= MPAW token-level "
-                 f"{hv['MPAW token-level']:.4f}: {_verdict(hv['MPAW chunk search'] >= hv['MPAW token-level'])}")
+        lines.append(f"- controllability of {name}: {_fmt(c)} (target >= {_CONTROL_TARGET}: "
+                     f"{c.clears(_CONTROL_TARGET)}); failing pairs: {tied} tied, {rev} reversed")
+    lines += [_merged_line(rows, boot, *m) for m in _MERGED]
+    lines.append("- Stage 2 adds to Stage 1: " +
+                 _order_line(rows, boot, ("MAGE-E", "Bone Soup", "Rewarded Soup"), strict=True))
+    lines.append("- chunk search adds to token level: " +
+                 _order_line(rows, boot, ("MPAW chunk search", "MPAW token-level"), strict=False))
     return lines

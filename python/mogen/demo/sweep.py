@@ -22,7 +22,7 @@ from .checks import target_lines
 from .run import DEMO_GAMMA
 from .train import DemoConfig, cache_root, load_demo_models
 
-__all__ = ["demo_sweep_config", "run_demo_sweep", "DEMO_METHODS", "DEMO_POINTS", "DEMO_SAMPLES"]
+__all__ = ["demo_sweep_config", "run_demo_sweep", "DEMO_METHODS", "DEMO_POINTS", "DEMO_SAMPLES", "DEMO_SEEDS"]
 
 #: The rows of the comparison (MAGE Table 2 / MPAW Table 1 on the demo task).
 DEMO_METHODS: list[dict] = [
@@ -36,6 +36,7 @@ DEMO_METHODS: list[dict] = [
     {"name": "MAGE-E-M", "kind": "mage", "variant": "E-M", "gamma": DEMO_GAMMA},
     {"name": "MAGE-I", "kind": "mage", "variant": "I"},
     {"name": "MAGE-I-M", "kind": "mage", "variant": "I-M"},
+    {"name": "MAGE-I-M-linear", "kind": "mage", "variant": "I-M-linear"},
 ]
 
 
@@ -52,10 +53,12 @@ _RECORDS: dict[int, tuple[str, str]] = {
 }
 
 
-#: Samples per prompt and preference: 8 prompts x 16 = 128 texts per point. At 4 samples neighbouring
-#: preferences' mean rewards were within sampling noise of each other, and four rows' controllability read
-#: 0.07-0.11 lower than at 16; 16 costs about a minute more per comparison on 2 cores.
-DEMO_SAMPLES = 16
+#: Samples per prompt, preference and seed, and decoding seeds: 8 prompts x 8 samples x 3 seeds = 192 texts
+#: per point. One seed's verdicts flipped between machines (CPU arithmetic differs in the last bits, and
+#: one run cannot tell that from a real difference); three seeds, pooled and bootstrapped, give every
+#: metric an interval, and keep ``make sweep`` within 15 minutes on 2 cores.
+DEMO_SAMPLES = 8
+DEMO_SEEDS = 3
 
 
 def demo_sweep_config(path: Path, output: Path, *, samples: int = DEMO_SAMPLES, points: Optional[int] = None,
@@ -75,14 +78,15 @@ def demo_sweep_config(path: Path, output: Path, *, samples: int = DEMO_SAMPLES, 
             "policies": [str(path / f"policy_{n}") for n in names],
             "backbones": [str(path / f"backbone_{n}") for n in names], "bone_beta": DemoConfig().bone_beta,
             "experts": [str(path / f"expert_{n}") for n in names], "reference": str(path / "reference"),
+            "expert_beta": DemoConfig().expert_beta,
             "value_models": [str(path / f"value_{n}") for n in names],
         },
         "methods": list(methods if methods is not None else DEMO_METHODS),
     }
 
 
-def run_demo_sweep(*, samples: int = DEMO_SAMPLES, record: bool = True, stream: TextIO = sys.stdout,
-                   objectives: int = 2) -> Path:
+def run_demo_sweep(*, samples: int = DEMO_SAMPLES, seeds: int = DEMO_SEEDS, seed_offset: int = 0, record: bool = True,
+                   stream: TextIO = sys.stdout, objectives: int = 2) -> Path:
     """Run (or resume) the embedded comparison with 2 or 3 objectives (building the demo models of that
     variant if needed); print and (from a checkout) record the table, the targets' checks (two objectives:
     :func:`mogen.demo.checks.target_lines`) and the plot."""
@@ -90,7 +94,8 @@ def run_demo_sweep(*, samples: int = DEMO_SAMPLES, record: bool = True, stream: 
 
     models = load_demo_models(DemoConfig(objectives=objectives), log=lambda line: print(line, file=stream, flush=True))
     output = cache_root() / "sweep" / models.path.name
-    res = run_sweep(demo_sweep_config(models.path, output, samples=samples, objectives=objectives))
+    res = run_sweep(demo_sweep_config(models.path, output, samples=samples, objectives=objectives), seeds=seeds,
+                    seed_offset=seed_offset)
     table = (output / "metrics.md").read_text()
     if objectives == 2:
         table += "\n" + "\n".join(target_lines(output, res.table)) + "\n"

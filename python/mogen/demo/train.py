@@ -6,8 +6,9 @@ What gets built, deterministically from :class:`DemoConfig`:
   byte-level BPE tokenizer;
 - ``reference/``: a weaker Llama trained on the same corpus with a
   sentencepiece style metaspace BPE tokenizer (a different vocabulary);
-- ``expert_nature/`` and ``expert_city/``: the reference fine-tuned on the
-  sentences of one topic each;
+- ``expert_nature/`` and ``expert_city/``: the reference fine-tuned the way
+  Bone Soup trains backbones, on a reward mixture (``expert_beta`` of one
+  topic, the rest the other), so MAGE-I-M merges them with ``B_e^-1 mu``;
 - ``policy_nature/``, ``policy_city/``: the base fine-tuned on one topic each
   (Rewarded Soup and MOD mix them); ``backbone_nature/``, ``backbone_city/``:
   the base fine-tuned on Bone Soup's reward mixture (``bone_beta`` of one topic,
@@ -15,7 +16,8 @@ What gets built, deterministically from :class:`DemoConfig`:
 - ``value_nature/`` and ``value_city/``: explicit value models (mogen's
   value-model format) trained from the reference with
   :func:`mogen.value.train_value_model` on responses the reference samples
-  to neutral prompts, scored by each objective's reward function.
+  to neutral prompts, scored by each objective's reward function; a sampled
+  response that ended with eos is trained through its eos (MAGE eq. 16).
 
 The three-objective variant (``DemoConfig(objectives=3)``) trains on the
 three-topic corpus (:data:`mogen.demo.corpus.TOPICS_3`) and builds the same
@@ -56,7 +58,8 @@ from . import corpus as demo_corpus
 
 __all__ = ["DemoConfig", "DemoModels", "cache_root", "build_demo_models", "load_demo_models", "demo_dir"]
 
-DEMO_VERSION = 3
+# 4: experts trained on reward mixtures (expert_beta); value models trained through the final eos.
+DEMO_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class DemoConfig:
     expert_steps: int = 150
     policy_steps: int = 100
     bone_beta: float = 0.8
+    expert_beta: float = 0.8
     lr: float = 3e-3
     expert_lr: float = 1e-3
     value_prompts: int = 96
@@ -286,7 +290,8 @@ def _train_base_family(cfg: DemoConfig, tok: Any, lines: list, topics: dict, log
 
 
 def _train_guides(cfg: DemoConfig, tok: Any, lines: list, topics: dict, log: Callable[[str], None]) -> dict:
-    """The reference (weaker, its own tokenizer) and one expert per objective fine-tuned from it."""
+    """The reference (weaker, its own tokenizer) and one expert per objective fine-tuned from it on Bone
+    Soup's reward mixture (``expert_beta`` of its own topic)."""
     width = cfg.max_positions
     torch.manual_seed(cfg.seed + 1)
     reference = _llama(len(tok), cfg.guide_hidden, cfg.guide_layers, cfg, tok)
@@ -296,8 +301,9 @@ def _train_guides(cfg: DemoConfig, tok: Any, lines: list, topics: dict, log: Cal
     out = {"reference": (reference, tok)}
     for k, name in enumerate(cfg.topics):
         expert = _llama(len(tok), cfg.guide_hidden, cfg.guide_layers, cfg, tok)
-        out[f"expert_{name}"] = (_finetune(expert, state, _encode(tok, topics[name], width), cfg.expert_steps, cfg,
-                                           cfg.seed + 10 + k, log, f"expert_{name}"), tok)
+        data = _encode(tok, _mixture(topics, name, cfg.expert_beta, cfg.topic_size, cfg.seed + 10), width)
+        out[f"expert_{name}"] = (_finetune(expert, state, data, cfg.expert_steps, cfg, cfg.seed + 10 + k, log,
+                                           f"expert_{name}"), tok)
     return out
 
 
@@ -318,9 +324,11 @@ def _train_value_models(cfg: DemoConfig, reference: Any, tok: Any, folder: Path,
         )
         stats[name] = {"heldout_spearman": round(res.heldout_spearman, 3), "seconds": round(res.seconds, 1),
                        "train_examples": res.train_examples, "heldout_examples": res.heldout_examples,
-                       "final_loss": round(res.losses[-1], 4)}
+                       "final_loss": round(res.losses[-1], 4), "head_rows": res.head_rows,
+                       "untrained_rows": res.untrained_rows}
         log(f"  value_{name}: {res.train_examples} sampled responses, {cfg.value_epochs} epochs, final loss "
-            f"{res.losses[-1]:.3f}, held-out Spearman {res.heldout_spearman:.3f} ({res.seconds:.1f}s)")
+            f"{res.losses[-1]:.3f}, held-out Spearman {res.heldout_spearman:.3f}, {res.untrained_rows} of "
+            f"{res.head_rows} head rows never a target ({res.seconds:.1f}s)")
     return stats
 
 

@@ -6,7 +6,9 @@
     prompts: prompts.txt                # one prompt per line (relative to this file)
     rewards: [mymod:helpful, mymod:harmless]   # module:function, reward(prompt, response) or reward(response)
     preferences: 11                     # points on the simplex, or an explicit [[mu_1, ..., mu_n], ...]
-    samples: 2                          # responses per prompt and preference
+    samples: 2                          # responses per prompt and preference, per seed
+    seeds: 3                            # decoding seeds (decoding.seed, +1, ...), samples pooled over them
+    bootstrap: {resamples: 1000, seed: 0}   # the 95% intervals of every metric
     reference_point: [0.0, 0.0]         # for the hypervolume; always explicit
     decoding: {max_new_tokens: 32, do_sample: true, top_p: 0.95, seed: 0}
     models:                             # folders; each method takes what it needs
@@ -14,8 +16,8 @@
       base: base                        # the SFT / base model
       policies: [policy_a, policy_b]    # base-family single-objective models (Rewarded Soup, MOD)
       backbones: [bb_a, bb_b]           # Bone Soup backbones, with bone_beta (and alpha, sft)
-      experts: [e_a, e_b]               # small guides and their shared reference (MPAW, MAGE-I)
-      reference: ref
+      experts: [e_a, e_b]               # small guides and their shared reference (MPAW, MAGE-I), with
+      reference: ref                    # expert_beta (and expert_alpha) for MAGE-I-M's Bone Soup merge
       value_models: [v_a, v_b]          # explicit value models (MAGE-E)
     methods:
       - {name: Rewarded Soup, kind: rewarded_soup}
@@ -25,6 +27,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import math
@@ -34,6 +37,7 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
+from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from .grid import preference_grid
 
 __all__ = ["SweepConfig", "MethodSpec", "load_sweep_config", "import_reward", "METHOD_KINDS"]
@@ -46,12 +50,14 @@ METHOD_KINDS: dict[str, tuple[str, ...]] = {
     "mod": (),
     "mpaw": ("beta",),
     "mpaw_search": ("beta", "beam_width", "expansion", "chunk_length", "proposal"),
-    "mage": ("variant", "beta", "gamma", "value_top_k", "bone_beta", "alpha", "search"),
+    "mage": ("variant", "beta", "gamma", "value_top_k", "bone_beta", "alpha", "expert_beta", "expert_alpha",
+             "search"),
 }
-_TOP_KEYS = ("output", "prompts", "rewards", "preferences", "samples", "reference_point", "decoding", "models",
-             "methods")
+_TOP_KEYS = ("output", "prompts", "rewards", "preferences", "samples", "seeds", "bootstrap", "reference_point",
+             "decoding", "models", "methods")
+_BOOTSTRAP_KEYS = ("resamples", "seed")
 _MODEL_KEYS = ("tokenizer", "base", "policies", "backbones", "bone_beta", "alpha", "sft", "experts", "reference",
-               "value_models", "guide_tokenizer", "dtype")
+               "expert_beta", "expert_alpha", "value_models", "guide_tokenizer", "dtype")
 _DECODING_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "batch_size")
 
 Reward = Callable[[str, str], float]
@@ -77,10 +83,25 @@ class SweepConfig:
     decoding: dict
     models: dict
     methods: list  # [MethodSpec]
+    seeds: list = field(default_factory=lambda: [0])  # decoding seeds; each point is decoded once per seed
+    resamples: int = DEFAULT_RESAMPLES  # bootstrap replicates behind every interval
+    bootstrap_seed: int = DEFAULT_SEED
 
     @property
     def objectives(self) -> int:
         return self.preferences.shape[1]
+
+    def with_seeds(self, count: int, offset: int = 0) -> "SweepConfig":
+        """This config decoded with ``count`` seeds starting at ``decoding.seed + offset``."""
+        _positive_int(count, "seeds")
+        first = int(self.decoding.get("seed", 0)) + int(offset)
+        return dataclasses.replace(self, seeds=list(range(first, first + count)))
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"sweep config: {key} must be an int >= 1, got {value!r}")
+    return value
 
 
 def _unknown(given: Any, known: tuple, where: str) -> None:
@@ -171,8 +192,14 @@ def load_sweep_config(source: Union[str, Path, dict], root: Union[str, Path, Non
     ref = [float(x) for x in raw["reference_point"]]
     if len(ref) != len(rewards) or not all(math.isfinite(x) for x in ref):
         raise ValueError(f"sweep config: reference_point must be {len(rewards)} finite numbers, got {ref}")
-    samples = raw.get("samples", 1)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"sweep config: samples must be an int >= 1, got {samples!r}")
-    return SweepConfig(base_dir / raw["output"], list(prompts), rewards, grid, samples, ref, decoding,
-                       _paths(models, base_dir), _methods(raw["methods"]))
+    samples = _positive_int(raw.get("samples", 1), "samples")
+    boot = dict(raw.get("bootstrap") or {})
+    _unknown(boot, _BOOTSTRAP_KEYS, "bootstrap")
+    resamples = _positive_int(boot.get("resamples", DEFAULT_RESAMPLES), "bootstrap.resamples")
+    boot_seed = boot.get("seed", DEFAULT_SEED)
+    if isinstance(boot_seed, bool) or not isinstance(boot_seed, int):
+        raise ValueError(f"sweep config: bootstrap.seed must be an int, got {boot_seed!r}")
+    cfg = SweepConfig(base_dir / raw["output"], list(prompts), rewards, grid, samples, ref, decoding,
+                      _paths(models, base_dir), _methods(raw["methods"]), resamples=resamples,
+                      bootstrap_seed=boot_seed)
+    return cfg.with_seeds(_positive_int(raw.get("seeds", 1), "seeds"))

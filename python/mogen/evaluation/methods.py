@@ -105,15 +105,19 @@ def _proxies(models: _Models, name: str) -> list:
 
 
 def _mage(models: _Models, spec: MethodSpec, tok: Any) -> Decode:
-    from ..mage import MAGE
+    from ..mage import MAGE, VARIANTS
 
     p = dict(spec.params)
     variant = p.pop("variant", "none") if spec.kind == "mage" else "none"
+    guide = VARIANTS[variant].guide if variant in VARIANTS else None  # MAGE names an unknown variant
     extra: dict = {}
-    if variant.startswith("E"):
+    if guide == "value":
         extra["value_models"] = models.need("value_models", spec.name)
-    if variant.startswith("I"):
+    if guide == "proxy":
         extra.update(experts=models.need("experts", spec.name), reference=models.need("reference", spec.name))
+        for key in ("expert_beta", "expert_alpha"):
+            if key not in p and models.paths.get(key) is not None:
+                p[key] = models.paths[key]
     mage = MAGE(models.need("backbones", spec.name), tokenizer=tok, variant=variant,
                 bone_beta=p.pop("bone_beta", models.paths.get("bone_beta", 0.8)),
                 alpha=p.pop("alpha", models.paths.get("alpha", 0.0)), sft=models.paths.get("sft"),

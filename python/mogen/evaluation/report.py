@@ -1,21 +1,37 @@
-"""A sweep's reports: samples.jsonl, means.csv, metrics.md and pareto.png."""
+"""A sweep's reports: samples.jsonl, means.csv, metrics.md, bootstrap.npz and pareto.png.
+
+Every metric of :func:`method_metrics` is reported with its 95% bootstrap
+interval (:mod:`mogen.evaluation.bootstrap`): ``value [low, high]`` in
+``metrics.md``. ``bootstrap.npz`` keeps each method's replicates (key
+``"<method>/<metric>"``, ``[B]``) and the replicate mean rewards (key
+``"<method>/means"``, ``[B, P, n]``), so checks can judge any function of them
+(a ratio or difference of two methods' metrics) on paired replicates.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from .. import metrics
+from ..provenance import provenance_lines
+from .bootstrap import TAILS, Interval, interval, resampled_means
+from .plot import plot_front
 
-__all__ = ["write_reports", "method_metrics"]
+__all__ = ["write_reports", "method_metrics", "quality_metrics", "MethodRun", "load_method_run", "METRIC_COLUMNS"]
+
+#: The columns of metrics.md that carry a bootstrap interval, in order; tokens/s follows them.
+METRIC_COLUMNS = ("HV", "IP", "sparsity", "spacing", "front", "controllability")
 
 
-def method_metrics(prefs: np.ndarray, means: np.ndarray, ref: list, tokens: int, seconds: float) -> dict:
-    """One method's row: HV (against ``ref``), IP, sparsity, spacing, front length, controllability, tokens/s."""
+def quality_metrics(prefs: np.ndarray, means: np.ndarray, ref: list) -> dict:
+    """HV (against ``ref``; points not above it add nothing), IP, sparsity, spacing, front length and
+    controllability of mean rewards ``means [P, n]`` at preferences ``prefs [P, n]``."""
     above = np.all(means > np.asarray(ref), axis=1)
     return {
         "HV": metrics.hypervolume(means[above], ref) if above.any() else 0.0,
@@ -24,75 +40,110 @@ def method_metrics(prefs: np.ndarray, means: np.ndarray, ref: list, tokens: int,
         "spacing": metrics.spacing(means),
         "front": metrics.front_length(means),
         "controllability": metrics.controllability(prefs, means),
-        "tokens/s": tokens / max(seconds, 1e-9),
     }
 
 
-def _plot(path: Path, names: list, prefs: np.ndarray, means: dict, reward_names: list) -> None:
-    """Mean rewards per preference: the front for two objectives, every pairwise projection beyond.
-
-    ``means[name]`` is ``[P, n]``. Two objectives: one panel, points joined in preference order and
-    labelled with ``mu_1``. ``n >= 3``: one panel per pair ``(k, l)`` of objectives (three for n = 3),
-    markers only, since on the lattice preference order is a path, not a front.
-    """
-    import itertools
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = prefs.shape[1]
-    pairs = list(itertools.combinations(range(n), 2))
-    fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 if n == 2 else 4.6 * len(pairs), 5), squeeze=False)
-    for ax, (k, l) in zip(axes[0], pairs):
-        for name in names:
-            m = means[name]
-            ax.plot(m[:, k], m[:, l], marker="o", label=name, linestyle="-" if n == 2 else "none",
-                    markersize=6 if n == 2 else 4)
-            if n == 2:
-                for mu, (x, y) in zip(prefs, m[:, :2]):
-                    ax.annotate(f"{mu[0]:.1f}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
-        ax.set_xlabel(reward_names[k])
-        ax.set_ylabel(reward_names[l])
-    if n == 2:
-        axes[0, 0].set_title("mean rewards per preference (labels: weight of objective 1)")
-        axes[0, 0].legend(fontsize=7)
-    else:
-        fig.suptitle(f"mean rewards per preference ({len(prefs)} points on the simplex), pairwise projections")
-        axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def method_metrics(prefs: np.ndarray, means: np.ndarray, ref: list, tokens: int, seconds: float) -> dict:
+    """One method's row: :func:`quality_metrics` and tokens/s."""
+    return {**quality_metrics(prefs, means, ref), "tokens/s": tokens / max(seconds, 1e-9)}
 
 
-def write_reports(cfg: Any, folder: Path, points: list) -> list:
-    """Writes the reports from the point files; returns the metrics rows ``[(name, dict)]``."""
-    prefs = np.asarray(cfg.preferences, dtype=np.float64)
-    reward_names = [spec.split(":")[-1] for spec, _ in cfg.rewards]
-    means, rows = {}, []
+@dataclass
+class MethodRun:
+    """One method's finished points: ``rewards [P, X, S, n]`` (P preferences, X prompts, S samples per
+    prompt pooled over the seeds, n objectives) and per seed ``[K]`` the tokens and seconds."""
+
+    name: str
+    rewards: np.ndarray
+    tokens: np.ndarray
+    seconds: np.ndarray
+    points: list  # [P][K] the point files' contents
+
+    @property
+    def means(self) -> np.ndarray:
+        return self.rewards.mean(axis=(1, 2))
+
+    @property
+    def tokens_per_second(self) -> np.ndarray:
+        """``[K]``: each seed's tokens over its seconds."""
+        return self.tokens / np.maximum(self.seconds, 1e-9)
+
+
+def load_method_run(name: str, files: list, prompts: int, samples: int) -> MethodRun:
+    """The points ``files [P][K]`` of one method (``samples`` per prompt per seed, prompt-major)."""
+    points = [[json.loads(Path(f).read_text()) for f in per_seed] for per_seed in files]
+    n = len(points[0][0]["samples"][0]["rewards"])
+    rewards = np.stack([np.concatenate([np.asarray([s["rewards"] for s in d["samples"]], dtype=np.float64)
+                                        .reshape(prompts, samples, n) for d in per_seed], axis=1)
+                        for per_seed in points])
+    tokens = np.asarray([sum(p[k]["tokens"] for p in points) for k in range(len(points[0]))], dtype=np.float64)
+    seconds = np.asarray([sum(p[k]["seconds"] for p in points) for k in range(len(points[0]))], dtype=np.float64)
+    return MethodRun(name, rewards, tokens, seconds, points)
+
+
+def _replicates(run: MethodRun, prefs: np.ndarray, ref: list, resamples: int, seed: int) -> dict:
+    means = np.stack(list(resampled_means(run.rewards, resamples, seed)))  # [B, P, n]
+    rows = [quality_metrics(prefs, m, ref) for m in means]
+    out = {c: np.asarray([r[c] for r in rows], dtype=np.float64) for c in METRIC_COLUMNS}
+    out["means"] = means
+    return out
+
+
+def _cell(column: str, iv: Interval) -> str:
+    if column == "front":
+        return f"{iv.value:.0f} [{iv.low:.0f}, {iv.high:.0f}]"
+    return f"{iv.value:.4f} [{iv.low:.4f}, {iv.high:.4f}]"
+
+
+def _write_samples(folder: Path, runs: list, prefs: np.ndarray, reward_names: list) -> None:
     with open(folder / "samples.jsonl", "w") as samples_out, open(folder / "means.csv", "w", newline="") as csv_out:
         writer = csv.writer(csv_out)
         writer.writerow(["method", *[f"mu_{k + 1}" for k in range(prefs.shape[1])], *reward_names, "tokens", "seconds"])
-        for name, files in points:
-            data = [json.loads(Path(f).read_text()) for f in files]
-            m = np.asarray([np.mean([s["rewards"] for s in d["samples"]], axis=0) for d in data])
-            means[name] = m
-            for d, mu, r in zip(data, prefs, m):
-                writer.writerow([name, *mu.tolist(), *r.tolist(), d["tokens"], round(d["seconds"], 3)])
-                for s in d["samples"]:
-                    samples_out.write(json.dumps({"method": name, "preference": mu.tolist(), **s}) + "\n")
-            rows.append((name, method_metrics(prefs, m, cfg.reference_point, sum(d["tokens"] for d in data),
-                                              sum(d["seconds"] for d in data))))
-    cols = list(rows[0][1])
-    lines = [f"Reference point for HV: {cfg.reference_point}; {len(prefs)} preference points; "
-             f"{len(cfg.prompts)} prompts x {cfg.samples} samples each.", "",
-             "| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for name, r in rows:
-        cells = [f"{r[c]:.4f}" if isinstance(r[c], float) and c != "tokens/s" else
-                 (f"{r[c]:.0f}" if c == "tokens/s" else str(r[c])) for c in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    (folder / "metrics.md").write_text("\n".join(lines) + "\n")
-    if prefs.shape[1] >= 2:
-        _plot(folder / "pareto.png", [n for n, _ in rows], prefs, means, reward_names)
+        for run in runs:
+            for mu, r, per_seed in zip(prefs, run.means, run.points):
+                writer.writerow([run.name, *mu.tolist(), *r.tolist(), sum(d["tokens"] for d in per_seed),
+                                 round(sum(d["seconds"] for d in per_seed), 3)])
+                for d in per_seed:
+                    for s in d["samples"]:
+                        samples_out.write(json.dumps({"method": run.name, "preference": mu.tolist(),
+                                                      "seed": d.get("seed"), **s}) + "\n")
+
+
+def _metrics_md(cfg: Any, rows: list, intervals: dict, command: Optional[str]) -> str:
+    prefs = np.asarray(cfg.preferences)
+    lines = [*provenance_lines(command), "",
+             f"Reference point for HV: {cfg.reference_point}; {len(prefs)} preference points; "
+             f"{len(cfg.prompts)} prompts x {cfg.samples} samples each x {len(cfg.seeds)} seed(s) "
+             f"{list(cfg.seeds)}.",
+             f"Each metric: value [95% bootstrap interval] over {cfg.resamples} resamples of prompts and of "
+             f"samples within prompts (bootstrap seed {cfg.bootstrap_seed}); tokens/s: new tokens over decoding "
+             "time, all seeds.", "",
+             "| method | " + " | ".join(METRIC_COLUMNS) + " | tokens/s |",
+             "|---|" + "---:|" * (len(METRIC_COLUMNS) + 1)]
+    for name, row in rows:
+        cells = [_cell(c, intervals[name][c]) for c in METRIC_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['tokens/s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(cfg: Any, folder: Path, points: list, command: Optional[str] = None) -> list:
+    """Writes the reports from the point files ``points = [(method, files [P][K])]``; returns the metrics
+    rows ``[(name, dict)]`` (point estimates; the intervals are in metrics.md and bootstrap.npz)."""
+    prefs = np.asarray(cfg.preferences, dtype=np.float64)
+    reward_names = [spec.split(":")[-1] for spec, _ in cfg.rewards]
+    runs = [load_method_run(name, files, len(cfg.prompts), cfg.samples) for name, files in points]
+    _write_samples(folder, runs, prefs, reward_names)
+    rows, intervals, arrays, bars = [], {}, {}, {}
+    for run in runs:
+        row = method_metrics(prefs, run.means, cfg.reference_point, int(run.tokens.sum()), float(run.seconds.sum()))
+        rep = _replicates(run, prefs, cfg.reference_point, cfg.resamples, cfg.bootstrap_seed)
+        intervals[run.name] = {c: interval(row[c], rep[c]) for c in METRIC_COLUMNS}
+        arrays.update({f"{run.name}/{k}": v for k, v in rep.items()})
+        arrays[f"{run.name}/tokens_per_second"] = run.tokens_per_second
+        bars[run.name] = np.percentile(rep["means"], TAILS, axis=0)  # [2, P, n]
+        rows.append((run.name, row))
+    np.savez_compressed(folder / "bootstrap.npz", **arrays)
+    (folder / "metrics.md").write_text(_metrics_md(cfg, rows, intervals, command))
+    plot_front(folder / "pareto.png", [r.name for r in runs], prefs, {r.name: r.means for r in runs}, bars,
+               reward_names)
     return rows
