@@ -2,7 +2,8 @@
 # if missing, installs the pinned requirements and (re)builds the extension
 # when a C++/CUDA source changed.
 #   make demo        the embedded demo
-#   make sweep       the embedded comparisons of every method, two and three objectives (metrics, plots)
+#   make sweep       the embedded comparisons of every method, two and three objectives (metrics with
+#                    bootstrap intervals, plots; SWEEP_ARGS="--seed-offset 100" for other seeds)
 #   make test        the whole test suite
 #   make bench       micro-benchmarks (kernel vs eager reference, vs roofline)
 #   make readme      README's benchmark tables and At-a-glance figures, from benchmarks/results/
@@ -37,9 +38,11 @@ install: $(VENV)/.built
 demo: install
 	$(PY) -m mogen.cli demo
 
+# SWEEP_ARGS: e.g. --seed-offset 100 (other decoding seeds), --seeds 5
+SWEEP_ARGS ?=
 sweep: install
-	$(PY) -m mogen.cli demo --sweep
-	$(PY) -m mogen.cli demo --sweep --objectives 3
+	$(PY) -m mogen.cli demo --sweep $(SWEEP_ARGS)
+	$(PY) -m mogen.cli demo --sweep --objectives 3 $(SWEEP_ARGS)
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
