@@ -50,6 +50,9 @@ def machine() -> dict:
             "threads": torch.get_num_threads(), "gpu": gpu, "python": platform.python_version()}
 
 
+_RESULTS = "benchmarks/results"
+
+
 def _git(*args: str) -> str:
     return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True,
                           timeout=30).stdout.strip()
@@ -58,7 +61,8 @@ def _git(*args: str) -> str:
 def commit() -> str:
     """``git rev-parse --short=12 HEAD`` of this checkout, ``+dirty`` if a tracked file differs; never raises.
 
-    ``"unknown"`` outside a git checkout (or without git).
+    Recorded results (``benchmarks/results/``) do not count: a run that writes one result file must not
+    make the next run of the same commit read as dirty. ``"unknown"`` outside a git checkout (or without git).
     """
     try:
         head = _git("rev-parse", "--short=12", "HEAD")
@@ -67,7 +71,7 @@ def commit() -> str:
     if not head:
         return "unknown"
     try:
-        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){_RESULTS}"))
     except Exception:
         dirty = False
     return head + ("+dirty" if dirty else "")
