@@ -15,11 +15,15 @@ diagnostics explain misses:
   preference moved; a pair fails either because the rewards *tie* (equal means:
   typically both exactly 0, the disfavoured objective's words pushed out of the
   top-p nucleus) or because they move the wrong way (*reversed*);
-- a merged guide saves the forward passes of the guides it replaces, never the
-  base's: with ``t_b`` the base-only time per token and ``t_e`` the ensemble's,
-  the least a merged guide can take is ``t_b + (t_e - t_b) * kept / ensemble``
-  forwards (E: 1 of 2 value models; I: expert + reference, 2 of 3), so its
-  ratio to the ensemble cannot go below that bound whatever the kernels do.
+- a merged guide saves what the guides it replaces cost, never the base's
+  share: with ``t_b`` the base-only time per token and ``t_e`` the ensemble's,
+  the guides' share ``t_e - t_b`` is their forwards plus each guide's own
+  pipeline (re-tokenising the text, its terms). E-M keeps 1 of 2 value models
+  (half of both); I-M keeps 2 of 3 forwards (the merged expert and the shared
+  reference) but 1 of 2 guide pipelines, so the least either can take is
+  ``t_b + (t_e - t_b) / 2``, and its ratio to the ensemble cannot go below that
+  bound whatever the kernels do. (An earlier bound counted forwards only, 2/3
+  for I-M; a measured I-M beat it, so it was not a floor.)
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ __all__ = ["target_lines"]
 
 #: Rows whose controllability must reach 0.95.
 _CONTROLLED = ("MPAW token-level", "MAGE-E", "MAGE-E-M", "MAGE-I", "MAGE-I-M")
-#: (merged, ensemble, guide forwards kept, guide forwards of the ensemble).
-_MERGED = (("MAGE-E-M", "MAGE-E", 1, 2), ("MAGE-I-M", "MAGE-I", 2, 3))
+#: (merged, ensemble, the least share of the ensemble's guide time the merged guide keeps: the smaller of its
+#: shares of the guide forwards and of the guide pipelines; see the module docstring).
+_MERGED = (("MAGE-E-M", "MAGE-E", 1 / 2), ("MAGE-I-M", "MAGE-I", min(2 / 3, 1 / 2)))
 #: A merged guide's HV within this share of its ensemble's; its time per token at most this share.
 _HV_TOLERANCE = 0.05
 _TIME_SHARE = 0.6
@@ -90,17 +95,17 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(b > 0, a / b, np.nan)
 
 
-def _merged_line(rows: dict, boot: dict, merged: str, ens: str, kept: int, total: int) -> str:
+def _merged_line(rows: dict, boot: dict, merged: str, ens: str, kept: float) -> str:
     hv = interval(rows[merged]["HV"] / rows[ens]["HV"] if rows[ens]["HV"] > 0 else float("nan"),
                   _ratio(boot[f"{merged}/HV"], boot[f"{ens}/HV"]))
     per_seed = boot[f"{ens}/tokens_per_second"] / boot[f"{merged}/tokens_per_second"]
     t = Interval(rows[ens]["tokens/s"] / rows[merged]["tokens/s"], float(per_seed.min()), float(per_seed.max()))
     tb, te = 1 / rows["base only"]["tokens/s"], 1 / rows[ens]["tokens/s"]
-    bound = (tb + (te - tb) * kept / total) / te
+    bound = (tb + (te - tb) * kept) / te
     return (f"- {merged} vs {ens}: HV ratio {_fmt(hv, 3)} (target within {_HV_TOLERANCE:.0%}: "
             f"{_within(hv, 1 - _HV_TOLERANCE, 1 + _HV_TOLERANCE)}); time per token {_fmt(t, 2)} over "
             f"{len(per_seed)} seed(s) (target <= {_TIME_SHARE}x: {t.clears(_TIME_SHARE, above=False)}; the least it "
-            f"could be, the base's forward kept: {bound:.2f}x)")
+            f"could be, the base's share kept: {bound:.2f}x)")
 
 
 def _order_verdict(diff: Interval, strict: bool) -> str:
