@@ -26,11 +26,13 @@ def plot_front(path: Path, names: list, prefs: np.ndarray, means: dict, bars: di
     n = prefs.shape[1]
     pairs = list(itertools.combinations(range(n), 2))
     fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 if n == 2 else 4.6 * len(pairs), 5), squeeze=False)
+    # tab10 repeats its colours after ten methods; tab20 keeps eleven or more apart.
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     for ax, (k, l) in zip(axes[0], pairs):
-        for name in names:
+        for i, name in enumerate(names):
             m, (lo, hi) = means[name], bars[name]
             ax.errorbar(m[:, k], m[:, l], xerr=[m[:, k] - lo[:, k], hi[:, k] - m[:, k]],
-                        yerr=[m[:, l] - lo[:, l], hi[:, l] - m[:, l]], marker="o", label=name,
+                        yerr=[m[:, l] - lo[:, l], hi[:, l] - m[:, l]], marker="o", label=name, color=palette(i),
                         linestyle="-" if n == 2 else "none", markersize=5 if n == 2 else 4, elinewidth=0.6,
                         capsize=0, alpha=0.85)
             if n == 2:
