@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..dtypes import SHORT_FLOAT_NAMES
+
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import mogen_ext
@@ -45,7 +47,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="vocabulary of the last guide, reached through a map (0: all share the base's)")
     p.add_argument("--hidden", type=int, default=4096, help="value: hidden size H")
     p.add_argument("--k", type=int, default=50, help="value: candidates per row")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+    p.add_argument("--dtype", choices=list(SHORT_FLOAT_NAMES), default=None,
                    help="input dtype (default: fp32 for fusion, bf16 for value)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_bench)

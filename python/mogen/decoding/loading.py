@@ -12,10 +12,10 @@ from typing import Any, Optional
 
 import torch
 
+from ..dtypes import torch_dtype
+
 __all__ = ["quiet_transformers", "parse_dtype", "load_causal_lm", "load_tokenizer", "has_tokenizer", "parse_guide_spec"]
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
@@ -30,10 +30,8 @@ def quiet_transformers() -> None:
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return _DTYPES[name.lower()]
-    except KeyError:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {name!r}") from None
+    """``torch.bfloat16`` from "bf16" / "bfloat16" (any name :mod:`mogen.dtypes` knows for a float dtype)."""
+    return torch_dtype(name)
 
 
 def _folder(path: str, what: str) -> Path:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..dtypes import torch_dtype
 from .config import MethodSpec, SweepConfig
 
 __all__ = ["Decoder", "build_decoder"]
@@ -50,7 +51,7 @@ class _Models:
     def load(self, path: Path, fresh: bool = False) -> Any:
         from ..mage import load_model
 
-        dtype = getattr(torch, str(self.paths.get("dtype", "float32")))
+        dtype = torch_dtype(self.paths.get("dtype", "float32"), what="sweep config: models.dtype")
         if fresh:  # a model the method merges into: its own copy
             return load_model(path, dtype, "cpu")
         if path not in self._cache:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import _backend
+from ..dtypes import FLOAT_TORCH_DTYPES
 from . import methods as _methods
 from .engine import PathLike, _linear_row, _nonlinear, _open_inputs, _paths, _Progress, _used_inputs
 from .io import kernels
@@ -96,7 +97,7 @@ def merge_into(
             if tuple(t.shape) != tuple(it.shape):
                 raise ValueError(f"tensor {it.name!r} is {list(it.shape)} in the checkpoints but "
                                  f"{list(t.shape)} in the model")
-            if it.action == "merge" and t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            if it.action == "merge" and t.dtype not in FLOAT_TORCH_DTYPES:
                 raise ValueError(f"model tensor {it.name!r} is {t.dtype}; merging writes float32, bfloat16 or float16")
         seconds["plan"] = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .io import ITEMSIZE, MERGEABLE, Checkpoint, TensorRef, natural_key
+from ..dtypes import FLOAT_CODES, itemsize
+from .io import Checkpoint, TensorRef, natural_key
 from .methods import MethodSpec
 
 ON_MISSING = ("error", "skip", "first")
@@ -39,7 +40,7 @@ class Item:
 
     @property
     def out_nbytes(self) -> int:
-        return self.numel * ITEMSIZE[self.out_dtype]
+        return self.numel * itemsize(self.out_dtype)
 
 
 def parse_rules(rules, input_names: Sequence[str], num_sources: int) -> list[tuple]:
@@ -142,8 +143,8 @@ def merge_item(name: str, refs: list, present: list[int], input_names: Sequence[
         detail = ", ".join(f"{input_names[i]}: {list(refs[i].shape)}" for i in present)
         raise ValueError(f"tensor {name!r} has different shapes across inputs ({detail})")
     dtypes = {refs[i].dtype for i in present}
-    if not dtypes <= set(MERGEABLE):
-        if dtypes & set(MERGEABLE) or len(dtypes) > 1:
+    if not dtypes <= set(FLOAT_CODES):
+        if dtypes & set(FLOAT_CODES) or len(dtypes) > 1:
             detail = ", ".join(f"{input_names[i]}: {refs[i].dtype}" for i in present)
             raise ValueError(f"tensor {name!r} cannot be merged: dtypes {detail}; merging takes F32, BF16 "
                              "and F16 (add a copy or skip rule)")
@@ -161,5 +162,5 @@ def merge_item(name: str, refs: list, present: list[int], input_names: Sequence[
 def copy_item(name: str, refs: list, src: int, dtype: Optional[str]) -> Item:
     """``name`` copied from ``refs[src]`` (cast to ``dtype`` when it is floating point)."""
     r: TensorRef = refs[src]
-    out = dtype if dtype is not None and r.dtype in MERGEABLE else r.dtype
+    out = dtype if dtype is not None and r.dtype in FLOAT_CODES else r.dtype
     return Item(name, r.shape, out, "copy", refs, copy_from=src)
