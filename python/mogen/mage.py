@@ -35,10 +35,11 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .numerics import off_simplex
+
 __all__ = ["MAGE", "MergeRecord", "VARIANTS", "Variant", "check_preference"]
 
 PathLike = Union[str, Path]
-_SIMPLEX_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def check_preference(preference: Any, n: int) -> np.ndarray:
         p = p[None]
     if p.ndim != 2 or p.shape[1] != n:
         raise ValueError(f"preference must be [n] = [{n}] or [B, {n}] (one per row), got shape {np.shape(preference)}")
-    bad = ~np.isfinite(p).all(axis=1) | (p < -_SIMPLEX_TOL).any(axis=1) | (np.abs(p.sum(axis=1) - 1) > _SIMPLEX_TOL)
+    bad = off_simplex(p)
     if bad.any():
         row = int(np.argmax(bad))
         raise ValueError(f"preference row {row} = {p[row].tolist()} is not on the simplex (entries >= 0 summing to 1)")

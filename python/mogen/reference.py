@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .numerics import ZERO_NORM_EPS, ZERO_SUM_EPS
+
 __all__ = ["fused_log_ratio", "fused_log_ratio_topk", "fused_log_ratio_argmax", "topk_value_scores", "merge_linear",
            "merge_task_arithmetic", "bone_soup_matrix", "bone_soup_lambdas", "merge_ties", "merge_dare", "dare_mask",
            "merge_slerp"]
@@ -196,7 +198,7 @@ def _disjoint(base: torch.Tensor, weighted: list, weights: Sequence[float], norm
     else:
         mixed = sum(weighted)
         s = float(sum(weights))
-        divisor = torch.full_like(base, 1.0 if abs(s) < 1e-8 else s)
+        divisor = torch.full_like(base, 1.0 if abs(s) < ZERO_SUM_EPS else s)
     if normalize:
         mixed = mixed / divisor
     return base + lam * mixed
@@ -236,7 +238,7 @@ def merge_dare(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Seq
 
 
 def merge_slerp(v0: torch.Tensor, v1: torch.Tensor, t: float, dot_threshold: float = 0.9995,
-                eps: float = 1e-8) -> torch.Tensor:
+                eps: float = ZERO_NORM_EPS) -> torch.Tensor:
     """Spherical interpolation of the flattened tensors' directions (linear when nearly
     parallel, ``|cos| > dot_threshold``), applied to the unnormalised tensors. float64."""
     a, b = v0.to(torch.float64), v1.to(torch.float64)

@@ -54,6 +54,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from ..decoding.loading import quiet_transformers as _quiet_transformers
+from ..numerics import GRAD_CLIP_NORM
 from . import corpus as demo_corpus
 
 __all__ = ["DemoConfig", "DemoModels", "cache_root", "build_demo_models", "load_demo_models", "demo_dir"]
@@ -183,7 +184,7 @@ def _train(model: Any, data: tuple[torch.Tensor, torch.Tensor], steps: int, lr: 
         loss = model(input_ids=ids[idx], labels=labels[idx]).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
         opt.step()
         sched.step()
     model.eval()

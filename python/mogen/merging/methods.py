@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..numerics import NORMALIZE_ZERO_SUM, ZERO_NORM_EPS, ZERO_SUM_EPS
 from .bone_soup import bone_soup_coefficients
 
 __all__ = ["METHODS", "LINEAR_METHODS", "MethodSpec", "resolve", "dare_seed", "dare_keep_mask"]
@@ -27,7 +28,7 @@ LINEAR_METHODS = ("linear", "task_arithmetic", "bone_soup")
 METHODS = LINEAR_METHODS + ("ties", "dare_linear", "dare_ties", "slerp")
 _NEEDS_BASE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
 SLERP_DOT_THRESHOLD = 0.9995
-SLERP_EPS = 1e-8
+SLERP_EPS = ZERO_NORM_EPS
 
 
 @dataclass
@@ -98,7 +99,7 @@ def _per_source(x, n: int, what: str, lo: float, hi: float) -> np.ndarray:
 
 def _normalize_rows(w: np.ndarray, what: str) -> np.ndarray:
     s = w.sum(axis=1, keepdims=True)
-    if (np.abs(s) < 1e-12).any():
+    if (np.abs(s) < NORMALIZE_ZERO_SUM).any():
         raise ValueError(f"normalize=True divides {what} by their sum, which is 0")
     return w / s
 
@@ -253,7 +254,7 @@ def sparse_task_merge(spec: MethodSpec, k: int, name: str, base: torch.Tensor, x
     if spec.name == "dare_linear":
         mixed = torch.stack(weighted).sum(0) if weighted else torch.zeros_like(base)
         divisor = torch.full_like(base, float(w.sum()))
-        divisor[divisor.abs() < 1e-8] = 1.0
+        divisor[divisor.abs() < ZERO_SUM_EPS] = 1.0
     else:
         total = torch.stack(weighted).sum(0)
         elected = torch.where(total >= 0, 1.0, -1.0)

@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from ..numerics import GRAD_CLIP_NORM, REWARD_STD_MIN
 from .data import Example, Reward, checked, encode_example, sample_responses, score, spearman
 from .format import make_value_model
 
@@ -170,7 +171,7 @@ def train_value_model(
     rewards = [e.reward for e in train]
     offset = sum(rewards) / len(rewards)
     std = math.sqrt(sum((r - offset) ** 2 for r in rewards) / len(rewards))
-    scale = std if std > 1e-8 else 1.0
+    scale = std if std > REWARD_STD_MIN else 1.0
     value = make_value_model(copy.deepcopy(_load(model)), objectives=objectives, reward_scale=scale,
                              reward_offset=offset)
     encoded = _encode(tokenizer, train, [(e.reward - offset) / scale for e in train])
@@ -238,7 +239,7 @@ def _fit(value: Any, tokenizer: Any, encoded: list, *, epochs: int, lr: float, b
             loss = per_row.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(value.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(value.parameters(), GRAD_CLIP_NORM)
             opt.step()
             value_of_loss = loss.item()
             total, count = total + value_of_loss * len(ids), count + len(ids)
