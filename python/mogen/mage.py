@@ -112,10 +112,9 @@ def bone_soup_sources(mu: Sequence[float], models: Sequence[PathLike], beta: flo
 
 def load_model(path: PathLike, dtype: torch.dtype, device: Any) -> Any:
     """A causal LM from a local folder, quietly (``mogen decode``'s loader), in eval mode on ``device``."""
-    from .decoding.loading import load_causal_lm, quiet_transformers
+    from .decoding.loading import load_causal_lm
 
-    quiet_transformers()
-    return load_causal_lm(str(path), dtype=dtype, device=device, device_map=None, what="checkpoint")
+    return load_causal_lm(path, dtype=dtype, device=device, what="checkpoint")
 
 
 class MAGE:
@@ -188,10 +187,9 @@ class MAGE:
     def _guide_tokenizer(self, guide_tokenizer: Any) -> Any:
         if not (isinstance(guide_tokenizer, str) and guide_tokenizer == "auto"):
             return guide_tokenizer
-        from .decoding.loading import has_tokenizer, load_tokenizer
+        from .decoding.loading import own_tokenizer
 
-        first = self.guide_folders[0] if self.guide_folders else None
-        return load_tokenizer(str(first), "guide") if first is not None and has_tokenizer(str(first)) else None
+        return own_tokenizer(self.guide_folders[0], "guide") if self.guide_folders else None
 
     def _load_guides(self, reference: Optional[PathLike]) -> dict:
         if self.kind.guide == "value":

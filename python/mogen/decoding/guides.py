@@ -146,17 +146,12 @@ class ValueGuide:
         guide then reads text through it; pass None to share the base's).
         """
         from ..value.format import read_value_entry
-        from .loading import has_tokenizer, load_tokenizer
+        from .loading import load_causal_lm, own_tokenizer
 
         read_value_entry(path)
-        from transformers import AutoModelForCausalLM
-
-        kwargs: dict[str, Any] = {"local_files_only": True}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(device).eval()
+        model = load_causal_lm(path, dtype=dtype, device=device, what="value model")
         if isinstance(tokenizer, str) and tokenizer == "auto":
-            tokenizer = load_tokenizer(str(path), "value model") if has_tokenizer(str(path)) else None
+            tokenizer = own_tokenizer(path, "value model")
         return cls(model, weight, tokenizer=tokenizer, top_k=top_k)
 
     @property

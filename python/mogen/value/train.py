@@ -116,9 +116,10 @@ def predict_final_values(model: Any, tokenizer: Any, examples: Sequence[Example]
 
 def _load(model: Union[str, Path, Any]) -> Any:
     if isinstance(model, (str, Path)):
-        from transformers import AutoModelForCausalLM
+        # decoding pulls in transformers; `import mogen.value` does not need it
+        from ..decoding.loading import load_causal_lm
 
-        return AutoModelForCausalLM.from_pretrained(str(model), local_files_only=True).eval()
+        return load_causal_lm(model, device=None)
     return model
 
 
