@@ -29,7 +29,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-__all__ = ["ProxyGuide", "ValueGuide", "Guide", "shares_tokenizer", "tokenizer_vocab_size", "logits_width"]
+__all__ = ["ProxyGuide", "ValueGuide", "Guide", "shares_tokenizer", "logits_width"]
 
 
 def _is_causal_lm(model: Any) -> bool:
@@ -154,10 +154,6 @@ class ValueGuide:
             tokenizer = own_tokenizer(path, "value model")
         return cls(model, weight, tokenizer=tokenizer, top_k=top_k)
 
-    @property
-    def models(self) -> tuple[Any, ...]:
-        return (self.model,)
-
     def __repr__(self) -> str:
         tok = "base's" if self.tokenizer is None else type(self.tokenizer).__name__
         mode = "full head" if self.top_k is None else f"top_k={self.top_k}"
@@ -211,11 +207,6 @@ def shares_tokenizer(base_tokenizer: Any, guide_tokenizer: Any) -> bool:
         return False
     a, b = _serialized(base_tokenizer), _serialized(guide_tokenizer)
     return a is not None and a == b
-
-
-def tokenizer_vocab_size(tokenizer: Any) -> int:
-    """The real vocabulary size, added tokens included (``len(tokenizer)``)."""
-    return len(tokenizer)
 
 
 def logits_width(model: Any) -> int:

@@ -89,7 +89,7 @@ def _read_f32(ref) -> torch.Tensor:
     return ref.read().to(torch.float32)
 
 
-def _nonlinear(spec: _methods.MethodSpec, item: Item, k: int) -> torch.Tensor:
+def _nonlinear(spec: _methods.MergeMethodSpec, item: Item, k: int) -> torch.Tensor:
     """Output k of a per-tensor (non-linear) method, fp32 (inputs: the sources, then base)."""
     n = spec.num_sources
     base_idx = n if spec.uses_base else None

@@ -22,7 +22,7 @@ import torch
 from ..numerics import NORMALIZE_ZERO_SUM, ZERO_NORM_EPS, ZERO_SUM_EPS
 from .bone_soup import bone_soup_coefficients
 
-__all__ = ["METHODS", "LINEAR_METHODS", "MethodSpec", "resolve", "dare_seed", "dare_keep_mask"]
+__all__ = ["METHODS", "LINEAR_METHODS", "MergeMethodSpec", "resolve", "dare_seed", "dare_keep_mask"]
 
 LINEAR_METHODS = ("linear", "task_arithmetic", "bone_soup")
 METHODS = LINEAR_METHODS + ("ties", "dare_linear", "dare_ties", "slerp")
@@ -32,7 +32,7 @@ SLERP_EPS = ZERO_NORM_EPS
 
 
 @dataclass
-class MethodSpec:
+class MergeMethodSpec:
     name: str
     num_sources: int
     num_outputs: int  # K
@@ -104,7 +104,7 @@ def _normalize_rows(w: np.ndarray, what: str) -> np.ndarray:
     return w / s
 
 
-def resolve(method: str, num_sources: int, coefficients, has_base: bool, params: dict) -> MethodSpec:
+def resolve(method: str, num_sources: int, coefficients, has_base: bool, params: dict) -> MergeMethodSpec:
     """Validates a method's arguments and precomputes what the engine needs."""
     if method not in METHODS:
         raise ValueError(f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}")
@@ -118,7 +118,7 @@ def resolve(method: str, num_sources: int, coefficients, has_base: bool, params:
     if method in _NEEDS_BASE and not has_base:
         raise ValueError(f"method {method!r} merges deltas from a base checkpoint: pass base=")
     n = num_sources
-    spec = MethodSpec(method, n, 1, uses_base=has_base and method != "bone_soup", uses_sft=False)
+    spec = MergeMethodSpec(method, n, 1, uses_base=has_base and method != "bone_soup", uses_sft=False)
     if method == "linear":
         if coefficients is None:
             raise ValueError("linear merging needs coefficients ([N] or [K, N])")
@@ -235,7 +235,7 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> Optional[torch.Tensor
     return mask.reshape(delta.shape)
 
 
-def sparse_task_merge(spec: MethodSpec, k: int, name: str, base: torch.Tensor, xs: list) -> torch.Tensor:
+def sparse_task_merge(spec: MergeMethodSpec, k: int, name: str, base: torch.Tensor, xs: list) -> torch.Tensor:
     """ties / dare_linear / dare_ties for output k, all in fp32."""
     w = spec.weights[k if spec.weights.shape[0] > 1 else 0]
     weighted = []

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from ..dtypes import FLOAT_CODES, itemsize
 from .io import Checkpoint, TensorRef, natural_key
-from .methods import MethodSpec
+from .methods import MergeMethodSpec
 
 ON_MISSING = ("error", "skip", "first")
 
@@ -32,7 +32,7 @@ class Item:
     action: str  # "merge" | "copy"
     refs: list  # per input: TensorRef or None
     copy_from: Optional[int] = None
-    spec: Optional[MethodSpec] = None  # this tensor's own method parameters (per-layer configs); else the merge's
+    spec: Optional[MergeMethodSpec] = None  # this tensor's own method parameters (per-layer configs); else the merge's
 
     @property
     def numel(self) -> int:
@@ -81,7 +81,7 @@ def parse_rules(rules, input_names: Sequence[str], num_sources: int) -> list[tup
     return out
 
 
-def build_plan(spec: MethodSpec, inputs: Sequence[Checkpoint], input_names: Sequence[str], dtype: Optional[str],
+def build_plan(spec: MergeMethodSpec, inputs: Sequence[Checkpoint], input_names: Sequence[str], dtype: Optional[str],
                rules, on_missing: str, names: Optional[Sequence[str]] = None) -> list[Item]:
     """One Item per output tensor, every check done (nothing is written before this returns).
 

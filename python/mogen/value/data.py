@@ -18,8 +18,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-__all__ = ["Example", "checked", "sample_responses", "score", "encode_example", "spearman"]
+__all__ = ["Example", "Reward", "checked", "sample_responses", "score", "encode_example", "spearman"]
 
+#: a reward: ``reward(prompt, response) -> float`` (value training, sweeps)
 Reward = Callable[[str, str], float]
 
 
