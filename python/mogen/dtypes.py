@@ -13,8 +13,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-__all__ = ["DType", "DTYPES", "BY_CODE", "FLOATS", "FLOAT_CODES", "FLOAT_TORCH_DTYPES", "SHORT_FLOAT_NAMES", "lookup", "torch_dtype",
-           "safetensors_code", "itemsize", "config_name", "is_float"]
+__all__ = ["DType", "DTYPES", "BY_CODE", "FLOATS", "FLOAT_CODES", "FLOAT_TORCH_DTYPES", "SHORT_FLOAT_NAMES", "lookup",
+           "torch_dtype", "safetensors_code", "itemsize", "config_name"]
 
 DtypeLike = Union[str, torch.dtype, "DType"]
 
@@ -116,10 +116,3 @@ def config_name(dtype: DtypeLike) -> str:
     """The name config.json's ``torch_dtype`` / ``dtype`` field takes: ``"bfloat16"``."""
     return lookup(dtype, allowed=None).name
 
-
-def is_float(dtype: DtypeLike) -> bool:
-    """Whether ``dtype`` is one of :data:`FLOATS` (the dtypes kernels take and merging writes)."""
-    try:
-        return lookup(dtype, allowed=FLOATS) is not None
-    except ValueError:
-        return False

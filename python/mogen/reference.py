@@ -8,8 +8,11 @@ torch op, computed in ``dtype`` (fp32 by default, fp64 for tight checks).
 
 from __future__ import annotations
 
+import hashlib as _hashlib
+import math as _math
 from typing import Optional, Sequence
 
+import numpy as _np
 import torch
 
 from .numerics import ZERO_NORM_EPS, ZERO_SUM_EPS
@@ -131,9 +134,6 @@ def topk_value_scores(
 # on whole tensors. The engine (mogen.merging) streams and accumulates in fp32;
 # these define what it must compute.
 
-import hashlib as _hashlib
-import math as _math
-
 
 def merge_linear(tensors: Sequence[torch.Tensor], coefficients: Sequence[float]) -> torch.Tensor:
     """``sum_k c_k theta_k`` in float64."""
@@ -171,8 +171,6 @@ def _top_k_mask(delta32: torch.Tensor, density: float) -> torch.Tensor:
     if k >= n:
         keep[:] = True
     elif k > 0:
-        import numpy as _np
-
         order = _np.argsort(-delta32.abs().reshape(-1).numpy(), kind="stable")
         keep[torch.from_numpy(order[:k].copy())] = True
     return keep.reshape(delta32.shape)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from .loading import load_for_decoding
+
+# The command's subsystem (transformers and decoding, the merge engine, the sweep's plotting) is imported
+# inside its command so that `mogen --help` and the other commands do not pay for it.
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    import torch
     from transformers import TextStreamer
 
     from .. import decoding
@@ -52,8 +56,6 @@ class _BeamStreamer:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    import torch
-
     from .. import decoding
     from ..decoding.models import output_device
 

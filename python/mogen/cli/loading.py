@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
+import torch
+
+# The command's subsystem (transformers and decoding, the merge engine, the sweep's plotting) is imported
+# inside its command so that `mogen --help` and the other commands do not pay for it.
+
 
 def _parse_weights(text: Optional[str], n: int) -> Optional[list[float]]:
     if text is None:
@@ -20,10 +25,9 @@ def _parse_weights(text: Optional[str], n: int) -> Optional[list[float]]:
 
 def load_for_decoding(args: argparse.Namespace) -> tuple:
     """``(base, base tokenizer, guides, weights)`` from ``--base``, ``--guide``, ``--value``, ``--weights``."""
-    import torch
-
     from .. import decoding
     from ..decoding.loading import FolderCache, parse_dtype, parse_guide_spec
+    from ..value import read_value_entry
 
     dtype = parse_dtype(args.dtype)
     specs = [parse_guide_spec(s) for s in args.guide]
@@ -42,8 +46,6 @@ def load_for_decoding(args: argparse.Namespace) -> tuple:
                                           folders.model(ref_dir, f"guide {i} reference"), tokenizer=guide_tok,
                                           temperature=args.guide_temperature))
     for j, value_dir in enumerate(args.value):
-        from ..value import read_value_entry
-
         read_value_entry(value_dir)  # a clear error for a folder that is not a value model
         value_tok = folders.own_tokenizer(value_dir, f"value {j} tokenizer")
         guides.append(decoding.ValueGuide(folders.model(value_dir, f"value model {j}"), tokenizer=value_tok,

@@ -5,19 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from .. import bench
 from ..dtypes import SHORT_FLOAT_NAMES
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    import mogen_ext
+    import mogen_ext  # the compiled extension: optional, mogen runs on its fallbacks without it
 
     print(json.dumps(mogen_ext.build_info(), indent=2, sort_keys=True))
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .. import bench
-
     if args.op == "value":
         setting = dict(batch=args.batch, hidden_size=args.hidden, vocab=args.vocab, k=args.k,
                        dtype=args.dtype or "bf16", device=args.device)

@@ -129,6 +129,7 @@ class ValueGuide:
                 f"{len(tokenizer)} tokens; a value head has one entry per token of its tokenizer"
             )
         if top_k is not None:
+            # inside: mogen.value imports mogen.decoding (a cycle at module load)
             from ..value.format import plain_linear_head
 
             plain_linear_head(model)
@@ -145,6 +146,7 @@ class ValueGuide:
         ``tokenizer="auto"`` loads the folder's tokenizer when it has one (the
         guide then reads text through it; pass None to share the base's).
         """
+        # inside: mogen.value imports mogen.decoding (a cycle at module load)
         from ..value.format import read_value_entry
         from .loading import load_causal_lm, own_tokenizer
 

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 __all__ = ["load_config", "config_to_merge_args"]
 
 _MODEL_PARAMS = ("weight", "density")

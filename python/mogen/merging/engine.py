@@ -11,6 +11,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..dtypes import itemsize, torch_dtype
 from . import methods as _methods
@@ -41,8 +42,6 @@ class _Progress:
     def __init__(self, total: int, enabled: bool, desc: str):
         self.bar = None
         if enabled:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=desc,
                             dynamic_ncols=True, smoothing=0.1)
 

@@ -3,6 +3,7 @@ model's parameters (CPU, or CUDA through pinned staging buffers)."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Optional
 
@@ -125,8 +126,6 @@ def merge_into(
 
 
 def _skipped_by_rule(name: str, rules) -> bool:
-    import re
-
     if not rules:
         return False
     for pattern, action in (rules.items() if isinstance(rules, dict) else rules):

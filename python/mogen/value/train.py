@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
+from tqdm.auto import tqdm
 
+from ..decoding.loading import load_causal_lm
 from ..numerics import GRAD_CLIP_NORM, REWARD_STD_MIN
 from .data import Example, Reward, checked, encode_example, sample_responses, score, spearman
 from .format import make_value_model
@@ -116,9 +120,6 @@ def predict_final_values(model: Any, tokenizer: Any, examples: Sequence[Example]
 
 def _load(model: Union[str, Path, Any]) -> Any:
     if isinstance(model, (str, Path)):
-        # decoding pulls in transformers; `import mogen.value` does not need it
-        from ..decoding.loading import load_causal_lm
-
         return load_causal_lm(model, device=None)
     return model
 
@@ -220,8 +221,6 @@ def _split(examples: list[Example], heldout: float, seed: int) -> tuple[list[Exa
 
 def _fit(value: Any, tokenizer: Any, encoded: list, *, epochs: int, lr: float, batch_size: int, seed: int,
          progress: bool) -> list[float]:
-    from tqdm.auto import tqdm
-
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(value.parameters()).device
     opt = torch.optim.AdamW(value.parameters(), lr=lr, weight_decay=0.0)
@@ -252,9 +251,6 @@ def _fit(value: Any, tokenizer: Any, encoded: list, *, epochs: int, lr: float, b
 
 
 def _save(model: Any, tokenizer: Any, target: Path) -> Path:
-    import os
-    import shutil
-
     target = target.expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
