@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["SIMPLEX_TOL", "ZERO_SUM_EPS", "NORMALIZE_ZERO_SUM", "ZERO_NORM_EPS", "SINGULAR_EPS", "REWARD_STD_MIN",
-           "GRAD_CLIP_NORM", "off_simplex"]
+           "GRAD_CLIP_NORM", "MIN_SECONDS", "off_simplex"]
 
 #: how far a preference's entries may fall below 0 and its sum stray from 1 and still be on the simplex
 SIMPLEX_TOL = 1e-6
@@ -25,6 +25,8 @@ SINGULAR_EPS = 1e-9
 REWARD_STD_MIN = 1e-8
 #: gradient-norm clip of mogen's trainers (value heads, the demo's experts)
 GRAD_CLIP_NORM = 1.0
+#: the least time a rate (tokens per second) divides by
+MIN_SECONDS = 1e-9
 
 
 def off_simplex(rows, tol: float = SIMPLEX_TOL) -> np.ndarray:
