@@ -29,6 +29,8 @@ from typing import Any, Optional, Union
 
 import torch
 
+from .loading import load_causal_lm, own_tokenizer
+
 __all__ = ["ProxyGuide", "ValueGuide", "Guide", "shares_tokenizer", "logits_width"]
 
 
@@ -148,7 +150,6 @@ class ValueGuide:
         """
         # inside: mogen.value imports mogen.decoding (a cycle at module load)
         from ..value.format import read_value_entry
-        from .loading import load_causal_lm, own_tokenizer
 
         read_value_entry(path)
         model = load_causal_lm(path, dtype=dtype, device=device, what="value model")

@@ -29,8 +29,6 @@ _IGNORED_KEYS = ("tokenizer_source", "chat_template", "name")
 
 def load_config(path) -> dict:
     """The YAML mapping in file ``path``."""
-    import yaml
-
     with open(path) as f:
         try:
             cfg = yaml.safe_load(f)
