@@ -4,6 +4,7 @@ Steer a strong base model toward a user-chosen mix of objectives at decoding
 time with small aligned guides, value models and merged checkpoints.
 """
 
+import importlib
 from typing import Any
 
 from . import ops, reference
@@ -29,8 +30,6 @@ __all__ = ["ops", "reference", "__version__", *_LAZY]
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value

@@ -15,17 +15,13 @@ from typing import Callable, List, Optional, Tuple, Union
 import torch
 
 from . import ops, reference
+from .dtypes import torch_dtype
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     """A torch dtype from "fp32" / "bf16" / "fp16" (or a torch dtype, returned as is)."""
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        return _DTYPES[dtype]
-    return dtype
+    return dtype if isinstance(dtype, torch.dtype) else torch_dtype(dtype)
 
 
 @dataclass

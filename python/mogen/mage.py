@@ -35,10 +35,11 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .numerics import off_simplex
+
 __all__ = ["MAGE", "MergeRecord", "VARIANTS", "Variant", "check_preference"]
 
 PathLike = Union[str, Path]
-_SIMPLEX_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def check_preference(preference: Any, n: int) -> np.ndarray:
         p = p[None]
     if p.ndim != 2 or p.shape[1] != n:
         raise ValueError(f"preference must be [n] = [{n}] or [B, {n}] (one per row), got shape {np.shape(preference)}")
-    bad = ~np.isfinite(p).all(axis=1) | (p < -_SIMPLEX_TOL).any(axis=1) | (np.abs(p.sum(axis=1) - 1) > _SIMPLEX_TOL)
+    bad = off_simplex(p)
     if bad.any():
         row = int(np.argmax(bad))
         raise ValueError(f"preference row {row} = {p[row].tolist()} is not on the simplex (entries >= 0 summing to 1)")
@@ -111,10 +112,9 @@ def bone_soup_sources(mu: Sequence[float], models: Sequence[PathLike], beta: flo
 
 def load_model(path: PathLike, dtype: torch.dtype, device: Any) -> Any:
     """A causal LM from a local folder, quietly (``mogen decode``'s loader), in eval mode on ``device``."""
-    from .decoding.loading import load_causal_lm, quiet_transformers
+    from .decoding.loading import load_causal_lm
 
-    quiet_transformers()
-    return load_causal_lm(str(path), dtype=dtype, device=device, device_map=None, what="checkpoint")
+    return load_causal_lm(path, dtype=dtype, device=device, what="checkpoint")
 
 
 class MAGE:
@@ -187,10 +187,9 @@ class MAGE:
     def _guide_tokenizer(self, guide_tokenizer: Any) -> Any:
         if not (isinstance(guide_tokenizer, str) and guide_tokenizer == "auto"):
             return guide_tokenizer
-        from .decoding.loading import has_tokenizer, load_tokenizer
+        from .decoding.loading import own_tokenizer
 
-        first = self.guide_folders[0] if self.guide_folders else None
-        return load_tokenizer(str(first), "guide") if first is not None and has_tokenizer(str(first)) else None
+        return own_tokenizer(self.guide_folders[0], "guide") if self.guide_folders else None
 
     def _load_guides(self, reference: Optional[PathLike]) -> dict:
         if self.kind.guide == "value":

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+
 __all__ = ["machine", "commit", "command_line", "provenance_lines"]
 
 #: The repository this package lives in (python/mogen/../..).
@@ -43,8 +45,6 @@ def machine() -> dict:
     (version), ``threads`` (``torch.get_num_threads()``), ``gpu`` (name of CUDA
     device 0, or None) and ``python`` (version).
     """
-    import torch
-
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "gpu": gpu, "python": platform.python_version()}

@@ -8,9 +8,14 @@ torch op, computed in ``dtype`` (fp32 by default, fp64 for tight checks).
 
 from __future__ import annotations
 
+import hashlib as _hashlib
+import math as _math
 from typing import Optional, Sequence
 
+import numpy as _np
 import torch
+
+from .numerics import ZERO_NORM_EPS, ZERO_SUM_EPS
 
 __all__ = ["fused_log_ratio", "fused_log_ratio_topk", "fused_log_ratio_argmax", "topk_value_scores", "merge_linear",
            "merge_task_arithmetic", "bone_soup_matrix", "bone_soup_lambdas", "merge_ties", "merge_dare", "dare_mask",
@@ -129,9 +134,6 @@ def topk_value_scores(
 # on whole tensors. The engine (mogen.merging) streams and accumulates in fp32;
 # these define what it must compute.
 
-import hashlib as _hashlib
-import math as _math
-
 
 def merge_linear(tensors: Sequence[torch.Tensor], coefficients: Sequence[float]) -> torch.Tensor:
     """``sum_k c_k theta_k`` in float64."""
@@ -169,8 +171,6 @@ def _top_k_mask(delta32: torch.Tensor, density: float) -> torch.Tensor:
     if k >= n:
         keep[:] = True
     elif k > 0:
-        import numpy as _np
-
         order = _np.argsort(-delta32.abs().reshape(-1).numpy(), kind="stable")
         keep[torch.from_numpy(order[:k].copy())] = True
     return keep.reshape(delta32.shape)
@@ -196,7 +196,7 @@ def _disjoint(base: torch.Tensor, weighted: list, weights: Sequence[float], norm
     else:
         mixed = sum(weighted)
         s = float(sum(weights))
-        divisor = torch.full_like(base, 1.0 if abs(s) < 1e-8 else s)
+        divisor = torch.full_like(base, 1.0 if abs(s) < ZERO_SUM_EPS else s)
     if normalize:
         mixed = mixed / divisor
     return base + lam * mixed
@@ -236,7 +236,7 @@ def merge_dare(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Seq
 
 
 def merge_slerp(v0: torch.Tensor, v1: torch.Tensor, t: float, dot_threshold: float = 0.9995,
-                eps: float = 1e-8) -> torch.Tensor:
+                eps: float = ZERO_NORM_EPS) -> torch.Tensor:
     """Spherical interpolation of the flattened tensors' directions (linear when nearly
     parallel, ``|cos| > dot_threshold``), applied to the unnormalised tensors. float64."""
     a, b = v0.to(torch.float64), v1.to(torch.float64)

@@ -19,6 +19,7 @@ the situation :mod:`mogen.vocab` has to bridge.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Optional, Sequence
 
@@ -233,8 +234,6 @@ def metaspace_bpe(
 
 def _merges_of(tok: Tokenizer) -> list[tuple[str, str]]:
     """The merges of a trained BPE model, in rank order."""
-    import json
-
     merges = json.loads(tok.to_str())["model"]["merges"]
     # tokenizers >= 0.20 stores pairs as lists, older versions as "a b" strings.
     return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges]

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
+from ..numerics import MIN_SECONDS
 from .loading import load_for_decoding
+
+# The command's subsystem (transformers and decoding, the merge engine, the sweep's plotting) is imported
+# inside its command so that `mogen --help` and the other commands do not pay for it.
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    import torch
     from transformers import TextStreamer
 
     from .. import decoding
@@ -46,14 +51,12 @@ class _BeamStreamer:
         else:
             print(f"\n[best beam changed]\n{text}", end="", flush=True)
         self.shown = text
-        rate = report.tokens / max(report.seconds, 1e-9)
+        rate = report.tokens / max(report.seconds, MIN_SECONDS)
         print(f"\n[round {report.round + 1}: {report.new_tokens} tokens per beam, {report.live} live beam(s), "
               f"best score {best.score:.2f}, {rate:.0f} tokens/s]", file=sys.stderr, flush=True)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    import torch
-
     from .. import decoding
     from ..decoding.models import output_device
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+# The command's subsystem (transformers and decoding, the merge engine, the sweep's plotting) is imported
+# inside its command so that `mogen --help` and the other commands do not pay for it.
+
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.fusion:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+import yaml
+
+# The command's subsystem (transformers and decoding, the merge engine, the sweep's plotting) is imported
+# inside its command so that `mogen --help` and the other commands do not pay for it.
 
 
 def _floats(text: str) -> list[float]:
@@ -13,8 +19,6 @@ def _floats(text: str) -> list[float]:
 
 
 def _param_value(text: str):
-    import yaml
-
     return yaml.safe_load(text)
 
 
@@ -32,7 +36,6 @@ def _clean_leftovers(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    import os
 
     from ..merging import merge
     from ..merging.config import config_to_merge_args, load_config

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+# The command's subsystem (transformers and decoding, the merge engine, the sweep's plotting) is imported
+# inside its command so that `mogen --help` and the other commands do not pay for it.
+
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..evaluation import run_sweep

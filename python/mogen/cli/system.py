@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from .. import bench
+from ..dtypes import SHORT_FLOAT_NAMES
+
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    import mogen_ext
+    import mogen_ext  # the compiled extension: optional, mogen runs on its fallbacks without it
 
     print(json.dumps(mogen_ext.build_info(), indent=2, sort_keys=True))
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .. import bench
-
     if args.op == "value":
         setting = dict(batch=args.batch, hidden_size=args.hidden, vocab=args.vocab, k=args.k,
                        dtype=args.dtype or "bf16", device=args.device)
@@ -45,7 +46,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="vocabulary of the last guide, reached through a map (0: all share the base's)")
     p.add_argument("--hidden", type=int, default=4096, help="value: hidden size H")
     p.add_argument("--k", type=int, default=50, help="value: candidates per row")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+    p.add_argument("--dtype", choices=list(SHORT_FLOAT_NAMES), default=None,
                    help="input dtype (default: fp32 for fusion, bf16 for value)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_bench)

@@ -88,6 +88,7 @@ class _Binder:
             _width_ok(g.model, need, self.exact, name, "a value head")
         head = None
         if g.top_k is not None:
+            # inside: mogen.value imports mogen.decoding (a cycle at module load)
             from ..value.format import plain_linear_head
 
             weight, bias = plain_linear_head(g.model, name)

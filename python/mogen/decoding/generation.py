@@ -122,7 +122,6 @@ class _Decoding:
         self.base = LMRunner(base, self.vocab_size, "base")
         self.runners = self.guidance.runners
         self.fusion = self.guidance.fusion
-        self.tokenizer = tokenizer
 
     @property
     def cross(self) -> list:

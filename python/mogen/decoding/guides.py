@@ -29,7 +29,9 @@ from typing import Any, Optional, Union
 
 import torch
 
-__all__ = ["ProxyGuide", "ValueGuide", "Guide", "shares_tokenizer", "tokenizer_vocab_size", "logits_width"]
+from .loading import load_causal_lm, own_tokenizer
+
+__all__ = ["ProxyGuide", "ValueGuide", "Guide", "shares_tokenizer", "logits_width"]
 
 
 def _is_causal_lm(model: Any) -> bool:
@@ -129,6 +131,7 @@ class ValueGuide:
                 f"{len(tokenizer)} tokens; a value head has one entry per token of its tokenizer"
             )
         if top_k is not None:
+            # inside: mogen.value imports mogen.decoding (a cycle at module load)
             from ..value.format import plain_linear_head
 
             plain_linear_head(model)
@@ -145,23 +148,14 @@ class ValueGuide:
         ``tokenizer="auto"`` loads the folder's tokenizer when it has one (the
         guide then reads text through it; pass None to share the base's).
         """
+        # inside: mogen.value imports mogen.decoding (a cycle at module load)
         from ..value.format import read_value_entry
-        from .loading import has_tokenizer, load_tokenizer
 
         read_value_entry(path)
-        from transformers import AutoModelForCausalLM
-
-        kwargs: dict[str, Any] = {"local_files_only": True}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(device).eval()
+        model = load_causal_lm(path, dtype=dtype, device=device, what="value model")
         if isinstance(tokenizer, str) and tokenizer == "auto":
-            tokenizer = load_tokenizer(str(path), "value model") if has_tokenizer(str(path)) else None
+            tokenizer = own_tokenizer(path, "value model")
         return cls(model, weight, tokenizer=tokenizer, top_k=top_k)
-
-    @property
-    def models(self) -> tuple[Any, ...]:
-        return (self.model,)
 
     def __repr__(self) -> str:
         tok = "base's" if self.tokenizer is None else type(self.tokenizer).__name__
@@ -216,11 +210,6 @@ def shares_tokenizer(base_tokenizer: Any, guide_tokenizer: Any) -> bool:
         return False
     a, b = _serialized(base_tokenizer), _serialized(guide_tokenizer)
     return a is not None and a == b
-
-
-def tokenizer_vocab_size(tokenizer: Any) -> int:
-    """The real vocabulary size, added tokens included (``len(tokenizer)``)."""
-    return len(tokenizer)
 
 
 def logits_width(model: Any) -> int:

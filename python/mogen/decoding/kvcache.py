@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 __all__ = ["new_cache", "GrowingLayer"]
 
@@ -96,8 +97,6 @@ else:  # pragma: no cover
 
 def new_cache(model: torch.nn.Module) -> Any:
     """A DynamicCache for ``model`` whose full-attention layers append in place (:class:`GrowingLayer`)."""
-    from transformers import DynamicCache
-
     try:
         # Newer transformers derive per-layer cache types (sliding window, ...) from the config.
         cache = DynamicCache(config=model.config)

@@ -1,4 +1,4 @@
-"""Loading local model folders for ``mogen decode``.
+"""Loading local model folders: every causal LM and tokenizer mogen loads from a folder.
 
 Folders are ``transformers`` model folders (``config.json`` + safetensors
 weights, tokenizer files beside them or in a folder of their own). Nothing is
@@ -7,43 +7,42 @@ downloaded: paths must exist.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
-__all__ = ["quiet_transformers", "parse_dtype", "load_causal_lm", "load_tokenizer", "has_tokenizer", "parse_guide_spec"]
+from ..dtypes import torch_dtype
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["quiet_transformers", "parse_dtype", "load_causal_lm", "load_tokenizer", "has_tokenizer", "own_tokenizer",
+           "FolderCache", "parse_guide_spec"]
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 def quiet_transformers() -> None:
     """No progress bars while loading or saving models (they clutter streamed output)."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - cosmetic only
-        pass
+    hf_logging.disable_progress_bar()
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return _DTYPES[name.lower()]
-    except KeyError:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {name!r}") from None
+    """``torch.bfloat16`` from "bf16" / "bfloat16" (any name :mod:`mogen.dtypes` knows for a float dtype)."""
+    return torch_dtype(name)
 
 
-def _folder(path: str, what: str) -> Path:
+def _folder(path: PathLike, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise FileNotFoundError(f"{what} folder {str(p)!r} does not exist (mogen decode loads local folders only)")
+        raise FileNotFoundError(f"{what} folder {str(p)!r} does not exist (mogen loads local folders only)")
     return p
 
 
-def has_tokenizer(path: str) -> bool:
+def has_tokenizer(path: PathLike) -> bool:
     p = Path(path).expanduser()
     return any((p / f).is_file() for f in _TOKENIZER_FILES)
 
@@ -56,12 +55,16 @@ def parse_guide_spec(spec: str) -> tuple[str, str, Optional[str]]:
     return parts[0], parts[1], parts[2] if len(parts) == 3 else None
 
 
-def load_causal_lm(path: str, *, dtype: torch.dtype, device: str, device_map: Optional[str], what: str) -> Any:
-    """A causal LM from a local folder, in eval mode, on ``device`` or placed by ``device_map``."""
-    from transformers import AutoModelForCausalLM
-
+def load_causal_lm(path: PathLike, *, dtype: Optional[torch.dtype] = None, device: Any = "cpu",
+                   device_map: Optional[str] = None, what: str = "model") -> Any:
+    """A causal LM from a local folder, quietly, in eval mode, on ``device`` (None: where ``transformers``
+    puts it) or placed by ``device_map``. ``dtype`` None keeps ``transformers``' default; ``what`` names the
+    folder in errors. Every mogen loader of a causal LM folder goes through here."""
+    quiet_transformers()
     folder = _folder(path, what)
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
     if device_map:
         kwargs["device_map"] = device_map
     try:
@@ -70,14 +73,50 @@ def load_causal_lm(path: str, *, dtype: torch.dtype, device: str, device_map: Op
         if device_map:
             raise RuntimeError(f"--device-map needs the `accelerate` package ({exc})") from exc
         raise
-    if not device_map:
+    if not device_map and device is not None:
         model = model.to(device)
     return model.eval()
 
 
-def load_tokenizer(path: str, what: str) -> Any:
-    from transformers import AutoTokenizer
-
+def load_tokenizer(path: PathLike, what: str) -> Any:
+    """A folder's tokenizer, padding on the left (decoding batches are left-padded)."""
     tok = AutoTokenizer.from_pretrained(_folder(path, what), local_files_only=True)
     tok.padding_side = "left"
     return tok
+
+
+def own_tokenizer(path: PathLike, what: str) -> Optional[Any]:
+    """The own-tokenizer rule: a guide folder's own tokenizer when it has one, else None (the guide
+    then reads the base's tokens)."""
+    return load_tokenizer(path, what) if has_tokenizer(path) else None
+
+
+class FolderCache:
+    """Models and tokenizers loaded once per folder, all in one ``dtype`` on one ``device``: a folder
+    named twice (a reference shared by several guides) is one model object."""
+
+    def __init__(self, *, dtype: Optional[torch.dtype] = None, device: Any = "cpu",
+                 device_map: Optional[str] = None) -> None:
+        self.dtype, self.device, self.device_map = dtype, device, device_map
+        self._models: dict[str, Any] = {}
+        self._tokenizers: dict[str, Any] = {}
+
+    def model(self, path: PathLike, what: str = "model", *, fresh: bool = False) -> Any:
+        """The causal LM in ``path``; ``fresh`` loads a copy of its own (one to merge into), not cached."""
+        if fresh:
+            return load_causal_lm(path, dtype=self.dtype, device=self.device, device_map=self.device_map, what=what)
+        key = str(path)
+        if key not in self._models:
+            self._models[key] = load_causal_lm(path, dtype=self.dtype, device=self.device,
+                                               device_map=self.device_map, what=what)
+        return self._models[key]
+
+    def tokenizer(self, path: PathLike, what: str = "tokenizer") -> Any:
+        key = str(path)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = load_tokenizer(path, what)
+        return self._tokenizers[key]
+
+    def own_tokenizer(self, path: PathLike, what: str = "guide tokenizer") -> Optional[Any]:
+        """:func:`own_tokenizer`, cached."""
+        return self.tokenizer(path, what) if has_tokenizer(path) else None

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import torch
 
+from .kvcache import new_cache
+
 __all__ = ["LMRunner", "input_device", "output_device", "param_devices", "has_placement", "context_length",
            "backbone", "RunnerRegistry"]
 
@@ -69,8 +71,6 @@ def backbone(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _new_cache(model: torch.nn.Module) -> Any:
-    from .kvcache import new_cache
-
     return new_cache(model)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence, TextIO
 
 import torch
 
+from ..numerics import MIN_SECONDS
 from . import corpus as demo_corpus
 from .train import DemoConfig, DemoModels, load_demo_models
 
@@ -157,7 +158,7 @@ def _table(result: DemoResult, out: Callable[[str], None]) -> None:
 
 def _report(result: DemoResult, rows: int, out: Callable[[str], None]) -> None:
     names = [n for n, _ in demo_corpus.OBJECTIVES]
-    rate = result.tokens / max(result.seconds, 1e-9)
+    rate = result.tokens / max(result.seconds, MIN_SECONDS)
     merged = f"; merge_into {result.merge_seconds / max(1, sum(map(any, result.weightings))) * 1e3:.0f} ms per " \
              "weighting" if result.method == "value-merged" else ""
     out(f"decoded {result.tokens} tokens in {result.seconds:.1f}s ({rate:.0f} tokens/s for {rows} rows{merged})")

@@ -53,7 +53,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from ..decoding.loading import load_causal_lm, load_tokenizer
 from ..decoding.loading import quiet_transformers as _quiet_transformers
+from ..numerics import GRAD_CLIP_NORM
 from . import corpus as demo_corpus
 
 __all__ = ["DemoConfig", "DemoModels", "cache_root", "build_demo_models", "load_demo_models", "demo_dir"]
@@ -183,7 +185,7 @@ def _train(model: Any, data: tuple[torch.Tensor, torch.Tensor], steps: int, lr: 
         loss = model(input_ids=ids[idx], labels=labels[idx]).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
         opt.step()
         sched.step()
     model.eval()
@@ -335,18 +337,14 @@ def _train_value_models(cfg: DemoConfig, reference: Any, tok: Any, folder: Path,
 def load_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = None, *, rebuild: bool = False,
                      log: Callable[[str], None] = print) -> DemoModels:
     """The demo models, built first if the cache lacks them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     _quiet_transformers()
     path = build_demo_models(config, root, rebuild=rebuild, log=log)
 
     def model(name: str) -> Any:
-        return AutoModelForCausalLM.from_pretrained(path / name).eval()
+        return load_causal_lm(path / name, device=None, what="demo model")
 
-    base_tok = AutoTokenizer.from_pretrained(path / "base")
-    guide_tok = AutoTokenizer.from_pretrained(path / "reference")
-    for tok in (base_tok, guide_tok):
-        tok.padding_side = "left"
+    base_tok = load_tokenizer(path / "base", "demo base")
+    guide_tok = load_tokenizer(path / "reference", "demo reference")
     experts = {name: model(f"expert_{name}") for name in config.topics}
     values = {name: model(f"value_{name}") for name in config.topics}
     return DemoModels(model("base"), base_tok, model("reference"), experts, guide_tok, path, values)

@@ -33,10 +33,11 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import numpy as np
 
+from ..value.data import Reward
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from .grid import preference_grid
 
@@ -59,8 +60,6 @@ _BOOTSTRAP_KEYS = ("resamples", "seed")
 _MODEL_KEYS = ("tokenizer", "base", "policies", "backbones", "bone_beta", "alpha", "sft", "experts", "reference",
                "expert_beta", "expert_alpha", "value_models", "guide_tokenizer", "dtype")
 _DECODING_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "batch_size")
-
-Reward = Callable[[str, str], float]
 
 
 @dataclass(frozen=True)

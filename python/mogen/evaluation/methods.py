@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..decoding.loading import FolderCache
+from ..dtypes import torch_dtype
 from .config import MethodSpec, SweepConfig
 
 __all__ = ["Decoder", "build_decoder"]
@@ -39,7 +41,8 @@ class _Models:
     def __init__(self, cfg: SweepConfig) -> None:
         self.cfg = cfg
         self.paths = cfg.models
-        self._cache: dict = {}
+        self._folders = FolderCache(dtype=torch_dtype(self.paths.get("dtype", "float32"),
+                                                      what="sweep config: models.dtype"))
 
     def need(self, key: str, method: str) -> Any:
         value = self.paths.get(key)
@@ -48,24 +51,10 @@ class _Models:
         return value
 
     def load(self, path: Path, fresh: bool = False) -> Any:
-        from ..mage import load_model
-
-        dtype = getattr(torch, str(self.paths.get("dtype", "float32")))
-        if fresh:  # a model the method merges into: its own copy
-            return load_model(path, dtype, "cpu")
-        if path not in self._cache:
-            self._cache[path] = load_model(path, dtype, "cpu")
-        return self._cache[path]
+        return self._folders.model(path, "sweep", fresh=fresh)  # fresh: a model the method merges into
 
     def tokenizer(self, path: Optional[Path]) -> Any:
-        from ..decoding.loading import has_tokenizer, load_tokenizer
-
-        if path is None or not has_tokenizer(str(path)):
-            return None
-        key = ("tok", path)
-        if key not in self._cache:
-            self._cache[key] = load_tokenizer(str(path), "sweep")
-        return self._cache[key]
+        return None if path is None else self._folders.own_tokenizer(path, "sweep")
 
 
 def _generate(base: Any, tok: Any, guides: list, weights: Any, beta: float = 1.0, gamma: float = 1.0) -> Decode:

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import metrics
+from ..numerics import MIN_SECONDS
 from ..provenance import provenance_lines
 from .bootstrap import TAILS, Interval, interval, resampled_means
 from .plot import plot_front
@@ -45,7 +46,7 @@ def quality_metrics(prefs: np.ndarray, means: np.ndarray, ref: list) -> dict:
 
 def method_metrics(prefs: np.ndarray, means: np.ndarray, ref: list, tokens: int, seconds: float) -> dict:
     """One method's row: :func:`quality_metrics` and tokens/s."""
-    return {**quality_metrics(prefs, means, ref), "tokens/s": tokens / max(seconds, 1e-9)}
+    return {**quality_metrics(prefs, means, ref), "tokens/s": tokens / max(seconds, MIN_SECONDS)}
 
 
 @dataclass
@@ -66,7 +67,7 @@ class MethodRun:
     @property
     def tokens_per_second(self) -> np.ndarray:
         """``[K]``: each seed's tokens over its seconds."""
-        return self.tokens / np.maximum(self.seconds, 1e-9)
+        return self.tokens / np.maximum(self.seconds, MIN_SECONDS)
 
 
 def load_method_run(name: str, files: list, prompts: int, samples: int) -> MethodRun:

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
-__all__ = ["bone_soup_coefficients"]
+from ..numerics import SINGULAR_EPS, off_simplex
 
-_SIMPLEX_TOL = 1e-6
+__all__ = ["bone_soup_coefficients"]
 
 
 def bone_soup_coefficients(mu, beta: float, alpha: float = 0.0):
@@ -39,8 +39,9 @@ def bone_soup_coefficients(mu, beta: float, alpha: float = 0.0):
     n = m.shape[-1]
     rows = np.atleast_2d(m)
     sums = rows.sum(axis=1)
-    if (rows < -_SIMPLEX_TOL).any() or (np.abs(sums - 1.0) > _SIMPLEX_TOL).any():
-        bad = int(np.argmax((rows < -_SIMPLEX_TOL).any(axis=1) | (np.abs(sums - 1.0) > _SIMPLEX_TOL)))
+    off = off_simplex(rows)
+    if off.any():
+        bad = int(np.argmax(off))
         raise ValueError(
             f"mu must lie on the simplex (entries >= 0 summing to 1); row {bad} = {rows[bad].tolist()} "
             f"sums to {sums[bad]:.6g}"
@@ -53,7 +54,7 @@ def bone_soup_coefficients(mu, beta: float, alpha: float = 0.0):
         raise ValueError(f"alpha must be finite, got {alpha}")
     a = (n * beta - 1.0) / (n - 1)
     b = (1.0 - beta) / (n - 1)
-    if abs(a) < 1e-9:
+    if abs(a) < SINGULAR_EPS:
         raise ValueError(
             f"beta = {beta} makes the Bone Soup matrix B singular (beta = 1/n = {1.0 / n:.6g} for n = {n}); "
             "pick beta in (1/n, 1]"

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 __all__ = ["load_config", "config_to_merge_args"]
 
 _MODEL_PARAMS = ("weight", "density")
@@ -27,8 +29,6 @@ _IGNORED_KEYS = ("tokenizer_source", "chat_template", "name")
 
 def load_config(path) -> dict:
     """The YAML mapping in file ``path``."""
-    import yaml
-
     with open(path) as f:
         try:
             cfg = yaml.safe_load(f)

@@ -11,9 +11,11 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from ..dtypes import itemsize, torch_dtype
 from . import methods as _methods
-from .io import (MERGEABLE, TORCH_DTYPE, Checkpoint, OutputDir, copy_side_files, kernels, open_checkpoint,
+from .io import (Checkpoint, OutputDir, copy_side_files, kernels, open_checkpoint,
                  parse_dtype, parse_size, plan_shards, shard_names, write_index)
 from .plan import Item, build_plan
 from .report import MergeReport, RssTracker
@@ -40,8 +42,6 @@ class _Progress:
     def __init__(self, total: int, enabled: bool, desc: str):
         self.bar = None
         if enabled:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=desc,
                             dynamic_ncols=True, smoothing=0.1)
 
@@ -88,7 +88,7 @@ def _read_f32(ref) -> torch.Tensor:
     return ref.read().to(torch.float32)
 
 
-def _nonlinear(spec: _methods.MethodSpec, item: Item, k: int) -> torch.Tensor:
+def _nonlinear(spec: _methods.MergeMethodSpec, item: Item, k: int) -> torch.Tensor:
     """Output k of a per-tensor (non-linear) method, fp32 (inputs: the sources, then base)."""
     n = spec.num_sources
     base_idx = n if spec.uses_base else None
@@ -282,7 +282,7 @@ def _call_kernel(C, srcs, coef, outputs, numel) -> None:
 
 def _produce(C, spec, it: Item, sinks: list, bar) -> int:
     """Writes tensor `it` to every output; returns the input bytes it read."""
-    out_isz = TORCH_DTYPE[it.out_dtype].itemsize
+    out_isz = itemsize(it.out_dtype)
     if it.action == "copy":
         ref = it.refs[it.copy_from]
         if ref.dtype == it.out_dtype:
@@ -302,7 +302,7 @@ def _produce(C, spec, it: Item, sinks: list, bar) -> int:
     nbytes = sum(r.nbytes for r in it.refs if r is not None)
     for k, (w, off) in enumerate(sinks):
         res = _nonlinear(spec, it, k)
-        w.write(off, res.to(TORCH_DTYPE[it.out_dtype]).contiguous())
+        w.write(off, res.to(torch_dtype(it.out_dtype)).contiguous())
     bar.update(nbytes)
     return nbytes
 
@@ -310,7 +310,7 @@ def _produce(C, spec, it: Item, sinks: list, bar) -> int:
 def _stream(C, refs, coef: np.ndarray, it: Item, sinks, out_isz: int, bar) -> None:
     numel = it.numel
     flat = [float(x) for x in np.asarray(coef, dtype=np.float64).reshape(-1)]
-    in_isz = [TORCH_DTYPE[r.dtype].itemsize for r in refs]
+    in_isz = [itemsize(r.dtype) for r in refs]
     for lo in range(0, max(numel, 1), PIECE):
         n = min(PIECE, numel - lo)
         srcs = [(r.reader, r.begin + lo * s, r.dtype) for r, s in zip(refs, in_isz)]

@@ -3,6 +3,7 @@ model's parameters (CPU, or CUDA through pinned staging buffers)."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Optional
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import _backend
+from ..dtypes import FLOAT_TORCH_DTYPES
 from . import methods as _methods
 from .engine import PathLike, _linear_row, _nonlinear, _open_inputs, _paths, _Progress, _used_inputs
 from .io import kernels
@@ -96,7 +98,7 @@ def merge_into(
             if tuple(t.shape) != tuple(it.shape):
                 raise ValueError(f"tensor {it.name!r} is {list(it.shape)} in the checkpoints but "
                                  f"{list(t.shape)} in the model")
-            if it.action == "merge" and t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            if it.action == "merge" and t.dtype not in FLOAT_TORCH_DTYPES:
                 raise ValueError(f"model tensor {it.name!r} is {t.dtype}; merging writes float32, bfloat16 or float16")
         seconds["plan"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -124,8 +126,6 @@ def merge_into(
 
 
 def _skipped_by_rule(name: str, rules) -> bool:
-    import re
-
     if not rules:
         return False
     for pattern, action in (rules.items() if isinstance(rules, dict) else rules):

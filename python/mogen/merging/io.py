@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .. import _backend
+from ..dtypes import BY_CODE, config_name, safetensors_code
 from .leftovers import lock_dir, remove_leftovers
 
 PathLike = Union[str, os.PathLike]
@@ -28,18 +29,6 @@ SINGLE_NAME = "model.safetensors"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 _WEIGHT_INDEXES = re.compile(r".*\.(safetensors|bin)\.index\.json$")
 
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
-            "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8, "F8_E8M0": 1}
-MERGEABLE = ("F32", "BF16", "F16")
-TORCH_DTYPE = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-               "BOOL": torch.bool}
-_DTYPE_NAMES = {
-    "float32": "F32", "fp32": "F32", "f32": "F32", "float": "F32",
-    "bfloat16": "BF16", "bf16": "BF16",
-    "float16": "F16", "fp16": "F16", "f16": "F16", "half": "F16",
-}
-CONFIG_DTYPE = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 def kernels():
@@ -54,20 +43,7 @@ def kernels():
 
 def parse_dtype(dtype) -> Optional[str]:
     """A torch dtype or a name ("bfloat16", "bf16", "float16", "float32", ...) as a safetensors dtype code."""
-    if dtype is None:
-        return None
-    if isinstance(dtype, torch.dtype):
-        for code, td in TORCH_DTYPE.items():
-            if td == dtype and code in MERGEABLE:
-                return code
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
-    if isinstance(dtype, str):
-        key = dtype.strip().lower().replace("torch.", "")
-        if key in _DTYPE_NAMES:
-            return _DTYPE_NAMES[key]
-        if dtype.upper() in MERGEABLE:
-            return dtype.upper()
-    raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    return None if dtype is None else safetensors_code(dtype)
 
 
 def parse_size(size) -> int:
@@ -108,10 +84,11 @@ class TensorRef:
 
     def read(self, release: bool = True) -> torch.Tensor:
         """A copy of the tensor, in its stored dtype (dtypes torch lacks are refused)."""
-        if self.dtype not in TORCH_DTYPE:
+        row = BY_CODE.get(self.dtype)
+        if row is None or row.torch is None:
             raise ValueError(f"tensor {self.name!r} has dtype {self.dtype}, which this operation cannot load")
         raw = self.reader.read(self.begin, self.end, release)
-        return raw.view(TORCH_DTYPE[self.dtype]).reshape(self.shape)
+        return raw.view(row.torch).reshape(self.shape)
 
 
 @dataclass
@@ -329,7 +306,7 @@ def _edited_config(f: Path, dtype_code: Optional[str], updates: dict) -> Optiona
     if not isinstance(cfg, dict):
         return None
     if dtype_code is not None:
-        name = CONFIG_DTYPE[dtype_code]
+        name = config_name(dtype_code)
         for k in [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]:
             cfg[k] = name
     cfg.update(updates)

@@ -19,19 +19,20 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..numerics import NORMALIZE_ZERO_SUM, ZERO_NORM_EPS, ZERO_SUM_EPS
 from .bone_soup import bone_soup_coefficients
 
-__all__ = ["METHODS", "LINEAR_METHODS", "MethodSpec", "resolve", "dare_seed", "dare_keep_mask"]
+__all__ = ["METHODS", "LINEAR_METHODS", "MergeMethodSpec", "resolve", "dare_seed", "dare_keep_mask"]
 
 LINEAR_METHODS = ("linear", "task_arithmetic", "bone_soup")
 METHODS = LINEAR_METHODS + ("ties", "dare_linear", "dare_ties", "slerp")
 _NEEDS_BASE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
 SLERP_DOT_THRESHOLD = 0.9995
-SLERP_EPS = 1e-8
+SLERP_EPS = ZERO_NORM_EPS
 
 
 @dataclass
-class MethodSpec:
+class MergeMethodSpec:
     name: str
     num_sources: int
     num_outputs: int  # K
@@ -98,12 +99,12 @@ def _per_source(x, n: int, what: str, lo: float, hi: float) -> np.ndarray:
 
 def _normalize_rows(w: np.ndarray, what: str) -> np.ndarray:
     s = w.sum(axis=1, keepdims=True)
-    if (np.abs(s) < 1e-12).any():
+    if (np.abs(s) < NORMALIZE_ZERO_SUM).any():
         raise ValueError(f"normalize=True divides {what} by their sum, which is 0")
     return w / s
 
 
-def resolve(method: str, num_sources: int, coefficients, has_base: bool, params: dict) -> MethodSpec:
+def resolve(method: str, num_sources: int, coefficients, has_base: bool, params: dict) -> MergeMethodSpec:
     """Validates a method's arguments and precomputes what the engine needs."""
     if method not in METHODS:
         raise ValueError(f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}")
@@ -117,7 +118,7 @@ def resolve(method: str, num_sources: int, coefficients, has_base: bool, params:
     if method in _NEEDS_BASE and not has_base:
         raise ValueError(f"method {method!r} merges deltas from a base checkpoint: pass base=")
     n = num_sources
-    spec = MethodSpec(method, n, 1, uses_base=has_base and method != "bone_soup", uses_sft=False)
+    spec = MergeMethodSpec(method, n, 1, uses_base=has_base and method != "bone_soup", uses_sft=False)
     if method == "linear":
         if coefficients is None:
             raise ValueError("linear merging needs coefficients ([N] or [K, N])")
@@ -234,7 +235,7 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> Optional[torch.Tensor
     return mask.reshape(delta.shape)
 
 
-def sparse_task_merge(spec: MethodSpec, k: int, name: str, base: torch.Tensor, xs: list) -> torch.Tensor:
+def sparse_task_merge(spec: MergeMethodSpec, k: int, name: str, base: torch.Tensor, xs: list) -> torch.Tensor:
     """ties / dare_linear / dare_ties for output k, all in fp32."""
     w = spec.weights[k if spec.weights.shape[0] > 1 else 0]
     weighted = []
@@ -253,7 +254,7 @@ def sparse_task_merge(spec: MethodSpec, k: int, name: str, base: torch.Tensor, x
     if spec.name == "dare_linear":
         mixed = torch.stack(weighted).sum(0) if weighted else torch.zeros_like(base)
         divisor = torch.full_like(base, float(w.sum()))
-        divisor[divisor.abs() < 1e-8] = 1.0
+        divisor[divisor.abs() < ZERO_SUM_EPS] = 1.0
     else:
         total = torch.stack(weighted).sum(0)
         elected = torch.where(total >= 0, 1.0, -1.0)

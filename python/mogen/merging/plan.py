@@ -17,8 +17,9 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .io import ITEMSIZE, MERGEABLE, Checkpoint, TensorRef, natural_key
-from .methods import MethodSpec
+from ..dtypes import FLOAT_CODES, itemsize
+from .io import Checkpoint, TensorRef, natural_key
+from .methods import MergeMethodSpec
 
 ON_MISSING = ("error", "skip", "first")
 
@@ -31,7 +32,7 @@ class Item:
     action: str  # "merge" | "copy"
     refs: list  # per input: TensorRef or None
     copy_from: Optional[int] = None
-    spec: Optional[MethodSpec] = None  # this tensor's own method parameters (per-layer configs); else the merge's
+    spec: Optional[MergeMethodSpec] = None  # this tensor's own method parameters (per-layer configs); else the merge's
 
     @property
     def numel(self) -> int:
@@ -39,7 +40,7 @@ class Item:
 
     @property
     def out_nbytes(self) -> int:
-        return self.numel * ITEMSIZE[self.out_dtype]
+        return self.numel * itemsize(self.out_dtype)
 
 
 def parse_rules(rules, input_names: Sequence[str], num_sources: int) -> list[tuple]:
@@ -80,7 +81,7 @@ def parse_rules(rules, input_names: Sequence[str], num_sources: int) -> list[tup
     return out
 
 
-def build_plan(spec: MethodSpec, inputs: Sequence[Checkpoint], input_names: Sequence[str], dtype: Optional[str],
+def build_plan(spec: MergeMethodSpec, inputs: Sequence[Checkpoint], input_names: Sequence[str], dtype: Optional[str],
                rules, on_missing: str, names: Optional[Sequence[str]] = None) -> list[Item]:
     """One Item per output tensor, every check done (nothing is written before this returns).
 
@@ -142,8 +143,8 @@ def merge_item(name: str, refs: list, present: list[int], input_names: Sequence[
         detail = ", ".join(f"{input_names[i]}: {list(refs[i].shape)}" for i in present)
         raise ValueError(f"tensor {name!r} has different shapes across inputs ({detail})")
     dtypes = {refs[i].dtype for i in present}
-    if not dtypes <= set(MERGEABLE):
-        if dtypes & set(MERGEABLE) or len(dtypes) > 1:
+    if not dtypes <= set(FLOAT_CODES):
+        if dtypes & set(FLOAT_CODES) or len(dtypes) > 1:
             detail = ", ".join(f"{input_names[i]}: {refs[i].dtype}" for i in present)
             raise ValueError(f"tensor {name!r} cannot be merged: dtypes {detail}; merging takes F32, BF16 "
                              "and F16 (add a copy or skip rule)")
@@ -161,5 +162,5 @@ def merge_item(name: str, refs: list, present: list[int], input_names: Sequence[
 def copy_item(name: str, refs: list, src: int, dtype: Optional[str]) -> Item:
     """``name`` copied from ``refs[src]`` (cast to ``dtype`` when it is floating point)."""
     r: TensorRef = refs[src]
-    out = dtype if dtype is not None and r.dtype in MERGEABLE else r.dtype
+    out = dtype if dtype is not None and r.dtype in FLOAT_CODES else r.dtype
     return Item(name, r.shape, out, "copy", refs, copy_from=src)

@@ -16,7 +16,8 @@ from typing import Sequence, Union
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-_LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from ..dtypes import FLOAT_TORCH_DTYPES as _LOGIT_DTYPES
+
 TensorList = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 # id(tensor) -> (weakref to it, tensor._version when checked, cached result)

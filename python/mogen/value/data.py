@@ -18,8 +18,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-__all__ = ["Example", "checked", "sample_responses", "score", "encode_example", "spearman"]
+from ..decoding import generate
+from ..decoding.models import output_device
+from ..decoding.retokenize import special_prefix
 
+__all__ = ["Example", "Reward", "checked", "sample_responses", "score", "encode_example", "spearman"]
+
+#: a reward: ``reward(prompt, response) -> float`` (value training, sweeps)
 Reward = Callable[[str, str], float]
 
 
@@ -39,8 +44,6 @@ def sample_responses(policy: Any, tokenizer: Any, prompts: Sequence[str], *, sam
                      batch_size: int = 64) -> list[tuple[str, str, bool]]:
     """``samples_per_prompt`` sampled responses per prompt: ``[(prompt, response, ended)]`` in prompt order,
     ``ended`` True when the policy emitted eos before ``max_new_tokens`` ran out."""
-    from ..decoding import generate
-
     rows = [p for p in prompts for _ in range(samples_per_prompt)]
     gen = torch.Generator(device=_device_of(policy)).manual_seed(seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -64,8 +67,6 @@ def sample_responses(policy: Any, tokenizer: Any, prompts: Sequence[str], *, sam
 
 
 def _device_of(model: Any) -> torch.device:
-    from ..decoding.models import output_device
-
     return output_device(model)
 
 
@@ -97,8 +98,6 @@ def encode_example(tokenizer: Any, prompt: str, response: str, ended: bool = Tru
     the response, and a value model that never saw eos as a target could not
     tell a good place to stop from a bad one.
     """
-    from ..decoding.retokenize import special_prefix
-
     prefix = special_prefix(tokenizer)
     full = prefix + tokenizer(prompt + response, add_special_tokens=False)["input_ids"]
     alone = prefix + tokenizer(prompt, add_special_tokens=False)["input_ids"]

@@ -22,13 +22,18 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
+from tqdm.auto import tqdm
 
+from ..decoding.loading import load_causal_lm
+from ..numerics import GRAD_CLIP_NORM, REWARD_STD_MIN
 from .data import Example, Reward, checked, encode_example, sample_responses, score, spearman
 from .format import make_value_model
 
@@ -115,9 +120,7 @@ def predict_final_values(model: Any, tokenizer: Any, examples: Sequence[Example]
 
 def _load(model: Union[str, Path, Any]) -> Any:
     if isinstance(model, (str, Path)):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(str(model), local_files_only=True).eval()
+        return load_causal_lm(model, device=None)
     return model
 
 
@@ -170,7 +173,7 @@ def train_value_model(
     rewards = [e.reward for e in train]
     offset = sum(rewards) / len(rewards)
     std = math.sqrt(sum((r - offset) ** 2 for r in rewards) / len(rewards))
-    scale = std if std > 1e-8 else 1.0
+    scale = std if std > REWARD_STD_MIN else 1.0
     value = make_value_model(copy.deepcopy(_load(model)), objectives=objectives, reward_scale=scale,
                              reward_offset=offset)
     encoded = _encode(tokenizer, train, [(e.reward - offset) / scale for e in train])
@@ -218,8 +221,6 @@ def _split(examples: list[Example], heldout: float, seed: int) -> tuple[list[Exa
 
 def _fit(value: Any, tokenizer: Any, encoded: list, *, epochs: int, lr: float, batch_size: int, seed: int,
          progress: bool) -> list[float]:
-    from tqdm.auto import tqdm
-
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(value.parameters()).device
     opt = torch.optim.AdamW(value.parameters(), lr=lr, weight_decay=0.0)
@@ -238,7 +239,7 @@ def _fit(value: Any, tokenizer: Any, encoded: list, *, epochs: int, lr: float, b
             loss = per_row.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(value.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(value.parameters(), GRAD_CLIP_NORM)
             opt.step()
             value_of_loss = loss.item()
             total, count = total + value_of_loss * len(ids), count + len(ids)
@@ -250,9 +251,6 @@ def _fit(value: Any, tokenizer: Any, encoded: list, *, epochs: int, lr: float, b
 
 
 def _save(model: Any, tokenizer: Any, target: Path) -> Path:
-    import os
-    import shutil
-
     target = target.expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"

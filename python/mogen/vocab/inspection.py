@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerBase
+
 from .schemes import _BYTE_TOKEN, _byte_level_translation, _detect_scheme
 
 _SPECIAL_ROLES: tuple[str, ...] = ("eos", "bos", "pad", "unk")  # priority order
@@ -36,20 +39,12 @@ class _VocabInfo:
 
 
 def _backend_of(tok: TokenizerLike) -> Any:
-    from tokenizers import Tokenizer
-
     if isinstance(tok, Tokenizer):
         return tok
     return getattr(tok, "backend_tokenizer", None)
 
 
 def _check_tokenizer(tok: Any, name: str) -> None:
-    from tokenizers import Tokenizer
-
-    try:
-        from transformers import PreTrainedTokenizerBase
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        PreTrainedTokenizerBase = ()  # type: ignore[assignment]
     if not isinstance(tok, (Tokenizer, PreTrainedTokenizerBase)):
         raise TypeError(
             f"{name} must be a transformers tokenizer (PreTrainedTokenizerBase) or a "
@@ -106,8 +101,6 @@ def _canonical_forms(strings: list[Optional[str]], scheme: str, marker: str,
 
 def _inspect(tok: TokenizerLike) -> _VocabInfo:
     """The :class:`_VocabInfo` of ``tok`` (a transformers tokenizer or a ``tokenizers.Tokenizer``)."""
-    from tokenizers import Tokenizer
-
     backend = _backend_of(tok)
     hf = None if isinstance(tok, Tokenizer) else tok
     if hf is not None:
@@ -155,8 +148,6 @@ def _inspect(tok: TokenizerLike) -> _VocabInfo:
 
 
 def _size(tok: TokenizerLike) -> int:
-    from tokenizers import Tokenizer
-
     if isinstance(tok, Tokenizer):
         return tok.get_vocab_size(with_added_tokens=True)
     return len(tok)
