@@ -91,13 +91,9 @@ def _read_f32(ref) -> torch.Tensor:
 def _nonlinear(spec: _methods.MethodSpec, item: Item, k: int) -> torch.Tensor:
     """Output k of a per-tensor (non-linear) method, fp32 (inputs: the sources, then base)."""
     n = spec.num_sources
-    base_idx = n if spec.uses_base else None
     xs = [_read_f32(item.refs[i]) for i in range(n)]
-    if spec.name == "slerp":
-        t = float(spec.t[k])
-        s0, s1 = _methods.slerp_scales(t, xs[0], xs[1])
-        return xs[0] * s0 + xs[1] * s1
-    return _methods.sparse_task_merge(spec, k, item.name, _read_f32(item.refs[base_idx]), xs)
+    base = _read_f32(item.refs[n]) if spec.uses_base else None
+    return spec.method.merge_tensor(spec, k, item.name, xs, base)
 
 
 def _linear_row(spec, item: Item) -> tuple[list[int], np.ndarray]:
