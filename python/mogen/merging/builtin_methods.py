@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from .bone_soup import bone_soup_coefficients
-from .methods import (LinearMethod, MergeMethod, MethodParams, MethodSpec, as_matrix, as_scalar, normalize_rows,
-                      per_source, register_method)
+from .methods import (LinearMethod, MergeMethod, MethodParams, as_matrix, as_scalar, normalize_rows, per_source,
+                      register_method)
 
 __all__ = ["dare_seed", "dare_keep_mask", "magnitude_mask", "slerp_scales"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .io import open_checkpoint
-from .methods import MethodSpec
+from .methods import MergeMethodSpec
 from .plan import Item, MergePlan
 
 __all__ = ["source_paths", "open_plan", "Progress", "linear_columns", "merge_tensor", "read_bytes"]
@@ -28,7 +28,7 @@ def source_paths(x, what: str) -> list[str]:
     return [os.fspath(p) for p in x]
 
 
-def open_plan(spec: MethodSpec, sources: list[str], base, sft) -> MergePlan:
+def open_plan(spec: MergeMethodSpec, sources: list[str], base, sft) -> MergePlan:
     """A plan with its inputs opened (sources, then base and sft where given), nothing planned yet."""
     inputs, names = [], []
     try:
@@ -66,7 +66,7 @@ class Progress:
             self.bar.close()
 
 
-def linear_columns(spec: MethodSpec, item: Item) -> tuple[list[int], np.ndarray]:
+def linear_columns(spec: MergeMethodSpec, item: Item) -> tuple[list[int], np.ndarray]:
     """Inputs with a nonzero coefficient for this tensor, and their [K, n] coefficients."""
     cols = [i for i in range(spec.num_inputs) if np.any(spec.coef[:, i] != 0.0) and item.refs[i] is not None]
     if not cols:  # all coefficients zero: any present input times 0
@@ -74,7 +74,7 @@ def linear_columns(spec: MethodSpec, item: Item) -> tuple[list[int], np.ndarray]
     return cols, spec.coef[:, cols]
 
 
-def merge_tensor(spec: MethodSpec, item: Item, k: int) -> torch.Tensor:
+def merge_tensor(spec: MergeMethodSpec, item: Item, k: int) -> torch.Tensor:
     """Output k of a per-tensor (non-linear) method, fp32 (inputs: the sources, then base)."""
     n = spec.num_sources
     xs = [item.refs[i].read().to(torch.float32) for i in range(n)]

@@ -23,14 +23,14 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 import torch
 
-__all__ = ["METHODS", "MergeMethod", "LinearMethod", "MethodSpec", "MethodParams", "register_method",
+__all__ = ["METHODS", "MergeMethod", "LinearMethod", "MergeMethodSpec", "MethodParams", "register_method",
            "unregister_method", "get_method", "resolve", "as_matrix", "as_scalar", "per_source", "normalize_rows"]
 
 _REGISTRY: dict[str, "MergeMethod"] = {}
 
 
 @dataclass
-class MethodSpec:
+class MergeMethodSpec:
     """A method with its arguments resolved: what the engine needs to merge."""
 
     method: "MergeMethod"
@@ -98,24 +98,25 @@ class MergeMethod:
     layerwise: ClassVar[bool] = True  # usable in configs with slices or per-layer parameters
     layerwise_only: ClassVar[bool] = False  # usable only there (passthrough)
 
-    def resolve(self, num_sources: int, coefficients, has_base: bool, params: dict) -> MethodSpec:
+    def resolve(self, num_sources: int, coefficients, has_base: bool, params: dict) -> MergeMethodSpec:
         """Validates the arguments and precomputes what the engine needs."""
         if num_sources < 1:
             raise ValueError("merge needs at least one source")
         if self.needs_base and not has_base:
             raise ValueError(f"method {self.name!r} merges deltas from a base checkpoint: pass base=")
-        spec = MethodSpec(self, num_sources, uses_base=self.needs_base)
+        spec = MergeMethodSpec(self, num_sources, uses_base=self.needs_base)
         p = MethodParams(self, params)
         self.setup(spec, coefficients, p)
         p.finish()
         return spec
 
-    def setup(self, spec: MethodSpec, coefficients, params: MethodParams) -> None:
+    def setup(self, spec: MergeMethodSpec, coefficients, params: MethodParams) -> None:
         """Fills ``spec`` (``num_outputs``, ``params``; ``coef`` for a linear method) from the
         coefficients and the parameters, taking each parameter it uses from ``params``."""
         raise NotImplementedError
 
-    def merge_tensor(self, spec: MethodSpec, k: int, name: str, xs: list, base: Optional[torch.Tensor]) -> torch.Tensor:
+    def merge_tensor(self, spec: MergeMethodSpec, k: int, name: str, xs: list,
+                     base: Optional[torch.Tensor]) -> torch.Tensor:
         """Output ``k`` of tensor ``name`` from the sources ``xs`` (and ``base`` when the method uses it),
         all fp32; returns fp32."""
         raise NotImplementedError(f"merge method {self.name!r} is linear; the engine runs its coefficients")
@@ -134,11 +135,11 @@ class LinearMethod(MergeMethod):
 
     linear = True
 
-    def setup(self, spec: MethodSpec, coefficients, params: MethodParams) -> None:
+    def setup(self, spec: MergeMethodSpec, coefficients, params: MethodParams) -> None:
         spec.coef = self.coefficients(spec, coefficients, params)
         spec.num_outputs = spec.coef.shape[0]
 
-    def coefficients(self, spec: MethodSpec, coefficients, params: MethodParams) -> np.ndarray:
+    def coefficients(self, spec: MergeMethodSpec, coefficients, params: MethodParams) -> np.ndarray:
         """The ``[K, inputs]`` float64 coefficient matrix (sets ``spec.uses_sft`` / ``uses_base`` as needed)."""
         raise NotImplementedError
 
@@ -188,7 +189,7 @@ class _MethodNames(Sequence):
 METHODS = _MethodNames()
 
 
-def resolve(method: str, num_sources: int, coefficients, has_base: bool, params: dict) -> MethodSpec:
+def resolve(method: str, num_sources: int, coefficients, has_base: bool, params: dict) -> MergeMethodSpec:
     """The registered ``method``'s :meth:`MergeMethod.resolve`."""
     return get_method(method).resolve(num_sources, coefficients, has_base, params)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from .io import ITEMSIZE, MERGEABLE, Checkpoint, TensorRef, natural_key
-from .methods import MethodSpec
+from .methods import MergeMethodSpec
 
 ON_MISSING = ("error", "skip", "first")
 
@@ -31,7 +31,7 @@ class Item:
     action: str  # "merge" | "copy"
     refs: list  # per input: TensorRef or None
     copy_from: Optional[int] = None
-    spec: Optional[MethodSpec] = None  # this tensor's own method parameters (per-layer configs); else the merge's
+    spec: Optional[MergeMethodSpec] = None  # this tensor's own method parameters (per-layer configs); else the merge's
 
     @property
     def numel(self) -> int:
@@ -94,7 +94,7 @@ class MergePlan:
     :func:`mogen.merge_into` execute. ``inputs``: the sources, then base and the SFT checkpoint where
     given, named ``"source i"``, ``"base"``, ``"sft"``; the plan owns them (:meth:`close`)."""
 
-    def __init__(self, spec: MethodSpec, inputs: list, input_names: list):
+    def __init__(self, spec: MergeMethodSpec, inputs: list, input_names: list):
         self.spec = spec
         self.inputs = inputs
         self.input_names = input_names
@@ -135,7 +135,7 @@ class MergePlan:
             ck.close()
 
 
-def build_plan(spec: MethodSpec, inputs: Sequence[Checkpoint], input_names: Sequence[str], dtype: Optional[str],
+def build_plan(spec: MergeMethodSpec, inputs: Sequence[Checkpoint], input_names: Sequence[str], dtype: Optional[str],
                rules, on_missing: str, names: Optional[Sequence[str]] = None) -> list[Item]:
     """One Item per output tensor, every check done (nothing is written before this returns).
 
