@@ -95,12 +95,29 @@ def _merge_layerwise(args: argparse.Namespace, cfg: dict, root: str, merge_confi
     return 0
 
 
+def _methods_epilog() -> str:
+    """One line per registered merge method: its name, parameters and summary."""
+    from ..merging.methods import METHODS, get_method
+
+    lines = ["merge methods (--method; parameters by --param):"]
+    for name in METHODS:
+        m = get_method(name)
+        params = f" [{', '.join(m.parameters)}]" if m.parameters else ""
+        needs = " (needs --base)" if m.needs_base else ""
+        lines.append(f"  {name}{params}: {m.summary}{needs}")
+    return "\n".join(lines)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Registers ``merge``."""
+    from ..merging.methods import METHODS
+
     p = sub.add_parser(
         "merge",
-        help="merge checkpoints (linear, task_arithmetic, bone_soup, ties, dare_linear, dare_ties, slerp)",
+        help=f"merge checkpoints ({', '.join(METHODS)})",
         description="Streams every input once: --weights may be given K times for K outputs (one --out each).",
+        epilog=_methods_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="a mergekit-style YAML merge config")
     p.add_argument("--source", action="append", help="a checkpoint folder or .safetensors file (repeat)")

@@ -2,13 +2,15 @@
 
 ``merge`` writes merged checkpoints (K of them from one read of the inputs),
 ``merge_into`` merges into a live model's parameters, ``bone_soup_coefficients``
-gives MAGE's Stage-1 coefficients.
+gives MAGE's Stage-1 coefficients. Merge methods are registered
+:class:`MergeMethod` classes (``register_method``); ``METHODS`` names them.
 """
 
 from .bone_soup import bone_soup_coefficients
 from .engine import merge
 from .inplace import merge_into
-from .methods import METHODS
+from .methods import METHODS, LinearMethod, MergeMethod, register_method, unregister_method
 from .report import MergeReport
 
-__all__ = ["merge", "merge_into", "bone_soup_coefficients", "MergeReport", "METHODS"]
+__all__ = ["merge", "merge_into", "bone_soup_coefficients", "MergeReport", "METHODS", "MergeMethod", "LinearMethod",
+           "register_method", "unregister_method"]

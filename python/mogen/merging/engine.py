@@ -1,5 +1,5 @@
-"""The streaming merge engine: :func:`merge` (checkpoints to folders); the helpers it
-shares with :func:`mogen.merging.inplace.merge_into` (checkpoints into a live model)."""
+"""The streaming merge engine: :func:`merge` (checkpoints to folders): resolve the method, plan
+(:class:`~mogen.merging.plan.MergePlan`), write the outputs."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from ..dtypes import itemsize, torch_dtype
 from . import methods as _methods
-from .io import (Checkpoint, OutputDir, copy_side_files, kernels, open_checkpoint,
-                 parse_dtype, parse_size, plan_shards, shard_names, write_index)
-from .plan import Item, build_plan
+from .io import OutputDir, copy_side_files, kernels, parse_dtype, parse_size, plan_shards, shard_names, write_index
+from .compute import Progress, linear_columns, merge_tensor as _nonlinear, open_plan, read_bytes, source_paths
+from .plan import Item
 from .report import MergeReport, RssTracker
 
 __all__ = ["merge"]
@@ -25,87 +23,6 @@ __all__ = ["merge"]
 PathLike = Union[str, os.PathLike]
 # Elements per kernel call: bounds the time between progress updates (and Ctrl-C checks).
 PIECE = 1 << 25
-
-
-def _paths(x, what: str) -> list[str]:
-    if isinstance(x, (str, os.PathLike)):
-        return [os.fspath(x)]
-    if not isinstance(x, (list, tuple)) or not x:
-        raise TypeError(f"{what} must be a path or a non-empty list of paths, got {x!r}")
-    for p in x:
-        if not isinstance(p, (str, os.PathLike)):
-            raise TypeError(f"{what} must hold paths, got {p!r}")
-    return [os.fspath(p) for p in x]
-
-
-class _Progress:
-    def __init__(self, total: int, enabled: bool, desc: str):
-        self.bar = None
-        if enabled:
-            self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=desc,
-                            dynamic_ncols=True, smoothing=0.1)
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _open_inputs(sources: list[str], base, sft) -> tuple[list[Checkpoint], list[str]]:
-    inputs, names = [], []
-    try:
-        for i, s in enumerate(sources):
-            inputs.append(open_checkpoint(s))
-            names.append(f"source {i}")
-        if base is not None:
-            inputs.append(open_checkpoint(base))
-            names.append("base")
-        if sft is not None:
-            inputs.append(open_checkpoint(sft))
-            names.append("sft")
-    except BaseException:
-        for ck in inputs:
-            ck.close()
-        raise
-    return inputs, names
-
-
-def _used_inputs(spec, inputs: list, input_names: list[str]) -> tuple[list, list[str], Optional[int]]:
-    """The inputs the method combines (sources, then base and sft where used), their names, and base's index."""
-    used = list(range(spec.num_sources))
-    if spec.uses_base:
-        used.append(input_names.index("base"))
-    if spec.uses_sft:
-        used.append(input_names.index("sft"))
-    names = [input_names[i] for i in used]
-    return [inputs[i] for i in used], names, names.index("base") if "base" in names else None
-
-
-def _read_f32(ref) -> torch.Tensor:
-    return ref.read().to(torch.float32)
-
-
-def _nonlinear(spec: _methods.MergeMethodSpec, item: Item, k: int) -> torch.Tensor:
-    """Output k of a per-tensor (non-linear) method, fp32 (inputs: the sources, then base)."""
-    n = spec.num_sources
-    base_idx = n if spec.uses_base else None
-    xs = [_read_f32(item.refs[i]) for i in range(n)]
-    if spec.name == "slerp":
-        t = float(spec.t[k])
-        s0, s1 = _methods.slerp_scales(t, xs[0], xs[1])
-        return xs[0] * s0 + xs[1] * s1
-    return _methods.sparse_task_merge(spec, k, item.name, _read_f32(item.refs[base_idx]), xs)
-
-
-def _linear_row(spec, item: Item) -> tuple[list[int], np.ndarray]:
-    """Inputs with a nonzero coefficient for this tensor, and their [K, n] coefficients."""
-    cols = [i for i in range(spec.num_inputs) if np.any(spec.coef[:, i] != 0.0) and item.refs[i] is not None]
-    if not cols:  # all coefficients zero: any present input times 0
-        cols = [next(i for i, r in enumerate(item.refs) if r is not None)]
-    return cols, spec.coef[:, cols]
 
 
 def merge(
@@ -136,10 +53,12 @@ def merge(
         out: the output folder, or a list of K folders.
         base: base checkpoint (``task_arithmetic``, ``ties``, ``dare_*``: deltas are
             taken from it); also the source of config/tokenizer files when given.
-        method: ``linear`` (``normalize=False``), ``task_arithmetic`` (``lambda``,
-            ``normalize``), ``bone_soup`` (``beta``, ``alpha``, ``sft``), ``ties``
-            (``density``, ``normalize=True``, ``lambda``), ``dare_linear`` / ``dare_ties``
-            (``density`` or ``drop_rate``, ``seed``, ``rescale=True``), ``slerp`` (``t``).
+        method: a registered method (:data:`mogen.merging.METHODS`): ``linear``
+            (``normalize=False``), ``task_arithmetic`` (``lambda``, ``normalize``), ``bone_soup``
+            (``beta``, ``alpha``, ``sft``), ``ties`` (``density``, ``normalize=True``, ``lambda``),
+            ``dare_linear`` / ``dare_ties`` (``density`` or ``drop_rate``, ``seed``, ``rescale=True``),
+            ``slerp`` (``t``), ``passthrough`` (one source, ``scale``), or one registered with
+            :func:`mogen.merging.register_method`.
         dtype: output dtype of merged tensors (default: the base's, else the first source's).
         shard_size: largest output shard ("5GB", "500MB", bytes); a larger tensor gets its own.
         rules: ``[(regex, "merge" | "skip" | "copy:K" | "copy:base")]``, first match wins.
@@ -151,13 +70,13 @@ def merge(
     complete; on any error nothing is left behind.
     """
     rss = RssTracker()
-    src_paths = _paths(sources, "sources")
+    src_paths = source_paths(sources, "sources")
     spec = _methods.resolve(method, len(src_paths), coefficients, base is not None, method_params)
     K = spec.num_outputs
     if out is None:
         raise TypeError("merge needs out= (a folder, or a list of K folders)")
     outs = [out] if isinstance(out, (str, os.PathLike)) else list(out)
-    outs = _paths(outs, "out")
+    outs = source_paths(outs, "out")
     if len(outs) != K:
         raise ValueError(f"{K} merges were asked for (coefficients has {K} rows) but out names {len(outs)} folder(s)")
     check_outputs(outs, src_paths + [base, spec.params.get("sft")])
@@ -167,19 +86,16 @@ def merge(
 
     seconds = {}
     t0 = time.perf_counter()
-    inputs, input_names = _open_inputs(src_paths, base, spec.params.get("sft"))
+    plan = open_plan(spec, src_paths, base, spec.params.get("sft"))
     seconds["open"] = time.perf_counter() - t0
     try:
         t0 = time.perf_counter()
-        used_inputs, used_names, _ = _used_inputs(spec, inputs, input_names)
-        items = build_plan(spec, used_inputs, used_names, dtype_code, rules, on_missing)
-        side_folder = inputs[input_names.index("base")].folder if base is not None else inputs[0].folder
+        plan.plan(dtype_code, rules, on_missing)
         seconds["plan"] = time.perf_counter() - t0
-        job = WriteJob(outs, overwrite, fsync, shard_bytes, dtype_code, side_folder, progress, method)
-        return write_outputs(spec, items, job, seconds, rss)
+        job = WriteJob(outs, overwrite, fsync, shard_bytes, dtype_code, plan.side_folder, progress, method)
+        return write_outputs(spec, plan.items, job, seconds, rss)
     finally:
-        for ck in inputs:
-            ck.close()
+        plan.close()
 
 
 def check_outputs(outs: list[str], inputs: Sequence) -> list[str]:
@@ -233,7 +149,7 @@ def write_outputs(spec, items: list[Item], job: WriteJob, seconds: dict, rss: Rs
                 for name, _dt, _shape, begin, _end in w.tensors():
                     where.setdefault(name, []).append((w, begin))
                     weight_map[name] = fname
-        bar = _Progress(sum(_input_bytes(spec, it) for it in items), job.progress, f"mogen {job.label}")
+        bar = Progress(sum(_input_bytes(spec, it) for it in items), job.progress, f"mogen {job.label}")
         bytes_read = 0
         for it in items:
             bytes_read += _produce(C, it.spec or spec, it, where[it.name], bar)
@@ -270,9 +186,9 @@ def _input_bytes(spec, it: Item) -> int:
     if it.action == "copy":
         return it.refs[it.copy_from].nbytes
     if spec.linear:
-        cols, _ = _linear_row(spec, it)
+        cols, _ = linear_columns(spec, it)
         return sum(it.refs[i].nbytes for i in cols)
-    return sum(r.nbytes for r in it.refs if r is not None)
+    return read_bytes(it)
 
 
 def _call_kernel(C, srcs, coef, outputs, numel) -> None:
@@ -295,7 +211,7 @@ def _produce(C, spec, it: Item, sinks: list, bar) -> int:
         bar.update(ref.nbytes)
         return ref.nbytes
     if spec.linear:
-        cols, coef = _linear_row(spec, it)
+        cols, coef = linear_columns(spec, it)
         refs = [it.refs[i] for i in cols]
         _stream(C, refs, coef, it, sinks, out_isz, bar)
         return sum(r.nbytes for r in refs)

@@ -3,7 +3,6 @@ model's parameters (CPU, or CUDA through pinned staging buffers)."""
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Optional
 
@@ -13,9 +12,9 @@ import torch
 from .. import _backend
 from ..dtypes import FLOAT_TORCH_DTYPES
 from . import methods as _methods
-from .engine import PathLike, _linear_row, _nonlinear, _open_inputs, _paths, _Progress, _used_inputs
-from .io import kernels
-from .plan import Item, build_plan
+from .compute import Progress, linear_columns, merge_tensor, open_plan, read_bytes, source_paths
+from .io import PathLike, kernels
+from .plan import Item, MergePlan, parse_rules, rule_action
 from .report import MergeReport, RssTracker
 
 __all__ = ["merge_into"]
@@ -57,39 +56,65 @@ def merge_into(
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     rss = RssTracker()
-    src_paths = _paths(sources, "sources")
+    src_paths = source_paths(sources, "sources")
     spec = _methods.resolve(method, len(src_paths), coefficients, base is not None, method_params)
     if spec.num_outputs != 1:
         raise ValueError(f"merge_into writes one model; coefficients give {spec.num_outputs} merges")
     C = kernels()
     seconds = {}
     t0 = time.perf_counter()
-    inputs, input_names = _open_inputs(src_paths, base, spec.params.get("sft"))
+    plan = open_plan(spec, src_paths, base, spec.params.get("sft"))
     seconds["open"] = time.perf_counter() - t0
     try:
         t0 = time.perf_counter()
-        used_inputs, used_names, base_idx = _used_inputs(spec, inputs, input_names)
-        by_name, groups = _targets(model)
-        ck_names = set()
-        for ck, role in zip(used_inputs, used_names):
-            if role != "sft":
-                ck_names.update(ck.tensors)
-        chosen = []  # (names of the target, the checkpoint name used)
-        for tid, names in groups.items():
+        by_name = plan_into(plan, model, rules, on_missing)
+        seconds["plan"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bytes_read, bytes_written = execute_into(C, plan, by_name, progress, f"mogen {method} (in place)")
+        seconds["merge"] = time.perf_counter() - t0
+    finally:
+        plan.close()
+    return MergeReport(method=method, outputs=[], num_tensors=len(plan.items), bytes_read=bytes_read,
+                       bytes_written=bytes_written, seconds=seconds, baseline_rss=rss.baseline,
+                       peak_rss=rss.peak())
+
+
+def plan_into(plan: MergePlan, model: torch.nn.Module, rules, on_missing: str) -> dict:
+    """Plans ``plan``'s items for the model's tensors (every check done, nothing written);
+    returns name -> the model's tensor."""
+    targets = _Targets(model)
+    ck_names = plan.tensor_names()
+    plan.plan(None, rules, on_missing, names=targets.chosen(ck_names, on_missing))
+    targets.check(plan, ck_names, rules, on_missing)
+    return targets.by_name
+
+
+class _Targets:
+    """The model's parameters and buffers, matched to checkpoint tensors by name."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.by_name, self.groups = _targets(model)
+
+    def chosen(self, ck_names: set, on_missing: str) -> list[str]:
+        """Per tensor of the model (tied ones once), the first of its names the checkpoints hold."""
+        chosen = []
+        for names in self.groups.values():
             hit = next((n for n in names if n in ck_names), None)
-            t = by_name[names[0]]
+            t = self.by_name[names[0]]
             if hit is None:
                 if isinstance(t, torch.nn.Parameter) and on_missing == "error":
                     raise ValueError(f"parameter {names[0]!r} of the model is in none of the checkpoints; "
                                      "pass on_missing='skip' to leave it unchanged")
                 continue
             chosen.append(hit)
-        items = build_plan(spec, used_inputs, used_names, None, rules, on_missing, names=chosen)
-        planned = {it.name for it in items}
+        return chosen
+
+    def check(self, plan: MergePlan, ck_names: set, rules, on_missing: str) -> None:
+        """Refuses checkpoint tensors the model lacks (unless skipped), and shapes or dtypes that differ."""
+        by_name, items = self.by_name, plan.items
         if on_missing == "error":
-            extra = sorted(n for n in ck_names - set(by_name) if n not in planned)
-            skipped = set(chosen) - planned  # removed by skip rules
-            extra = [n for n in extra if n not in skipped and not _skipped_by_rule(n, rules)]
+            compiled = parse_rules(rules, plan.used[1], plan.spec.num_sources)
+            extra = sorted(n for n in ck_names - set(by_name) if rule_action(compiled, n)[0] != "skip")
             if extra:
                 raise ValueError(f"checkpoint tensors {extra[:5]} have no counterpart in the model; "
                                  "pass on_missing='skip' or a skip rule")
@@ -100,41 +125,28 @@ def merge_into(
                                  f"{list(t.shape)} in the model")
             if it.action == "merge" and t.dtype not in FLOAT_TORCH_DTYPES:
                 raise ValueError(f"model tensor {it.name!r} is {t.dtype}; merging writes float32, bfloat16 or float16")
-        seconds["plan"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        total = sum(sum(r.nbytes for r in it.refs if r is not None) for it in items)
-        bar = _Progress(total, progress, f"mogen {method} (in place)")
-        bytes_read = bytes_written = 0
-        staging = C.MergeStaging()  # CUDA staging buffers, reused across tensors
-        try:
-            with torch.no_grad():
-                for it in items:
-                    t = by_name[it.name]
-                    bytes_read += _produce_into(C, spec, it, t, base_idx, bar, staging)
-                    bytes_written += t.numel() * t.element_size()
-        finally:
-            bar.close()
-        if any(by_name[it.name].is_cuda for it in items):
-            torch.cuda.synchronize()
-        seconds["merge"] = time.perf_counter() - t0
+
+
+def execute_into(C, plan: MergePlan, by_name: dict, progress: bool, label: str) -> tuple[int, int]:
+    """Writes a planned in-place merge into the model's tensors; returns (bytes read, bytes written)."""
+    items = plan.items
+    bar = Progress(sum(read_bytes(it) for it in items), progress, label)
+    bytes_read = bytes_written = 0
+    staging = C.MergeStaging()  # CUDA staging buffers, reused across tensors
+    try:
+        with torch.no_grad():
+            for it in items:
+                t = by_name[it.name]
+                bytes_read += _produce_into(C, plan.spec, it, t, bar, staging)
+                bytes_written += t.numel() * t.element_size()
     finally:
-        for ck in inputs:
-            ck.close()
-    return MergeReport(method=method, outputs=[], num_tensors=len(items), bytes_read=bytes_read,
-                       bytes_written=bytes_written, seconds=seconds, baseline_rss=rss.baseline,
-                       peak_rss=rss.peak())
+        bar.close()
+    if any(by_name[it.name].is_cuda for it in items):
+        torch.cuda.synchronize()
+    return bytes_read, bytes_written
 
 
-def _skipped_by_rule(name: str, rules) -> bool:
-    if not rules:
-        return False
-    for pattern, action in (rules.items() if isinstance(rules, dict) else rules):
-        if re.search(pattern, name):
-            return action == "skip"
-    return False
-
-
-def _produce_into(C, spec, it: Item, t: torch.Tensor, base_idx, bar, staging) -> int:
+def _produce_into(C, spec, it: Item, t: torch.Tensor, bar, staging) -> int:
     data = t.data
     if it.action == "copy":
         ref = it.refs[it.copy_from]
@@ -142,11 +154,11 @@ def _produce_into(C, spec, it: Item, t: torch.Tensor, base_idx, bar, staging) ->
         bar.update(ref.nbytes)
         return ref.nbytes
     if not spec.linear:
-        data.copy_(_nonlinear(spec, it, 0))
-        n = sum(r.nbytes for r in it.refs if r is not None)
+        data.copy_(merge_tensor(spec, it, 0))
+        n = read_bytes(it)
         bar.update(n)
         return n
-    cols, coef = _linear_row(spec, it)
+    cols, coef = linear_columns(spec, it)
     refs = [it.refs[i] for i in cols]
     flat = [float(x) for x in np.asarray(coef, dtype=np.float64).reshape(-1)]
     srcs = [(r.reader, r.begin, r.dtype) for r in refs]

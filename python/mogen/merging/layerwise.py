@@ -20,7 +20,7 @@ import time
 from typing import Any, Optional
 
 from . import methods as _methods
-from .config import _GLOBAL_PARAMS, _IGNORED_KEYS, _MODEL_PARAMS, config_to_merge_args
+from .config import MODEL_PARAMS, TOP_KEYS, config_to_merge_args, global_params
 from .engine import WriteJob, check_outputs, write_outputs
 from .io import open_checkpoint, parse_dtype, parse_size
 from .plan import Item, copy_item, merge_item
@@ -30,8 +30,12 @@ from .slices import OutSlice, TensorJob, check_params, layer_count, model_path, 
 
 __all__ = ["needs_layerwise", "merge_config", "plan_config"]
 
-METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "passthrough")
-_TOP_KEYS = {"slices", "models", "merge_method", "base_model", "dtype", "out_dtype", "parameters", *_IGNORED_KEYS}
+_TOP_KEYS = {"slices", *TOP_KEYS}
+
+
+def layerwise_methods() -> tuple:
+    """The registered methods a config with slices or per-layer parameters may name."""
+    return tuple(m for m in _methods.METHODS if _methods.get_method(m).layerwise)
 
 
 def needs_layerwise(cfg: dict) -> bool:
@@ -39,18 +43,19 @@ def needs_layerwise(cfg: dict) -> bool:
     model parameters (weight, density) given at the top level."""
     if not isinstance(cfg, dict):
         return False
-    if "slices" in cfg or cfg.get("merge_method") == "passthrough":
+    method = cfg.get("merge_method")
+    if "slices" in cfg or (method in _methods.METHODS and _methods.get_method(method).layerwise_only):
         return True
     top = cfg.get("parameters") or {}
     models = cfg.get("models") if isinstance(cfg.get("models"), list) else []
     per_model = [m.get("parameters") or {} for m in models if isinstance(m, dict)]
-    if isinstance(top, dict) and any(k in _MODEL_PARAMS for k in top):
+    if isinstance(top, dict) and any(k in MODEL_PARAMS for k in top):
         return True
     return any(not is_scalar_setting(v) for d in [top, *per_model] if isinstance(d, dict) for v in d.values())
 
 
 def _model_params(method: str) -> tuple:
-    return ("scale",) if method == "passthrough" else _MODEL_PARAMS
+    return _methods.get_method(method).model_parameters
 
 
 def _check_top(cfg: dict) -> str:
@@ -58,9 +63,10 @@ def _check_top(cfg: dict) -> str:
     if unknown:
         raise ValueError(f"merge config: {unknown[0]}: not supported by mogen")
     method = cfg.get("merge_method")
-    if method not in METHODS:
+    supported = layerwise_methods()
+    if method not in supported:
         raise ValueError(f"merge config: merge_method: {method!r} is not supported with slices or per-layer "
-                         f"parameters (supported: {', '.join(METHODS)})")
+                         f"parameters (supported: {', '.join(supported)})")
     if cfg.get("tokenizer_source") not in (None, "base"):
         raise ValueError(f"merge config: tokenizer_source: {cfg['tokenizer_source']!r} is not supported "
                          "(only 'base')")
@@ -129,7 +135,7 @@ def _item(job: TensorJob, method: str, top: dict, specs: _Specs, cks: dict, dtyp
                              f"got {len(sl.sources)}")
         scale = scalar["models"][0]["parameters"].get("scale")
         paths = [sl.sources[0].path]
-        spec = None if scale is None else _methods.resolve("linear", 1, [scale], False, {})
+        spec = None if scale is None else _methods.resolve("passthrough", 1, None, False, {"scale": scale})
     else:
         spec, paths, base = specs.get(scalar, job)
         paths = list(paths) + ([base] if spec.uses_base else [])
@@ -158,7 +164,7 @@ def plan_config(cfg: dict, root: str, cks: dict, dtype: Optional[str]) -> tuple[
 
 
 def _all_params(method: str) -> tuple:
-    return _model_params(method) + tuple(p for p in _GLOBAL_PARAMS if p not in ("beta", "alpha", "sft"))
+    return _model_params(method) + global_params(layerwise=True)
 
 
 def _top_params(cfg: dict, method: str) -> dict:

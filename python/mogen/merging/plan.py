@@ -81,6 +81,61 @@ def parse_rules(rules, input_names: Sequence[str], num_sources: int) -> list[tup
     return out
 
 
+def rule_action(compiled: list, name: str) -> tuple:
+    """``(action, copy input index or None)`` of the first parsed rule matching ``name``; ("merge", None)
+    when none does."""
+    for rx, action, src in compiled:
+        if rx.search(name):
+            return action, src
+    return "merge", None
+
+
+class MergePlan:
+    """A merge's opened inputs and, once planned, its output tensors: what :func:`mogen.merge` and
+    :func:`mogen.merge_into` execute. ``inputs``: the sources, then base and the SFT checkpoint where
+    given, named ``"source i"``, ``"base"``, ``"sft"``; the plan owns them (:meth:`close`)."""
+
+    def __init__(self, spec: MergeMethodSpec, inputs: list, input_names: list):
+        self.spec = spec
+        self.inputs = inputs
+        self.input_names = input_names
+        self.items: list[Item] = []
+
+    @property
+    def used(self) -> tuple[list, list]:
+        """The inputs the method combines (sources, then base and sft where it uses them) and their names."""
+        used = list(range(self.spec.num_sources))
+        if self.spec.uses_base:
+            used.append(self.input_names.index("base"))
+        if self.spec.uses_sft:
+            used.append(self.input_names.index("sft"))
+        return [self.inputs[i] for i in used], [self.input_names[i] for i in used]
+
+    @property
+    def side_folder(self):
+        """The folder config and tokenizer files come from: the base's when given, else the first source's."""
+        ck = self.inputs[self.input_names.index("base")] if "base" in self.input_names else self.inputs[0]
+        return ck.folder
+
+    def tensor_names(self) -> set:
+        """Every tensor of the inputs the method combines, the SFT checkpoint's aside."""
+        names = set()
+        for ck, role in zip(*self.used):
+            if role != "sft":
+                names.update(ck.tensors)
+        return names
+
+    def plan(self, dtype: Optional[str], rules, on_missing: str, names: Optional[Sequence[str]] = None) -> list:
+        """Plans the output tensors (:func:`build_plan`) into :attr:`items`."""
+        used, used_names = self.used
+        self.items = build_plan(self.spec, used, used_names, dtype, rules, on_missing, names=names)
+        return self.items
+
+    def close(self) -> None:
+        for ck in self.inputs:
+            ck.close()
+
+
 def build_plan(spec: MergeMethodSpec, inputs: Sequence[Checkpoint], input_names: Sequence[str], dtype: Optional[str],
                rules, on_missing: str, names: Optional[Sequence[str]] = None) -> list[Item]:
     """One Item per output tensor, every check done (nothing is written before this returns).
@@ -100,11 +155,7 @@ def build_plan(spec: MergeMethodSpec, inputs: Sequence[Checkpoint], input_names:
     base_idx = input_names.index("base") if "base" in input_names else None
     items = []
     for name in names:
-        action, src = "merge", None
-        for rx, act, s in compiled:
-            if rx.search(name):
-                action, src = act, s
-                break
+        action, src = rule_action(compiled, name)
         if action == "skip":
             continue
         refs = [ck.tensors.get(name) for ck in inputs]
