@@ -188,21 +188,22 @@ def provenance_of(stem: str) -> dict:
 def glance_block() -> list[str]:
     rows, stems = [], []
     for g in GLANCE:
-        values = {}
+        values, mine = {}, []
         for name, src in g.values.items():
             values[name] = lookup_row(src) if isinstance(src, Row) else lookup_find(src)
-            if src.stem not in stems:
-                stems.append(src.stem)
-        rows.append("| " + " | ".join([fill(g.what, values), fill(g.mogen, values), fill(g.alternative, values),
+            mine += [src.stem] if src.stem not in mine else []
+        stems += [s for s in mine if s not in stems]
+        what = fill(g.what, values) + " (" + ", ".join(f"[{s}](benchmarks/results/{s}.md)" for s in mine) + ")"
+        rows.append("| " + " | ".join([what, fill(g.mogen, values), fill(g.alternative, values),
                                        fill(g.ratio, values)]) + " |")
     machines = []
     for s in stems:
         m = provenance_of(s).get("machine", "not recorded")
         if m not in machines:
             machines.append(m)
-    return (["Every figure below is read from `benchmarks/results/` by `benchmarks/readme_tables.py` "
-             "(`make readme`); each row's full table is under [Benchmarks](#benchmarks), and each results file "
-             "names the machine, commit and command that produced it. Measured on:", ""]
+    return (["Every figure below is read from the results file named in its row by `benchmarks/readme_tables.py` "
+             "(`make readme`); each file names the machine, commit and command that produced it, and its table is "
+             "under [Benchmarks](#benchmarks). Measured on:", ""]
             + [f"- {m}" for m in machines]
             + ["", "| what | mogen | alternative, same run | ratio |", "|---|---|---|---|"] + rows)
 
@@ -228,6 +229,8 @@ def bench_block(name: str, attrs: dict) -> list[str]:
         lines = [ln for i, ln in enumerate(lines) if i not in drop]
     while lines and not lines[0].strip():
         lines = lines[1:]
+    if "rows" in attrs:
+        lines = [f"Rows {attrs['rows']} of `benchmarks/results/{name}.md` (the whole table is there).", ""] + lines
     return lines
 
 
