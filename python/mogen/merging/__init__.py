@@ -6,6 +6,7 @@ gives MAGE's Stage-1 coefficients. Merge methods are registered
 :class:`MergeMethod` classes (``register_method``); ``METHODS`` names them.
 """
 
+from . import builtin_methods  # noqa: F401  (registers the built-in methods before anything resolves one)
 from .bone_soup import bone_soup_coefficients
 from .engine import merge
 from .inplace import merge_into

@@ -243,5 +243,3 @@ def normalize_rows(w: np.ndarray, what: str) -> np.ndarray:
         raise ValueError(f"normalize=True divides {what} by their sum, which is 0")
     return w / s
 
-
-from . import builtin_methods  # noqa: E402,F401  (registers the built-in methods)
