@@ -6,6 +6,7 @@ import copy
 import re
 
 import pytest
+import torch
 import yaml
 
 from mogen.configs import ConfigError, parse, to_dict
@@ -105,3 +106,77 @@ def test_mage_config_round_trips_and_keywords_override():
     assert MAGEConfig.parse(to_dict(cfg)) == cfg and cfg.bone_beta == 0.8
     assert MAGE._config(cfg, {"gamma": 3}) == MAGEConfig.parse({**to_dict(cfg), "gamma": 3.0})
     assert MAGE._config(None, {}) == MAGEConfig()
+
+
+# -- merge configs ------------------------------------------------------------------------------------------
+SLICED = {"merge_method": "linear", "dtype": "float32", "parameters": {"normalize": True},
+          "slices": [{"sources": [{"model": "a", "layer_range": [0, 2], "parameters": {"weight": 0.5}},
+                                  {"model": "b", "layer_range": [0, 2], "parameters": {"weight": [0.2, 0.8]}}]},
+                     {"sources": [{"model": "a", "layer_range": [2, 4]}, {"model": "b", "layer_range": [2, 4]}],
+                      "parameters": {"weight": 0.5}}]}
+WHOLE = {"merge_method": "task_arithmetic", "base_model": "base", "tokenizer_source": "base",
+         "models": ["a", {"model": "b", "parameters": {"weight": 0.3}}], "parameters": {"lambda": 0.5}}
+
+
+@pytest.mark.parametrize("base, change, path, message", [
+    (SLICED, lambda c: c["slices"][1]["sources"][0].update(layers=[0, 1]), "slices[1].sources[0].layers",
+     r"unknown key\(s\) \['layers'\]"),
+    (SLICED, lambda c: c["slices"][1]["sources"][0].update(layer_range=[3, 1]), "slices[1].sources[0].layer_range",
+     r"expected \[begin, end\)"),
+    (SLICED, lambda c: c["slices"][1]["sources"][0].update(layer_range=[0, "4"]),
+     "slices[1].sources[0].layer_range[1]", "expected an int"),
+    (SLICED, lambda c: c["slices"][1]["sources"][0].pop("layer_range"), "slices[1].sources[0].layer_range",
+     "is required"),
+    (SLICED, lambda c: c["slices"][0]["sources"][1]["parameters"].update(weight={"filter": 1}),
+     "slices[0].sources[1].parameters.weight[0]", "an entry needs 'value'"),
+    (SLICED, lambda c: c["slices"][1].update(sources=[]), "slices[1].sources", "non-empty"),
+    (SLICED, lambda c: c.update(merge_method="nuslerp"), "merge_method", "unknown merge method 'nuslerp'"),
+    (WHOLE, lambda c: c["models"][1].update(weight=0.3), "models[1].weight", r"unknown key\(s\) \['weight'\]"),
+    (WHOLE, lambda c: c.update(base_model=["x"]), "base_model", "expected a string"),
+    (WHOLE, lambda c: c["models"][1]["parameters"].update(dnsity=0.5), "models[1].parameters.dnsity",
+     "unknown parameter"),
+    (WHOLE, lambda c: c["parameters"].update(lambda_=1), "parameters.lambda_", "unknown parameter"),
+    (WHOLE, lambda c: c.update(tokenizer_source="union"), "tokenizer_source", "not supported"),
+])
+def test_merge_errors_name_path_and_file(tmp_path, base, change, path, message):
+    from mogen.merging.config import config_to_merge_args, load_config
+    from mogen.merging.layerwise import merge_config
+
+    cfg = copy.deepcopy(base)
+    change(cfg)
+    file = _write(tmp_path, "merge.yml", cfg)
+    read = (lambda: config_to_merge_args(load_config(file), tmp_path, file=file)) if "models" in cfg else \
+        (lambda: merge_config(load_config(file), tmp_path / "out", tmp_path, file=file))
+    text = _error(read)
+    assert text.startswith(f"{file}: {path}: ") and re.search(message, text), text
+    run = config_to_merge_args if "models" in cfg else (lambda c, root: merge_config(c, tmp_path / "out", root))
+    text = _error(run, cfg, tmp_path)
+    assert text.startswith(f"merge config: {path}: ") and re.search(message, text), text
+
+
+def test_merge_error_from_the_checkpoints_names_path_and_file(tmp_path):
+    from merge_helpers import save_ckpt
+    from mogen.merging.layerwise import merge_config
+
+    tensors = {f"model.layers.{i}.w": torch.ones(2) for i in range(4)}
+    save_ckpt(tmp_path / "a", tensors)
+    save_ckpt(tmp_path / "b", tensors)
+    cfg = copy.deepcopy(SLICED)
+    cfg["slices"][1]["sources"][1]["layer_range"] = [2, 6]
+    file = _write(tmp_path, "merge.yml", cfg)
+    text = _error(merge_config, cfg, tmp_path / "out", tmp_path, progress=False, file=file)
+    assert text.startswith(f"{file}: slices[1].sources[1].layer_range: [2, 6] is beyond the 4 layers"), text
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("cfg", [SLICED, WHOLE])
+def test_merge_config_round_trips(cfg):
+    from mogen.merging.schema import MergeConfig, ModelEntry, parse_merge_config
+
+    checked = parse_merge_config(cfg)
+    assert isinstance(checked, MergeConfig) and to_dict(checked) == cfg
+    assert parse_merge_config(to_dict(checked)) == checked
+    if checked.models:
+        assert checked.models[1] == ModelEntry("b", {"weight": 0.3})
+    else:
+        assert checked.slices[1].sources[0].layer_range == [2, 4]
