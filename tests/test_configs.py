@@ -56,6 +56,8 @@ def test_config_error_text_names_file_and_path():
     (lambda c: c.update(rewards=["nope:f", REWARDS[0]]), "rewards[0]", "cannot import reward 'nope:f'"),
     (lambda c: c.update(reference_point=[0.0, float("inf")]), "reference_point", "finite"),
     (lambda c: c.pop("methods"), "methods", "is required"),
+    (lambda c: c["models"].update(dtype="int4"), "models.dtype", "dtype must be one of"),
+    (lambda c: c.update(prompts="missing.txt"), "prompts", "cannot read the prompts file"),
 ])
 def test_sweep_errors_name_path_and_file(tmp_path, change, path, message):
     cfg = copy.deepcopy(SWEEP)
@@ -137,6 +139,7 @@ WHOLE = {"merge_method": "task_arithmetic", "base_model": "base", "tokenizer_sou
      "unknown parameter"),
     (WHOLE, lambda c: c["parameters"].update(lambda_=1), "parameters.lambda_", "unknown parameter"),
     (WHOLE, lambda c: c.update(tokenizer_source="union"), "tokenizer_source", "not supported"),
+    (WHOLE, lambda c: c.update(out_dtype="int8"), "out_dtype", "dtype must be one of"),
 ])
 def test_merge_errors_name_path_and_file(tmp_path, base, change, path, message):
     from mogen.merging.config import config_to_merge_args, load_config

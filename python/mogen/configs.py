@@ -17,7 +17,8 @@ import typing
 from contextlib import contextmanager
 from typing import Any, Optional, Union
 
-__all__ = ["ConfigError", "parse", "to_dict", "key_path", "config_errors", "unknown_keys", "check_type"]
+__all__ = ["ConfigError", "parse", "to_dict", "key_path", "config_errors", "unknown_keys", "check_type",
+           "check_dtype"]
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,17 @@ def unknown_keys(given: Any, known: Any, path: str, what: str = "") -> None:
     if extra:
         raise ConfigError(key_path(path, str(extra[0])),
                           f"unknown key(s) {extra}{what}; known: {list(known)}")
+
+
+def check_dtype(value: Any, path: str) -> None:
+    """A field check: ``value`` names a floating dtype of :mod:`mogen.dtypes` (``bf16``, ``float32``, ...)."""
+    from .dtypes import FLOATS, lookup
+
+    if value is not None:
+        try:
+            lookup(value, allowed=FLOATS)
+        except ValueError as exc:
+            raise ConfigError(path, str(exc)) from None
 
 
 _NAMES = {int: "an int", float: "a number", bool: "a bool", str: "a string", list: "a list", dict: "a mapping"}

@@ -37,7 +37,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..configs import ConfigError, config_errors, key_path, parse, unknown_keys
+from ..configs import ConfigError, check_dtype, config_errors, key_path, parse, unknown_keys
 from ..mage import BONE_SOUP_KEYS, MAGE_KEYS, MAGEConfig
 from ..value.data import Reward
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
@@ -125,7 +125,7 @@ class _ModelPaths:
     expert_alpha: Optional[float] = None
     value_models: Optional[list[_Path]] = None
     guide_tokenizer: Optional[_Path] = None
-    dtype: Optional[str] = None
+    dtype: Optional[str] = field(default=None, metadata={"check": check_dtype})
 
 
 def _finite_list(value: list, path: str) -> None:
@@ -278,7 +278,10 @@ def _preferences(raw: SweepFile, n: int) -> np.ndarray:
 def _build(raw: SweepFile, base_dir: Path) -> SweepConfig:
     prompts = raw.prompts
     if isinstance(prompts, str):
-        prompts = [ln for ln in (base_dir / prompts).read_text().splitlines() if ln.strip()]
+        try:
+            prompts = [ln for ln in (base_dir / prompts).read_text().splitlines() if ln.strip()]
+        except OSError as exc:
+            raise ConfigError("prompts", f"cannot read the prompts file: {exc}") from None
     if not prompts:
         raise ConfigError("prompts", "prompts is empty")
     rewards = [(spec, import_reward(spec, key_path("rewards", i))) for i, spec in enumerate(raw.rewards)]

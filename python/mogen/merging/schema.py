@@ -15,7 +15,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from ..configs import ConfigError, config_errors, parse
+from ..configs import ConfigError, check_dtype, config_errors, parse
 from .methods import METHODS
 
 __all__ = ["MergeConfig", "ModelEntry", "SliceEntry", "SourceEntry", "parse_merge_config", "LABEL", "merge_error"]
@@ -77,8 +77,8 @@ class MergeConfig:
     models: Optional[list[Union[str, ModelEntry]]] = field(default=None, metadata={"check": _non_empty})
     slices: Optional[list[SliceEntry]] = field(default=None, metadata={"check": _non_empty})
     base_model: Optional[str] = None
-    dtype: Optional[str] = None
-    out_dtype: Optional[str] = None
+    dtype: Optional[str] = field(default=None, metadata={"check": check_dtype})
+    out_dtype: Optional[str] = field(default=None, metadata={"check": check_dtype})
     parameters: Optional[dict] = None
     tokenizer_source: Optional[str] = field(default=None, metadata={"check": _tokenizer_source})
     chat_template: Any = None  # accepted without effect on tensors
