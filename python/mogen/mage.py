@@ -27,17 +27,19 @@ the order the preferences first appear.
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from .configs import ConfigError, config_errors, parse
 from .numerics import off_simplex
 
-__all__ = ["MAGE", "MergeRecord", "VARIANTS", "Variant", "check_preference"]
+__all__ = ["MAGE", "MAGEConfig", "MergeRecord", "VARIANTS", "Variant", "check_preference"]
 
 PathLike = Union[str, Path]
 
@@ -70,6 +72,57 @@ VARIANTS: dict[str, Variant] = {
     "I-M": Variant("proxy", "bone_soup"),
     "I-M-linear": Variant("proxy", "linear"),
 }
+
+
+def _variant(value: str, path: str) -> None:
+    if value not in VARIANTS:
+        raise ConfigError(path, f"variant must be one of {list(VARIANTS)}, got {value!r}")
+
+
+def _finite(value: float, path: str) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(path, f"must be finite, got {value!r}")
+
+
+def _positive(value: Optional[int], path: str) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(path, f"must be an int >= 1, got {value!r}")
+
+
+def _num(default: float) -> Any:
+    return field(default=default, metadata={"check": _finite})
+
+
+@dataclass(frozen=True)
+class MAGEConfig:
+    """What :class:`MAGE` does besides its folders, tokenizer, dtype and device; the sweep's ``mage``
+    method kind reads the same keys (all but ``sft``, which the sweep takes from ``models``)."""
+
+    variant: str = field(default="E-M", metadata={"check": _variant})
+    bone_beta: float = _num(0.8)
+    alpha: float = _num(0.0)
+    sft: Optional[Union[str, Path]] = None
+    expert_beta: float = _num(1.0)
+    expert_alpha: float = _num(0.0)
+    beta: float = _num(1.0)
+    gamma: float = _num(1.0)
+    value_top_k: Optional[int] = field(default=None, metadata={"check": _positive})
+    search: Optional[dict] = None
+
+    @classmethod
+    def parse(cls, data: dict, path: str = "", file: Any = None, label: str = "MAGE config") -> "MAGEConfig":
+        """A checked config from a mapping (errors name ``path.key``)."""
+        with config_errors(file, label):
+            return parse(cls, data, path)
+
+    def replace(self, **changes: Any) -> "MAGEConfig":
+        """This config with ``changes``, checked."""
+        return MAGEConfig.parse({**asdict(self), **changes})
+
+
+#: The keys of the sweep's ``mage`` and ``bone_soup`` method kinds.
+MAGE_KEYS = tuple(k for k in MAGEConfig.__dataclass_fields__ if k != "sft")
+BONE_SOUP_KEYS = ("bone_beta", "alpha")
 
 
 @dataclass(frozen=True)
@@ -138,32 +191,27 @@ class MAGE:
         search: ``dict(beam_width=b, expansion=c, chunk_length=l, ...)`` to decode
             with chunk-level beam search instead of token-level fusion.
         dtype, device: of every loaded model.
+        config: a :class:`MAGEConfig` (or a mapping of its keys) holding variant, bone_beta, alpha, sft,
+            expert_beta, expert_alpha, beta, gamma, value_top_k and search; those given as keywords
+            override it.
     """
 
-    def __init__(self, backbones: Sequence[PathLike], *, tokenizer: Any, variant: str = "E-M", bone_beta: float = 0.8,
-                 alpha: float = 0.0, sft: Optional[PathLike] = None, value_models: Optional[Sequence[PathLike]] = None,
-                 experts: Optional[Sequence[PathLike]] = None, reference: Optional[PathLike] = None,
-                 expert_beta: float = 1.0, expert_alpha: float = 0.0, guide_tokenizer: Any = "auto", beta: float = 1.0, gamma: float = 1.0,
-                 value_top_k: Optional[int] = None, search: Optional[dict] = None,
-                 dtype: torch.dtype = torch.float32, device: Any = "cpu") -> None:
-        from .merging import bone_soup_coefficients
-
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
+    def __init__(self, backbones: Sequence[PathLike], *, tokenizer: Any, config: Optional[MAGEConfig] = None,
+                 value_models: Optional[Sequence[PathLike]] = None, experts: Optional[Sequence[PathLike]] = None,
+                 reference: Optional[PathLike] = None, guide_tokenizer: Any = "auto",
+                 dtype: torch.dtype = torch.float32, device: Any = "cpu", **options: Any) -> None:
+        cfg = self._config(config, options)
+        self.config = cfg
         self.backbones = [Path(b) for b in backbones]
         self.n = len(self.backbones)
         if self.n < 2:
             raise ValueError(f"MAGE needs at least 2 backbones (one per objective), got {self.n}")
-        one_hot = [1.0] + [0.0] * (self.n - 1)
-        bone_soup_coefficients(one_hot, bone_beta, alpha)  # checks beta and alpha once
-        bone_soup_coefficients(one_hot, expert_beta, expert_alpha)
-        if alpha != 0.0 and sft is None:
-            raise ValueError("alpha != 0 extrapolates away from the SFT checkpoint: pass sft=<its folder>")
-        self.variant, self.kind, self.tokenizer = variant, VARIANTS[variant], tokenizer
-        self.bone_beta, self.alpha, self.sft = float(bone_beta), float(alpha), sft
-        self.expert_beta, self.expert_alpha = float(expert_beta), float(expert_alpha)
+        self._check_bone_soup(cfg)
+        self.variant, self.kind, self.tokenizer = cfg.variant, VARIANTS[cfg.variant], tokenizer
+        self.bone_beta, self.alpha, self.sft = cfg.bone_beta, cfg.alpha, cfg.sft
+        self.expert_beta, self.expert_alpha = cfg.expert_beta, cfg.expert_alpha
         self.reference = Path(reference) if reference is not None else None
-        self.beta, self.gamma, self.value_top_k, self.search = beta, gamma, value_top_k, search
+        self.beta, self.gamma, self.value_top_k, self.search = cfg.beta, cfg.gamma, cfg.value_top_k, cfg.search
         self.dtype, self.device = dtype, device
         self.guide_folders = self._guide_folders(value_models, experts, reference)
         self.guide_tokenizer = self._guide_tokenizer(guide_tokenizer)
@@ -171,6 +219,30 @@ class MAGE:
         self._loaded = self._load_guides(reference)
         self.merges: list[MergeRecord] = []
         self._current: dict[str, Optional[tuple]] = {"base": None, "guide": None}
+
+    @staticmethod
+    def _config(config: Optional[MAGEConfig], options: dict) -> MAGEConfig:
+        """``config`` (default: the defaults) with the keyword ``options`` (its fields) applied, checked."""
+        unknown = sorted(set(options) - set(MAGEConfig.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"MAGE() got unexpected keyword argument(s) {unknown}")
+        if config is not None and not isinstance(config, MAGEConfig):
+            config = MAGEConfig.parse(config)  # a mapping
+        return (config or MAGEConfig()).replace(**options)
+
+    def _check_bone_soup(self, cfg: MAGEConfig) -> None:
+        """Both Bone Soup merges' beta and alpha for n objectives (``B`` is singular at beta = 1/n)."""
+        from .merging import bone_soup_coefficients
+
+        one_hot = [1.0] + [0.0] * (self.n - 1)
+        for b, a in (("bone_beta", "alpha"), ("expert_beta", "expert_alpha")):
+            try:
+                bone_soup_coefficients(one_hot, getattr(cfg, b), getattr(cfg, a))
+            except ValueError as exc:
+                raise ConfigError(b, str(exc), label="MAGE config") from None
+        if cfg.alpha != 0.0 and cfg.sft is None:
+            raise ConfigError("alpha", "alpha != 0 extrapolates away from the SFT checkpoint: "
+                              "pass sft=<its folder>", label="MAGE config")
 
     # -- set-up --------------------------------------------------------------------
     def _guide_folders(self, value_models, experts, reference) -> list[Path]:

@@ -50,7 +50,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         root = os.path.dirname(os.path.abspath(args.config))
         if needs_layerwise(cfg):
             return _merge_layerwise(args, cfg, root, merge_config)
-        kw = config_to_merge_args(cfg, root=root)
+        kw = config_to_merge_args(cfg, root=root, file=args.config)
     else:
         if not args.source:
             raise SystemExit("mogen merge: give --source (twice or more) with --weights, or --config")
@@ -90,7 +90,8 @@ def _merge_layerwise(args: argparse.Namespace, cfg: dict, root: str, merge_confi
     if len(args.out) != 1:
         raise ValueError("--out: a config with slices or per-layer parameters makes one output folder")
     report = merge_config(cfg, args.out[0], root, dtype=args.dtype, shard_size=args.shard_size,
-                          progress=not args.quiet, overwrite=args.overwrite, fsync=not args.no_fsync)
+                          progress=not args.quiet, overwrite=args.overwrite, fsync=not args.no_fsync,
+                          file=args.config)
     print(report)
     return 0
 

@@ -33,33 +33,128 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
+from ..configs import ConfigError, check_dtype, config_errors, key_path, parse, unknown_keys
+from ..mage import BONE_SOUP_KEYS, MAGE_KEYS, MAGEConfig
 from ..value.data import Reward
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from .grid import preference_grid
 
-__all__ = ["SweepConfig", "MethodSpec", "load_sweep_config", "import_reward", "METHOD_KINDS"]
+__all__ = ["SweepConfig", "SweepFile", "MethodSpec", "load_sweep_config", "parse_sweep_file", "import_reward",
+           "METHOD_KINDS"]
 
-#: method kind -> the parameters it takes (besides name and kind)
+_LABEL = "sweep config"
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, f"must be an int >= 1, got {value!r}", label=_LABEL)
+    return value
+
+
+def _check_positive(value: Optional[int], path: str) -> None:
+    if value is not None:
+        _positive_int(value, path)
+
+
+def _pos(default: Any = None) -> Any:
+    return field(default=default, metadata={"check": _check_positive})
+
+
+@dataclass
+class _MpawParams:
+    beta: Optional[float] = None
+
+
+@dataclass
+class _SearchParams:
+    beta: Optional[float] = None
+    beam_width: Optional[int] = _pos()
+    expansion: Optional[int] = _pos()
+    chunk_length: Optional[int] = _pos()
+    proposal: Any = None
+
+
+#: method kind -> the parameters it takes (besides name and kind); mage and bone_soup's are MAGEConfig's
 METHOD_KINDS: dict[str, tuple[str, ...]] = {
     "base": (),
     "rewarded_soup": (),
-    "bone_soup": ("bone_beta", "alpha"),
+    "bone_soup": BONE_SOUP_KEYS,
     "mod": (),
-    "mpaw": ("beta",),
-    "mpaw_search": ("beta", "beam_width", "expansion", "chunk_length", "proposal"),
-    "mage": ("variant", "beta", "gamma", "value_top_k", "bone_beta", "alpha", "expert_beta", "expert_alpha",
-             "search"),
+    "mpaw": tuple(f.name for f in dataclasses.fields(_MpawParams)),
+    "mpaw_search": tuple(f.name for f in dataclasses.fields(_SearchParams)),
+    "mage": MAGE_KEYS,
 }
-_TOP_KEYS = ("output", "prompts", "rewards", "preferences", "samples", "seeds", "bootstrap", "reference_point",
-             "decoding", "models", "methods")
-_BOOTSTRAP_KEYS = ("resamples", "seed")
-_MODEL_KEYS = ("tokenizer", "base", "policies", "backbones", "bone_beta", "alpha", "sft", "experts", "reference",
-               "expert_beta", "expert_alpha", "value_models", "guide_tokenizer", "dtype")
-_DECODING_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "batch_size")
+
+
+@dataclass
+class _Bootstrap:
+    resamples: int = _pos(DEFAULT_RESAMPLES)
+    seed: int = DEFAULT_SEED
+
+
+@dataclass
+class _Decoding:
+    max_new_tokens: Optional[int] = _pos()
+    do_sample: Optional[bool] = None
+    temperature: Optional[float] = None
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    seed: Optional[int] = None
+    batch_size: Optional[int] = _pos()
+
+
+_Path = Union[str, Path]
+
+
+@dataclass
+class _ModelPaths:
+    tokenizer: Optional[_Path] = None
+    base: Optional[_Path] = None
+    policies: Optional[list[_Path]] = None
+    backbones: Optional[list[_Path]] = None
+    bone_beta: Optional[float] = None
+    alpha: Optional[float] = None
+    sft: Optional[_Path] = None
+    experts: Optional[list[_Path]] = None
+    reference: Optional[_Path] = None
+    expert_beta: Optional[float] = None
+    expert_alpha: Optional[float] = None
+    value_models: Optional[list[_Path]] = None
+    guide_tokenizer: Optional[_Path] = None
+    dtype: Optional[str] = field(default=None, metadata={"check": check_dtype})
+
+
+def _finite_list(value: list, path: str) -> None:
+    if not all(math.isfinite(x) for x in value):
+        raise ConfigError(path, f"must be finite numbers, got {value}")
+
+
+@dataclass
+class SweepFile:
+    """A sweep config as written (the module docstring's keys), checked key by key."""
+
+    output: _Path
+    prompts: Union[str, list[str]]
+    rewards: list[str]
+    reference_point: list[float] = field(metadata={"check": _finite_list})
+    models: Optional[_ModelPaths]
+    methods: list[dict]
+    preferences: Union[int, list[list[float]]] = 11
+    samples: int = _pos(1)
+    seeds: int = _pos(1)
+    bootstrap: Optional[_Bootstrap] = None
+    decoding: Optional[_Decoding] = None
+
+
+#: the keys of each level, from the schema
+_TOP_KEYS = tuple(f.name for f in dataclasses.fields(SweepFile))
+_BOOTSTRAP_KEYS = tuple(f.name for f in dataclasses.fields(_Bootstrap))
+_MODEL_KEYS = tuple(f.name for f in dataclasses.fields(_ModelPaths))
+_DECODING_KEYS = tuple(f.name for f in dataclasses.fields(_Decoding))
 
 
 @dataclass(frozen=True)
@@ -92,34 +187,23 @@ class SweepConfig:
 
     def with_seeds(self, count: int, offset: int = 0) -> "SweepConfig":
         """This config decoded with ``count`` seeds starting at ``decoding.seed + offset``."""
-        _positive_int(count, "seeds")
+        with config_errors(label=_LABEL):
+            _positive_int(count, "seeds")
         first = int(self.decoding.get("seed", 0)) + int(offset)
         return dataclasses.replace(self, seeds=list(range(first, first + count)))
 
 
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"sweep config: {key} must be an int >= 1, got {value!r}")
-    return value
-
-
-def _unknown(given: Any, known: tuple, where: str) -> None:
-    extra = sorted(set(given) - set(known))
-    if extra:
-        raise ValueError(f"sweep config: unknown key(s) {extra} in {where}; known: {list(known)}")
-
-
-def import_reward(spec: str) -> Reward:
+def import_reward(spec: str, path: str = "rewards") -> Reward:
     """``module:function`` as ``reward(prompt, response) -> float`` (a one-argument function gets the response)."""
     if not isinstance(spec, str) or spec.count(":") != 1:
-        raise ValueError(f"sweep config: a reward must be 'module:function', got {spec!r}")
+        raise ConfigError(path, f"a reward must be 'module:function', got {spec!r}", label=_LABEL)
     module, name = spec.split(":")
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"sweep config: cannot import reward {spec!r}: {exc}") from None
+        raise ConfigError(path, f"cannot import reward {spec!r}: {exc}", label=_LABEL) from None
     if not callable(fn):
-        raise ValueError(f"sweep config: reward {spec!r} is not callable")
+        raise ConfigError(path, f"reward {spec!r} is not callable", label=_LABEL)
     try:
         takes_one = len([p for p in inspect.signature(fn).parameters.values()
                          if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) == 1
@@ -128,22 +212,37 @@ def import_reward(spec: str) -> Reward:
     return (lambda prompt, response: fn(response)) if takes_one else fn
 
 
-def _methods(raw: Any) -> list[MethodSpec]:
-    if not isinstance(raw, list) or not raw:
-        raise ValueError("sweep config: methods must be a non-empty list of {name, kind, ...}")
+_KIND_SCHEMAS = {"mpaw": _MpawParams, "mpaw_search": _SearchParams}
+
+
+def _method(m: Any, where: str) -> MethodSpec:
+    """One ``methods`` entry, its parameters checked by its kind's schema (MAGE's for mage and bone_soup)."""
+    if not isinstance(m, dict) or "kind" not in m or "name" not in m:
+        raise ConfigError(where, "must be a mapping with 'name' and 'kind'")
+    kind = m["kind"]
+    if kind not in METHOD_KINDS:
+        raise ConfigError(key_path(where, "kind"), f"unknown kind {kind!r}; known: {list(METHOD_KINDS)}")
+    if not isinstance(m["name"], str):
+        raise ConfigError(key_path(where, "name"), f"expected a string, got {m['name']!r}")
+    params = {k: v for k, v in m.items() if k not in ("name", "kind")}
+    unknown_keys(params, METHOD_KINDS[kind], where, f" for kind {kind!r}")
+    if kind in ("mage", "bone_soup"):
+        parse(MAGEConfig, {"variant": "none", **params}, where)
+    elif kind in _KIND_SCHEMAS:
+        parse(_KIND_SCHEMAS[kind], params, where)
+    return MethodSpec(m["name"], kind, params)
+
+
+def _methods(raw: list) -> list[MethodSpec]:
+    if not raw:
+        raise ConfigError("methods", "must be a non-empty list of {name, kind, ...}")
     out, names = [], set()
     for i, m in enumerate(raw):
-        if not isinstance(m, dict) or "kind" not in m or "name" not in m:
-            raise ValueError(f"sweep config: methods[{i}] must be a mapping with 'name' and 'kind'")
-        kind = m["kind"]
-        if kind not in METHOD_KINDS:
-            raise ValueError(f"sweep config: methods[{i}] has unknown kind {kind!r}; known: {list(METHOD_KINDS)}")
-        params = {k: v for k, v in m.items() if k not in ("name", "kind")}
-        _unknown(params, METHOD_KINDS[kind], f"methods[{i}] ({kind})")
-        if m["name"] in names:
-            raise ValueError(f"sweep config: two methods are named {m['name']!r}")
-        names.add(m["name"])
-        out.append(MethodSpec(str(m["name"]), kind, params))
+        spec = _method(m, key_path("methods", i))
+        if spec.name in names:
+            raise ConfigError(key_path(key_path("methods", i), "name"), f"two methods are named {spec.name!r}")
+        names.add(spec.name)
+        out.append(spec)
     return out
 
 
@@ -159,46 +258,60 @@ def _paths(models: dict, root: Path) -> dict:
     return out
 
 
+def parse_sweep_file(raw: Any, file: Any = None) -> SweepFile:
+    """The checked :class:`SweepFile` of a mapping (``file``: where it was read, for errors)."""
+    with config_errors(file, _LABEL):
+        return parse(SweepFile, raw)
+
+
+def _preferences(raw: SweepFile, n: int) -> np.ndarray:
+    prefs = raw.preferences
+    try:
+        grid = preference_grid(n, prefs) if isinstance(prefs, int) else np.asarray(prefs, dtype=np.float64)
+    except ValueError as exc:
+        raise ConfigError("preferences", str(exc)) from None
+    if grid.ndim != 2 or grid.shape[1] != n:
+        raise ConfigError("preferences", f"preferences must be [P, {n}] (one weight per reward)")
+    return grid
+
+
+def _build(raw: SweepFile, base_dir: Path) -> SweepConfig:
+    prompts = raw.prompts
+    if isinstance(prompts, str):
+        try:
+            prompts = [ln for ln in (base_dir / prompts).read_text().splitlines() if ln.strip()]
+        except OSError as exc:
+            raise ConfigError("prompts", f"cannot read the prompts file: {exc}") from None
+    if not prompts:
+        raise ConfigError("prompts", "prompts is empty")
+    rewards = [(spec, import_reward(spec, key_path("rewards", i))) for i, spec in enumerate(raw.rewards)]
+    grid = _preferences(raw, len(rewards))
+    ref = list(raw.reference_point)
+    if len(ref) != len(rewards):
+        raise ConfigError("reference_point", f"reference_point must be {len(rewards)} finite numbers, got {ref}")
+    boot = raw.bootstrap or _Bootstrap()
+    models = {k: v for k, v in dataclasses.asdict(raw.models or _ModelPaths()).items() if v is not None}
+    decoding = {k: v for k, v in dataclasses.asdict(raw.decoding or _Decoding()).items() if v is not None}
+    cfg = SweepConfig(base_dir / raw.output, list(prompts), rewards, grid, raw.samples, ref, decoding,
+                      _paths(models, base_dir), _methods(raw.methods), resamples=boot.resamples,
+                      bootstrap_seed=boot.seed)
+    return cfg.with_seeds(raw.seeds)
+
+
 def load_sweep_config(source: Union[str, Path, dict], root: Union[str, Path, None] = None) -> SweepConfig:
-    """A validated :class:`SweepConfig` from a YAML file or a dict (paths relative to the file, or ``root``)."""
+    """A validated :class:`SweepConfig` from a YAML file or a dict (paths relative to the file, or ``root``).
+    Every error is a :class:`~mogen.configs.ConfigError` naming the key path (and the file)."""
     import yaml
 
     if isinstance(source, dict):
-        raw, base_dir = source, Path(root or ".")
+        raw, base_dir, file = source, Path(root or "."), None
     else:
-        path = Path(source)
-        raw, base_dir = yaml.safe_load(path.read_text()), Path(root or path.parent)
-    if not isinstance(raw, dict):
-        raise ValueError("sweep config: the top level must be a mapping")
-    _unknown(raw, _TOP_KEYS, "the top level")
-    for key in ("output", "prompts", "rewards", "reference_point", "models", "methods"):
-        if key not in raw:
-            raise ValueError(f"sweep config: '{key}' is required")
-    models = raw["models"] or {}
-    _unknown(models, _MODEL_KEYS, "models")
-    decoding = dict(raw.get("decoding") or {})
-    _unknown(decoding, _DECODING_KEYS, "decoding")
-    prompts = raw["prompts"]
-    if isinstance(prompts, str):
-        prompts = [ln for ln in (base_dir / prompts).read_text().splitlines() if ln.strip()]
-    if not prompts:
-        raise ValueError("sweep config: prompts is empty")
-    rewards = [(spec, import_reward(spec)) for spec in raw["rewards"]]
-    prefs = raw.get("preferences", 11)
-    grid = preference_grid(len(rewards), prefs) if isinstance(prefs, int) else np.asarray(prefs, dtype=np.float64)
-    if grid.ndim != 2 or grid.shape[1] != len(rewards):
-        raise ValueError(f"sweep config: preferences must be [P, {len(rewards)}] (one weight per reward)")
-    ref = [float(x) for x in raw["reference_point"]]
-    if len(ref) != len(rewards) or not all(math.isfinite(x) for x in ref):
-        raise ValueError(f"sweep config: reference_point must be {len(rewards)} finite numbers, got {ref}")
-    samples = _positive_int(raw.get("samples", 1), "samples")
-    boot = dict(raw.get("bootstrap") or {})
-    _unknown(boot, _BOOTSTRAP_KEYS, "bootstrap")
-    resamples = _positive_int(boot.get("resamples", DEFAULT_RESAMPLES), "bootstrap.resamples")
-    boot_seed = boot.get("seed", DEFAULT_SEED)
-    if isinstance(boot_seed, bool) or not isinstance(boot_seed, int):
-        raise ValueError(f"sweep config: bootstrap.seed must be an int, got {boot_seed!r}")
-    cfg = SweepConfig(base_dir / raw["output"], list(prompts), rewards, grid, samples, ref, decoding,
-                      _paths(models, base_dir), _methods(raw["methods"]), resamples=resamples,
-                      bootstrap_seed=boot_seed)
-    return cfg.with_seeds(_positive_int(raw.get("seeds", 1), "seeds"))
+        file = Path(source)
+        try:
+            raw = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError("", f"not valid YAML ({exc})", file) from None
+        base_dir = Path(root or file.parent)
+    checked = parse_sweep_file(raw, file)
+    with config_errors(file, _LABEL):
+        return _build(checked, base_dir)

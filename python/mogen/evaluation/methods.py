@@ -93,24 +93,32 @@ def _proxies(models: _Models, name: str) -> list:
     return [mogen.ProxyGuide(models.load(e), ref, tokenizer=gtok) for e in experts]
 
 
+def mage_config(models: _Models, spec: MethodSpec) -> "MAGEConfig":
+    """The :class:`~mogen.mage.MAGEConfig` of a ``mage`` or ``bone_soup`` method: its parameters over the
+    models' defaults (bone_beta, alpha, sft; expert_beta and expert_alpha for the proxy variants)."""
+    from ..configs import config_errors
+    from ..mage import VARIANTS, MAGEConfig
+
+    p = {"variant": "none", **spec.params}
+    guide = VARIANTS[p["variant"]].guide if p["variant"] in VARIANTS else None  # the parse names a bad variant
+    keys = ("bone_beta", "alpha", "sft") + (("expert_beta", "expert_alpha") if guide == "proxy" else ())
+    defaults = {k: models.paths[k] for k in keys if models.paths.get(k) is not None}
+    with config_errors(label=f"sweep config: method {spec.name!r}"):
+        return MAGEConfig.parse({**defaults, **p})
+
+
 def _mage(models: _Models, spec: MethodSpec, tok: Any) -> Decode:
     from ..mage import MAGE, VARIANTS
 
-    p = dict(spec.params)
-    variant = p.pop("variant", "none") if spec.kind == "mage" else "none"
-    guide = VARIANTS[variant].guide if variant in VARIANTS else None  # MAGE names an unknown variant
+    cfg = mage_config(models, spec)
+    guide = VARIANTS[cfg.variant].guide
     extra: dict = {}
     if guide == "value":
         extra["value_models"] = models.need("value_models", spec.name)
     if guide == "proxy":
         extra.update(experts=models.need("experts", spec.name), reference=models.need("reference", spec.name))
-        for key in ("expert_beta", "expert_alpha"):
-            if key not in p and models.paths.get(key) is not None:
-                p[key] = models.paths[key]
-    mage = MAGE(models.need("backbones", spec.name), tokenizer=tok, variant=variant,
-                bone_beta=p.pop("bone_beta", models.paths.get("bone_beta", 0.8)),
-                alpha=p.pop("alpha", models.paths.get("alpha", 0.0)), sft=models.paths.get("sft"),
-                guide_tokenizer=models.tokenizer(models.paths.get("guide_tokenizer")) or "auto", **p, **extra)
+    mage = MAGE(models.need("backbones", spec.name), tokenizer=tok, config=cfg,
+                guide_tokenizer=models.tokenizer(models.paths.get("guide_tokenizer")) or "auto", **extra)
     return lambda ids, mask, mu, kwargs: mage.generate(ids, mask, preference=list(mu), **kwargs)
 
 

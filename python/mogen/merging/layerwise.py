@@ -19,19 +19,18 @@ import os
 import time
 from typing import Any, Optional
 
+from ..configs import ConfigError, config_errors
 from . import methods as _methods
-from .config import MODEL_PARAMS, TOP_KEYS, config_to_merge_args, global_params
+from .config import MODEL_PARAMS, config_to_merge_args, global_params
 from .engine import WriteJob, check_outputs, write_outputs
 from .io import open_checkpoint, parse_dtype, parse_size
 from .plan import Item, copy_item, merge_item
 from .report import MergeReport, RssTracker
+from .schema import LABEL, merge_error, parse_merge_config
 from .settings import evaluate_setting, is_scalar_setting
 from .slices import OutSlice, TensorJob, check_params, layer_count, model_path, parse_slices, tensor_jobs
 
 __all__ = ["needs_layerwise", "merge_config", "plan_config"]
-
-_TOP_KEYS = {"slices", *TOP_KEYS}
-
 
 def layerwise_methods() -> tuple:
     """The registered methods a config with slices or per-layer parameters may name."""
@@ -59,17 +58,13 @@ def _model_params(method: str) -> tuple:
 
 
 def _check_top(cfg: dict) -> str:
-    unknown = sorted(set(cfg) - _TOP_KEYS)
-    if unknown:
-        raise ValueError(f"merge config: {unknown[0]}: not supported by mogen")
-    method = cfg.get("merge_method")
+    """The method of a config whose shape :func:`~mogen.merging.schema.parse_merge_config` accepts."""
+    parse_merge_config(cfg)
+    method = cfg["merge_method"]
     supported = layerwise_methods()
     if method not in supported:
-        raise ValueError(f"merge config: merge_method: {method!r} is not supported with slices or per-layer "
-                         f"parameters (supported: {', '.join(supported)})")
-    if cfg.get("tokenizer_source") not in (None, "base"):
-        raise ValueError(f"merge config: tokenizer_source: {cfg['tokenizer_source']!r} is not supported "
-                         "(only 'base')")
+        raise merge_error("merge_method", f"{method!r} is not supported with slices or per-layer "
+                          f"parameters (supported: {', '.join(supported)})")
     return method
 
 
@@ -118,8 +113,10 @@ class _Specs:
                 sources, method, base = args.pop("sources"), args.pop("method"), args.pop("base")
                 coef = args.pop("coefficients", None)
                 spec = _methods.resolve(method, len(sources), coef, base is not None, args)
+            except ConfigError as exc:  # the per-tensor scalar config's keys are the slice's
+                raise merge_error(job.slice.where, f"{exc.path}: {exc.message} (for tensor {job.out_name!r})") from None
             except (ValueError, TypeError) as exc:
-                raise ValueError(f"{exc} (for tensor {job.out_name!r}, in {job.slice.where})") from None
+                raise merge_error(job.slice.where, f"{exc} (for tensor {job.out_name!r})") from None
             self.cache[key] = (spec, sources, base)
         return self.cache[key]
 
@@ -131,8 +128,8 @@ def _item(job: TensorJob, method: str, top: dict, specs: _Specs, cks: dict, dtyp
     scalar = _scalar_config(method, job, top)
     if method == "passthrough":
         if len(sl.sources) != 1:
-            raise ValueError(f"merge config: {sl.where}.sources: passthrough takes one source per slice, "
-                             f"got {len(sl.sources)}")
+            raise merge_error(f"{sl.where}.sources", f"passthrough takes one source per slice, "
+                              f"got {len(sl.sources)}")
         scale = scalar["models"][0]["parameters"].get("scale")
         paths = [sl.sources[0].path]
         spec = None if scale is None else _methods.resolve("passthrough", 1, None, False, {"scale": scale})
@@ -185,9 +182,16 @@ def config_paths(cfg: dict, root: str) -> list[str]:
 
 
 def merge_config(cfg: dict, out, root: str = ".", *, dtype=None, shard_size="5GB", progress: bool = True,
-                 overwrite: bool = False, fsync: bool = True) -> MergeReport:
+                 overwrite: bool = False, fsync: bool = True, file=None) -> MergeReport:
     """Merges a mergekit config with slices or per-layer parameters into folder ``out``.
-    Relative model paths are taken from ``root``; ``dtype`` overrides the config's."""
+    Relative model paths are taken from ``root``; ``dtype`` overrides the config's. Config errors are
+    :class:`~mogen.configs.ConfigError` naming the key path and ``file`` (where the config was read)."""
+    with config_errors(file, LABEL):
+        return _merge_config(cfg, out, root, dtype, shard_size, progress, overwrite, fsync)
+
+
+def _merge_config(cfg: dict, out, root: str, dtype, shard_size, progress: bool, overwrite: bool,
+                  fsync: bool) -> MergeReport:
     rss = RssTracker()
     root = os.path.abspath(root)
     paths = config_paths(cfg, root)

@@ -17,6 +17,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..configs import ConfigError
+
+
+def _error(path: str, message: str) -> ConfigError:
+    return ConfigError(path, message, label="merge config")
+
 __all__ = ["check_setting", "evaluate_setting", "is_scalar_setting"]
 
 _SCALARS = (int, float, bool, str)
@@ -27,29 +33,29 @@ def _is_entry(x: Any) -> bool:
 
 
 def check_setting(setting: Any, where: str) -> None:
-    """Raises ValueError naming ``where`` when ``setting`` is not a setting mergekit accepts."""
+    """Raises a ConfigError (a ValueError) at key path ``where`` unless mergekit accepts ``setting``."""
     if isinstance(setting, _SCALARS):
         return
     entries = [setting] if _is_entry(setting) else setting
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{where}: expected a number, a list of numbers (a gradient) or filter/value entries, "
-                         f"got {setting!r}")
+        raise _error(where, f"expected a number, a list of numbers (a gradient) or filter/value entries, "
+                     f"got {setting!r}")
     if all(isinstance(e, _SCALARS) for e in entries):
         return
     for i, e in enumerate(entries):
         here = f"{where}[{i}]"
         if not _is_entry(e):
-            raise ValueError(f"{here}: a list mixing filter/value entries and numbers, got {e!r}")
+            raise _error(here, f"a list mixing filter/value entries and numbers, got {e!r}")
         unknown = set(e) - {"filter", "value"}
         if unknown:
-            raise ValueError(f"{here}: unknown keys {sorted(unknown)} (an entry has 'filter' and 'value')")
+            raise _error(here, f"unknown keys {sorted(unknown)} (an entry has 'filter' and 'value')")
         if "value" not in e:
-            raise ValueError(f"{here}: an entry needs 'value'")
+            raise _error(here, "an entry needs 'value'")
         if e.get("filter") is not None and not isinstance(e["filter"], str):
-            raise ValueError(f"{here}.filter: expected a string, got {e['filter']!r}")
+            raise _error(f"{here}.filter", f"expected a string, got {e['filter']!r}")
         v = e["value"]
         if not isinstance(v, _SCALARS) and not (isinstance(v, list) and v and all(isinstance(x, _SCALARS) for x in v)):
-            raise ValueError(f"{here}.value: expected a number or a list of numbers, got {v!r}")
+            raise _error(f"{here}.value", f"expected a number or a list of numbers, got {v!r}")
 
 
 def is_scalar_setting(setting: Any) -> bool:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .io import Checkpoint, natural_key
+from .schema import merge_error
 from .settings import check_setting
 
 __all__ = ["SliceSource", "OutSlice", "TensorJob", "parse_slices", "tensor_jobs", "layer_count", "model_path",
@@ -96,9 +97,9 @@ def layer_count(ck: Checkpoint) -> int:
 def model_path(entry, root: str, where: str) -> str:
     """An absolute model path from a config entry (relative ones from ``root``)."""
     if not isinstance(entry, str):
-        raise ValueError(f"{where}: expected a model path, got {entry!r}")
+        raise merge_error(where, f"expected a model path, got {entry!r}")
     if "+" in entry:
-        raise ValueError(f"{where}: LoRA models ('model+lora') are not supported: {entry!r}")
+        raise merge_error(where, f"LoRA models ('model+lora') are not supported: {entry!r}")
     p = os.path.expanduser(entry)
     return os.path.abspath(p if os.path.isabs(p) else os.path.join(root, p))
 
@@ -108,10 +109,10 @@ def check_params(d, where: str, allowed: tuple) -> dict:
     if d is None:
         return {}
     if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a mapping of parameters, got {d!r}")
+        raise merge_error(where, f"expected a mapping of parameters, got {d!r}")
     for k, v in d.items():
         if k not in allowed:
-            raise ValueError(f"{where}.{k}: unknown parameter for this merge (known: {', '.join(allowed)})")
+            raise merge_error(f"{where}.{k}", f"unknown parameter for this merge (known: {', '.join(allowed)})")
         check_setting(v, f"{where}.{k}")
     return dict(d)
 
@@ -119,12 +120,13 @@ def check_params(d, where: str, allowed: tuple) -> dict:
 def _keys(d: dict, allowed: set, where: str) -> None:
     unknown = sorted(set(d) - allowed)
     if unknown:
-        raise ValueError(f"{where}.{unknown[0]}: not supported by mogen (supported here: {', '.join(sorted(allowed))})")
+        raise merge_error(f"{where}.{unknown[0]}",
+                          f"not supported by mogen (supported here: {', '.join(sorted(allowed))})")
 
 
 def _source(entry, root: str, where: str, model_params: tuple, ranged: bool) -> SliceSource:
     if not isinstance(entry, dict):
-        raise ValueError(f"{where}: expected a mapping with 'model'" + (" and 'layer_range'" if ranged else ""))
+        raise merge_error(where, "expected a mapping with 'model'" + (" and 'layer_range'" if ranged else ""))
     _keys(entry, {"model", "parameters"} | ({"layer_range"} if ranged else set()), where)
     path = model_path(entry.get("model"), root, f"{where}.model")
     rng = None
@@ -133,7 +135,7 @@ def _source(entry, root: str, where: str, model_params: tuple, ranged: bool) -> 
         ok = isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
                                                               for x in rng)
         if not ok or not 0 <= rng[0] < rng[1]:
-            raise ValueError(f"{where}.layer_range: expected [begin, end) with 0 <= begin < end, got {rng!r}")
+            raise merge_error(f"{where}.layer_range", f"expected [begin, end) with 0 <= begin < end, got {rng!r}")
         rng = tuple(rng)
     return SliceSource(path, rng, check_params(entry.get("parameters"), f"{where}.parameters", model_params), where)
 
@@ -142,32 +144,32 @@ def parse_slices(cfg: dict, root: str, base: Optional[str], model_params: tuple,
                  all_params: tuple) -> list[OutSlice]:
     """The config's output slices (``models`` is one slice of whole models), checked."""
     if "slices" in cfg and "models" in cfg:
-        raise ValueError("merge config: slices: give either 'slices' or 'models', not both")
+        raise merge_error("slices", "give either 'slices' or 'models', not both")
     ranged = "slices" in cfg
     entries = cfg.get("slices") if ranged else [{"sources": cfg.get("models")}]
     key = "slices" if ranged else "models"
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"merge config: {key}: expected a non-empty list")
+        raise merge_error(key, "expected a non-empty list")
     out = []
     for s_i, sl in enumerate(entries):
         where = f"slices[{s_i}]" if ranged else "models"
         if not isinstance(sl, dict):
-            raise ValueError(f"merge config: {where}: expected a mapping with 'sources'")
+            raise merge_error(where, "expected a mapping with 'sources'")
         _keys(sl, {"sources", "parameters", "base_model"} if ranged else {"sources"}, where)
         srcs = sl.get("sources")
         if not isinstance(srcs, list) or not srcs:
-            raise ValueError(f"merge config: {where}.sources: expected a non-empty list")
+            raise merge_error(f"{where}.sources", "expected a non-empty list")
         sources = [_source(e, root, f"{where}.sources[{i}]" if ranged else f"models[{i}]", model_params, ranged)
                    for i, e in enumerate(srcs)]
         paths = [s.path for s in sources]
         if len(set(paths)) != len(paths):
-            raise ValueError(f"merge config: {where}.sources: a model appears twice in one slice")
+            raise merge_error(f"{where}.sources", "a model appears twice in one slice")
         sl_base = model_path(sl["base_model"], root, f"{where}.base_model") if sl.get("base_model") else base
         base_src = next((s for s in sources if s.path == sl_base), None)
         if sl_base is not None and base_src is None:
             if ranged:
-                raise ValueError(f"merge config: {where}.sources: the base model {sl_base} must be one of the "
-                                 "slice's sources (with the layer range its layers come from)")
+                raise merge_error(f"{where}.sources", f"the base model {sl_base} must be one of the "
+                                  "slice's sources (with the layer range its layers come from)")
             base_src = SliceSource(sl_base, None, {}, "base_model")
         params = check_params(sl.get("parameters"), f"{where}.parameters", all_params)
         out.append(OutSlice(sources, params, base_src, where))
@@ -182,12 +184,12 @@ def _resolve_ranges(sl: OutSlice, counts: dict) -> int:
         if s.layer_range is None:
             s.layer_range = (0, n)
         elif s.layer_range[1] > n:
-            raise ValueError(f"merge config: {s.where}.layer_range: {list(s.layer_range)} is beyond the "
-                             f"{n} layers of {s.path}")
+            raise merge_error(f"{s.where}.layer_range", f"{list(s.layer_range)} is beyond the "
+                              f"{n} layers of {s.path}")
         lengths.add(s.layer_range[1] - s.layer_range[0])
     if len(lengths) > 1:
-        raise ValueError(f"merge config: {sl.where}.sources: every source of a slice needs the same number of "
-                         f"layers, got {sorted(lengths)}")
+        raise merge_error(f"{sl.where}.sources", "every source of a slice needs the same number of "
+                          f"layers, got {sorted(lengths)}")
     return lengths.pop()
 
 
