@@ -41,7 +41,7 @@ import torch
 from .checks import TokenIds, check_devices, check_left_padding
 from .guides import Guide
 from .sampling import TokenSelector
-from .session import DecodingSession, open_session
+from .session import DecodingSession, base_vocab_size, open_session, special_ids  # the last two: public here too
 
 __all__ = ["generate", "check_devices", "check_left_padding"]
 
