@@ -126,7 +126,7 @@ class _Search:
         self.scorer = SequenceScorer(self.guidance, batch, self.device)
         f = self.guidance.fusion
         self.proposal = f if config.proposal == "guided" else Fusion(
-            [], [], torch.zeros(0, device=self.device), beta=f.beta, gamma=f.gamma, value_top_k=None)
+            [], torch.zeros(0, device=self.device), beta=f.beta, gamma=f.gamma, value_top_k=None)
         # The guided proposal reads text readers' outputs every token; the base proposal only needs their
         # scores at the chunk's end, so they read each chunk at once (one forward per model per round).
         self.text_per_token = config.proposal == "guided" and not f.empty
