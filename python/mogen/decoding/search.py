@@ -17,7 +17,7 @@ This module is a *driver* (layer 3 of docs/design.md section 2):
 - rows are prompts x live beams x expansions, grouped by prompt; each token
   is ONE batched forward of every model for all of them;
 - every model keeps a KV cache per row; keeping the top ``W`` reorders and
-  duplicates rows by index (``RunnerSet.reorder``), never re-runs a prefix, so
+  duplicates rows by index (``DecodingSession.reorder``), never re-runs a prefix, so
   a round costs its own tokens whatever the prefix length;
 - a finished beam (eos) leaves the batch: it stays in its prompt's pool with
   its score and competes with later candidates, but is never fed, expanded

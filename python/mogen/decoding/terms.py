@@ -184,8 +184,8 @@ class Fusion:
         weights = weights_[0]
         self.terms = sorted(terms, key=lambda t: t.column)
         self.proxies = [t for t in self.terms if t.fused]
-        self.full_values = [t for t in self.terms if not t.fused and t.top_k is None]
-        self.topk_values = [t for t in self.terms if not t.fused and t.top_k is not None]
+        self.full_terms = [t for t in self.terms if not t.fused and t.top_k is None]
+        self.topk_terms = [t for t in self.terms if not t.fused and t.top_k is not None]
         self.value_top_k = value_top_k
         self.beta, self.gamma = beta, gamma
         self.weights = weights
@@ -214,7 +214,6 @@ class Fusion:
         """``scale * w`` of one term as ``[B, 1]`` (or ``[1]``), float32."""
         return self.scale(term) * self.weights[..., term.column : term.column + 1]
 
-    value_coef = coef
 
     def sequence_coefficients(self, rows: int, device: torch.device) -> torch.Tensor:
         """float64 ``[R, A]``: ``scale * w`` per row and active guide (chunk search's sequence score)."""
@@ -252,14 +251,14 @@ class StepScores:
                 rest = ops.fused_log_ratio(*args, **kwargs)
             else:
                 rest = torch.log_softmax(self.base.float(), dim=-1)
-            for t in self.f.full_values:
+            for t in self.f.full_terms:
                 rest = rest + self.f.coef(t) * t.full()
             self._rest = rest
         return self._rest
 
     def _rest_topk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.f
-        if f.full_values:
+        if f.full_terms:
             return _stable_topk(self._rest_full(), k)
         if f.proxies:
             args, kwargs = self._k1_args()
@@ -274,11 +273,11 @@ class StepScores:
         if self._cand is None:
             f = self.f
             k = min(f.value_top_k, self.base.shape[1])
-            if f.proxies or f.full_values:
+            if f.proxies or f.full_terms:
                 values, ids = self._rest_topk(k)
             else:  # Q adds to log-probabilities, not to raw logits
                 values, ids = torch.topk(self._rest_full(), k, dim=-1)
-            for t in f.topk_values:
+            for t in f.topk_terms:
                 values = values + f.coef(t) * t.at(ids)
             ids, by_id = torch.sort(ids, dim=1)
             values = values.gather(1, by_id)
@@ -288,7 +287,7 @@ class StepScores:
 
     def full(self) -> torch.Tensor:
         """The fused scores ``[B, V_b]`` float32 (``-inf`` outside the candidates in top-k value mode)."""
-        if not self.f.topk_values:
+        if not self.f.topk_terms:
             return self._rest_full()
         values, ids = self.candidates()
         out = torch.full((self.base.shape[0], self.base.shape[1]), float("-inf"), device=values.device)
@@ -296,7 +295,7 @@ class StepScores:
 
     def topk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` best ``(values, ids)``, best first, lower id first on ties (fewer in top-k value mode)."""
-        if not self.f.topk_values:
+        if not self.f.topk_terms:
             return self._rest_topk(k)
         values, ids = self.candidates()
         return values[:, :k], ids[:, :k]
