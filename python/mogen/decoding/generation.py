@@ -41,9 +41,9 @@ import torch
 from .checks import TokenIds, check_devices, check_left_padding
 from .guides import Guide
 from .sampling import TokenSelector
-from .session import DecodingSession, base_vocab_size, open_session, special_ids  # the last two: public here too
+from .session import DecodingSession, base_vocab_size, open_session, special_ids
 
-__all__ = ["generate", "check_devices", "check_left_padding"]
+__all__ = ["generate", "check_devices", "check_left_padding", "base_vocab_size", "special_ids"]
 
 
 class _Decoding:
