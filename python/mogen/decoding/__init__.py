@@ -7,14 +7,19 @@
 - :class:`ProxyGuide`: an expert / reference pair.
 - :class:`MultiObjectiveLogitsProcessor`: the same fusion inside
   ``base.generate(..., logits_processor=[...])`` for same-tokenizer guides.
+- :class:`GuideTerm`, :func:`register_guide_kind`: a new kind of guide as one
+  class (:mod:`mogen.decoding.kinds`).
+- :class:`DecodingSession`: the set-up and per-row state the drivers share.
 """
 
 from .beams import Beam, SearchOutput
 from .generation import generate
 from .guides import ProxyGuide, ValueGuide, shares_tokenizer
+from .kinds import GuideTerm, register_guide_kind
 from .processor import MultiObjectiveLogitsProcessor
 from .sampling import TokenSelector, filter_scores
 from .search import RoundReport, search
+from .session import DecodingSession
 
 __all__ = [
     "generate",
@@ -28,4 +33,7 @@ __all__ = [
     "TokenSelector",
     "filter_scores",
     "shares_tokenizer",
+    "GuideTerm",
+    "register_guide_kind",
+    "DecodingSession",
 ]

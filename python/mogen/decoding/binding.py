@@ -16,10 +16,11 @@ import torch
 
 from ..vocab import build_vocab_map
 from .checks import normal_tensor
-from .guides import Guide, ProxyGuide, ValueGuide, logits_width, shares_tokenizer
+from .guides import Guide, logits_width, shares_tokenizer
+from .kinds import guide_kind
 from .models import LMRunner
 from .runners import RunnerSet
-from .terms import Fusion, ProxyTerm, ValueTerm
+from .terms import Fusion
 from .weights import as_guide_list, resolve_weights
 
 __all__ = ["Guidance", "bind_guides"]
@@ -37,17 +38,13 @@ class Guidance:
     models: dict[str, torch.nn.Module] = field(default_factory=dict)  # every guide model, by name
 
 
-def _width_ok(model: Any, need: int, exact: bool, name: str, what: str) -> None:
-    width = logits_width(model)
-    if width < need or (exact and width != need):
-        raise ValueError(f"{name} has {what} of {width} but the base has {need}; {_WIDTH_HINT}")
-
-
 _WIDTH_HINT = ("a guide without its own tokenizer must share the base's vocabulary (pass tokenizer= so padded "
                "LM-head rows are excluded, or give the guide its tokenizer)")
 
 
 class _Binder:
+    """What a guide kind's :meth:`~mogen.decoding.kinds.GuideTerm.bind` uses: vocabulary checks, maps, runners."""
+
     def __init__(self, tokenizer: Any, vocab_size: int, device: torch.device, strict_width: bool) -> None:
         self.tokenizer = tokenizer
         self.exact = strict_width and tokenizer is None
@@ -58,43 +55,24 @@ class _Binder:
         self.models: dict[str, torch.nn.Module] = {}
 
     def need(self, g: Guide, shared: bool) -> int:
+        """The width a guide's model must cover: the base's vocabulary, or its own tokenizer's."""
         return self.vocab_size if shared else len(g.tokenizer)
 
     def vmap(self, g: Guide, shared: bool) -> Optional[torch.Tensor]:
         return None if shared else normal_tensor(build_vocab_map(self.tokenizer, g.tokenizer), self.device)
 
     def runner(self, model: Any, width: int, name: str, g: Guide, shared: bool, output: str = "logits") -> tuple:
+        """Register ``model`` (once per model and output kind) and return its RunnerRef ``(group, index)``."""
         self.models[name] = model
         if shared:
             self.lockstep[name] = model
         return self.runners.add(LMRunner(model, width, name, output), None if shared else g.tokenizer, name)
 
-    def proxy(self, i: int, column: int, g: ProxyGuide, shared: bool) -> ProxyTerm:
-        need = self.need(g, shared)
-        for role, model in (("expert", g.expert), ("reference", g.reference)):
-            if shared:
-                _width_ok(model, need, self.exact, f"guides[{i}].{role}", "a vocabulary")
-            elif logits_width(model) < need:
-                raise ValueError(f"guides[{i}].{role} has a vocabulary of {logits_width(model)} but its "
-                                 f"tokenizer has {need} tokens")
-        e = self.runner(g.expert, need, f"guides[{i}].expert", g, shared)
-        r = self.runner(g.reference, need, f"guides[{i}].reference", g, shared)
-        return ProxyTerm(g, column, e, r, self.vmap(g, shared), g.temperature)
-
-    def value(self, i: int, column: int, g: ValueGuide, shared: bool) -> ValueTerm:
-        need = self.need(g, shared)
-        name = f"guides[{i}].model"
-        if shared:  # own tokenizers were checked by ValueGuide itself
-            _width_ok(g.model, need, self.exact, name, "a value head")
-        head = None
-        if g.top_k is not None:
-            # inside: mogen.value imports mogen.decoding (a cycle at module load)
-            from ..value.format import plain_linear_head
-
-            weight, bias = plain_linear_head(g.model, name)
-            head = (weight, bias)
-        run = self.runner(g.model, need, name, g, shared, "logits" if head is None else "hidden")
-        return ValueTerm(g, column, run, self.vmap(g, shared), head)
+    def check_width(self, model: Any, need: int, name: str, what: str) -> None:
+        """A model reading the base's ids has (at least, or exactly) the base's vocabulary."""
+        width = logits_width(model)
+        if width < need or (self.exact and width != need):
+            raise ValueError(f"{name} has {what} of {width} but the base has {need}; {_WIDTH_HINT}")
 
 
 def bind_guides(guides: Any, weights: Any, *, batch: Optional[int], tokenizer: Any, vocab_size: int,
@@ -115,21 +93,15 @@ def bind_guides(guides: Any, weights: Any, *, batch: Optional[int], tokenizer: A
                 "model's tokenizer> so the generated text can be re-tokenized for the guide"
             )
     w, nonzero = resolve_weights(weights, guide_list, batch)
+    kinds = [guide_kind(g) for g in guide_list]
     active = [i for i, (g, a) in enumerate(zip(guide_list, nonzero))
-              if a and not (isinstance(g, ValueGuide) and gamma == 0.0)]
+              if a and kinds[i].runs(g, beta=beta, gamma=gamma)]
     w = w[..., active]
     binder = _Binder(tokenizer, vocab_size, device, strict_width)
-    proxies: list[ProxyTerm] = []
-    values: list[ValueTerm] = []
-    for column, i in enumerate(active):
-        g = guide_list[i]
-        if isinstance(g, ProxyGuide):
-            proxies.append(binder.proxy(i, column, g, shared[i]))
-        else:
-            values.append(binder.value(i, column, g, shared[i]))
-    ks = sorted({t.guide.top_k for t in values if t.head is not None})
+    terms = [kinds[i].bind(binder, i, column, guide_list[i], shared[i]) for column, i in enumerate(active)]
+    ks = sorted({t.top_k for t in terms if t.top_k is not None})
     if len(ks) > 1:
         raise ValueError(f"value guides in top-k mode must share one top_k in a call, got top_k values {ks}")
-    fusion = Fusion(proxies, values, normal_tensor(w, device), beta=beta, gamma=gamma,
+    fusion = Fusion(terms, normal_tensor(w, device), beta=beta, gamma=gamma,
                     value_top_k=ks[0] if ks else None)
     return Guidance(guide_list, active, binder.runners, fusion, binder.lockstep, binder.models)

@@ -30,17 +30,15 @@ output after it, which the first new token is scored from, is not kept.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 from .models import LMRunner, RunnerRegistry, context_length
 from .retokenize import GuideTokenContext, IncrementalDetokenizer
+from .tally import TokenScoreFn
 
 __all__ = ["RetokenizingGroup", "TokenScoreFn"]
-
-#: ``fn(outputs [N, D], ids [N]) -> float64 [N]``: what a model gives token ``ids[n]`` from the output before it.
-TokenScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _FIRST = -1  # anchor value of a row whose first fed id is its first id (scored 0, as at prefill)
 
@@ -143,6 +141,9 @@ class RetokenizingGroup(RunnerRegistry):
         """
         self._trackers.append((runner_index, fn))
         return len(self._trackers) - 1
+
+    def score_tokens(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
+        """Nothing to do: this group scores each guide id as it is fed (the tracking interface of every group)."""
 
     def totals(self, slot: int) -> torch.Tensor:
         """float64 ``[B]``: the sum of the slot's scores over each row's live guide ids."""

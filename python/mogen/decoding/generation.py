@@ -38,90 +38,22 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from .binding import Guidance, bind_guides
-from .checks import TokenIds, check_devices, check_left_padding, check_prompt, finite_number, id_list
-from .guides import Guide, logits_width
-from .models import LMRunner, context_length, output_device
+from .checks import TokenIds, check_devices, check_left_padding
+from .guides import Guide
 from .sampling import TokenSelector
+from .session import DecodingSession, base_vocab_size, open_session, special_ids
 
-__all__ = ["generate", "check_devices", "check_left_padding"]
-
-
-def _check_base(base: Any) -> None:
-    if not (isinstance(base, torch.nn.Module) and hasattr(base, "config")):
-        raise TypeError(f"base must be a transformers causal LM, got {type(base).__name__}")
-    if getattr(base.config, "is_encoder_decoder", False):
-        raise ValueError("base is an encoder-decoder model; mogen.generate drives decoder-only LMs")
-
-
-def base_vocab_size(base: Any, tokenizer: Any) -> int:
-    """The vocabulary the fused scores cover: the tokenizer's (padded LM-head rows excluded), else the head's."""
-    width = logits_width(base)
-    if tokenizer is None:
-        return width
-    size = len(tokenizer)
-    if size > width:
-        raise ValueError(f"the tokenizer has {size} tokens but the base model's LM head only {width}")
-    return size
-
-
-def check_context(models: dict[str, torch.nn.Module], longest: int, max_new_tokens: int) -> None:
-    """Prompt plus ``max_new_tokens`` within the context of every model that reads the base's ids."""
-    for name, model in models.items():
-        limit = context_length(model)
-        if limit is None:
-            continue
-        if longest > limit:
-            raise ValueError(f"the prompt has {longest} tokens but {name}'s context is {limit} tokens")
-        if longest + max_new_tokens > limit:
-            raise ValueError(
-                f"the prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds {name}'s context "
-                f"of {limit} tokens; lower max_new_tokens"
-            )
-
-
-def special_ids(base: Any, eos_token_id: TokenIds, pad_token_id: Optional[int],
-                device: torch.device) -> tuple[Optional[torch.Tensor], Optional[int]]:
-    """``(eos ids tensor or None, pad id or None)`` with ``transformers``' defaults from the generation config."""
-    gen_cfg = getattr(base, "generation_config", None)
-    if eos_token_id is None and gen_cfg is not None:
-        eos_token_id = gen_cfg.eos_token_id
-    eos = id_list(eos_token_id, "eos_token_id")
-    if pad_token_id is None and gen_cfg is not None:
-        pad_token_id = gen_cfg.pad_token_id
-    if pad_token_id is None and eos is not None:  # as transformers does
-        pad_token_id = eos[0]
-    if isinstance(pad_token_id, (list, tuple)):
-        pad_token_id = pad_token_id[0]
-    eos_t = None if eos is None else torch.tensor(eos, dtype=torch.long, device=device)
-    return eos_t, None if pad_token_id is None else int(pad_token_id)
+__all__ = ["generate", "check_devices", "check_left_padding", "base_vocab_size", "special_ids"]
 
 
 class _Decoding:
-    """One ``generate`` call: the base's runner, the bound guides, the sampler and the loop."""
+    """One ``generate`` call: a thin loop over a :class:`~mogen.decoding.session.DecodingSession`."""
 
-    def __init__(self, base: Any, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], *,
-                 guides: Any, tokenizer: Any, weights: Any, beta: float, gamma: float, max_new_tokens: int,
-                 selector_args: dict, eos_token_id: TokenIds, pad_token_id: Optional[int]) -> None:
-        _check_base(base)
-        self.device = output_device(base)
-        self.input_ids, self.prompt_mask, self.padded = check_prompt(input_ids, attention_mask, self.device)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-        self.max_new_tokens = max_new_tokens
-        self.vocab_size = base_vocab_size(base, tokenizer)
-        self.guidance: Guidance = bind_guides(
-            guides, weights, batch=self.input_ids.shape[0], tokenizer=tokenizer, vocab_size=self.vocab_size,
-            device=self.device, beta=finite_number(beta, "beta"), gamma=finite_number(gamma, "gamma"),
-        )
-        check_devices({"base": base, **self.guidance.models})
-        longest = int(self.prompt_mask.sum(dim=1).max())
-        check_context({"base": base, **self.guidance.lockstep_models}, longest, max_new_tokens)
-        self.eos, self.pad_token_id = special_ids(base, eos_token_id, pad_token_id, self.device)
-        self.selector = TokenSelector(self.vocab_size, device=self.device, **selector_args)
-        self.base = LMRunner(base, self.vocab_size, "base")
-        self.runners = self.guidance.runners
-        self.fusion = self.guidance.fusion
+    def __init__(self, session: DecodingSession, selector: TokenSelector) -> None:
+        self.session = session
+        self.selector = selector
+        self.runners = session.runners
+        self.fusion = session.fusion
 
     @property
     def cross(self) -> list:
@@ -133,46 +65,34 @@ class _Decoding:
         return self.selector(step.full, step.topk)
 
     def run(self, streamer: Any = None, observer: Optional[Callable[["_Decoding", int], None]] = None) -> torch.Tensor:
-        ids = self.input_ids
-        batch, length = ids.shape
-        steps = self.max_new_tokens
+        s = self.session
+        ids, steps = s.input_ids, s.max_new_tokens
         if streamer is not None:
             streamer.put(ids.cpu())
         if steps == 0:
             if streamer is not None:
                 streamer.end()
             return ids
-        mask_full: Optional[torch.Tensor] = None
-        if self.padded:
-            mask_full = torch.ones(batch, length + steps, dtype=torch.long, device=self.device)
-            mask_full[:, :length] = self.prompt_mask
-        positions = (self.prompt_mask.cumsum(-1) - 1).clamp(min=0)
-        prompt_mask = mask_full[:, :length] if mask_full is not None else None
-        base_logits = self.base.forward(ids, prompt_mask, positions)[:, -1]
-        self.runners.prefill(ids, prompt_mask, positions, self.prompt_mask)
+        base_logits = s.prefill()
         if observer is not None:
             observer(self, -1)
-        next_pos = positions[:, -1:] + 1
-        unfinished = torch.ones(batch, dtype=torch.bool, device=self.device)
-        pad = None if self.pad_token_id is None else torch.full((batch,), self.pad_token_id, device=self.device)
+        unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=s.device)
+        pad = None if s.pad_token_id is None else torch.full((ids.shape[0],), s.pad_token_id, device=s.device)
         out: list[torch.Tensor] = []
         for step in range(steps):
             tokens = self._select(base_logits)
-            if self.eos is not None:
+            if s.eos is not None:
                 if pad is not None:
                     tokens = torch.where(unfinished, tokens, pad)
-                unfinished = unfinished & ~torch.isin(tokens, self.eos)
+                unfinished = unfinished & ~torch.isin(tokens, s.eos)
             out.append(tokens)
             if streamer is not None:
                 streamer.put(tokens.cpu())
             if step == steps - 1:
                 break
-            if self.eos is not None and not bool(unfinished.any()):  # the one sync per step
+            if s.eos is not None and not bool(unfinished.any()):  # the one sync per step
                 break
-            cur_mask = mask_full[:, : length + step + 1] if mask_full is not None else None
-            base_logits = self.base.forward(tokens.unsqueeze(1), cur_mask, next_pos)[:, -1]
-            self.runners.step(tokens, cur_mask, next_pos, unfinished)
-            next_pos = next_pos + 1
+            base_logits = s.advance(tokens, unfinished)
             if observer is not None:
                 observer(self, step)
         if streamer is not None:
@@ -245,9 +165,9 @@ def generate(
     """
     selector_args = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     with torch.no_grad():
-        decoding = _Decoding(
+        session = open_session(
             base, input_ids, attention_mask, guides=guides, tokenizer=tokenizer, weights=weights, beta=beta,
-            gamma=gamma, max_new_tokens=max_new_tokens, selector_args=selector_args, eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
+            gamma=gamma, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
         )
-        return decoding.run(streamer, _observer)
+        selector = TokenSelector(session.vocab_size, device=session.device, **selector_args)
+        return _Decoding(session, selector).run(streamer, _observer)

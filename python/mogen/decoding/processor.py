@@ -16,9 +16,10 @@ from typing import Any, Optional
 
 import torch
 
-from .binding import Guidance, bind_guides
+from .binding import bind_guides
 from .checks import finite_number
 from .guides import shares_tokenizer
+from .session import DecodingSession
 from .weights import as_guide_list, resolve_weights
 
 try:
@@ -81,9 +82,7 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
     def reset(self) -> None:
         """Forget the current generation; the next call prefills the guides."""
         self._prev_ids: Optional[torch.Tensor] = None
-        self._guidance: Optional[Guidance] = None
-        self._mask: Optional[torch.Tensor] = None
-        self._next_pos: Optional[torch.Tensor] = None
+        self._session: Optional[DecodingSession] = None
 
     def set_attention_mask(self, attention_mask: Optional[torch.Tensor]) -> None:
         """The ``[B, T]`` prompt mask of the next generation (left padding)."""
@@ -135,41 +134,33 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
                 f"weights are per row for {w.shape[0]} rows but generate runs {batch} rows "
                 "(num_return_sequences and beam search multiply rows; give weights for every row)"
             )
-        device = input_ids.device
-        self._guidance = bind_guides(self.guides, w, batch=batch, tokenizer=self.tokenizer, vocab_size=vocab,
-                                     device=device, beta=self.beta, gamma=self.gamma, strict_width=False)
+        guidance = bind_guides(self.guides, w, batch=batch, tokenizer=self.tokenizer, vocab_size=vocab,
+                               device=input_ids.device, beta=self.beta, gamma=self.gamma, strict_width=False)
         mask = self._prompt_mask(input_ids)
-        if mask is None:
-            positions = torch.arange(input_ids.shape[1], device=device).unsqueeze(0).expand(batch, -1)
-            prompt_mask = torch.ones_like(input_ids)
-        else:
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            prompt_mask = mask
-        self._mask = mask
-        self._guidance.runners.prefill(input_ids, mask, positions, prompt_mask)
-        self._next_pos = positions[:, -1:] + 1
+        padded = mask is not None
+        self._session = DecodingSession(guidance, input_ids, mask if padded else torch.ones_like(input_ids),
+                                        padded=padded, vocab_size=vocab)
+        self._session.register(self._reorder_rows)
+        self._session.prefill()
+
+    def _reorder_rows(self, index: torch.Tensor) -> None:
+        assert self._prev_ids is not None
+        self._prev_ids = self._prev_ids[index]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Fused scores ``[B, V]`` (float32, log-probability scale) for ``scores [B, V]``."""
         vocab = scores.shape[-1]
-        index = None if self._continues(input_ids) or self._guidance is None else self._reordered(input_ids)
+        index = None if self._continues(input_ids) or self._session is None else self._reordered(input_ids)
         if index is not None:  # beams were selected: follow them by index instead of prefilling again
-            assert self._guidance is not None and self._next_pos is not None
-            self._guidance.runners.reorder(index)
-            self._guidance.fusion.reorder(index)
-            self._next_pos = self._next_pos[index]
-            self._mask = None if self._mask is None else self._mask[index]
-            self._prev_ids = self._prev_ids[index]
-        if self._continues(input_ids) and self._guidance is not None:
-            assert self._next_pos is not None
-            if self._mask is not None:
-                self._mask = torch.cat([self._mask, self._mask.new_ones(self._mask.shape[0], 1)], dim=1)
-            self._guidance.runners.step(input_ids[:, -1], self._mask, self._next_pos)
-            self._next_pos = self._next_pos + 1
+            assert self._session is not None
+            self._session.reorder(index)
+        if self._continues(input_ids) and self._session is not None:
+            self._session.advance(input_ids[:, -1])
         else:
             self._prefill(input_ids, vocab)
         self._prev_ids = input_ids
-        assert self._guidance is not None
-        if self._guidance.fusion.empty:
+        assert self._session is not None
+        fusion = self._session.fusion
+        if fusion.empty:
             return torch.log_softmax(scores.float(), dim=-1)
-        return self._guidance.fusion.step(scores).full()
+        return fusion.step(scores).full()

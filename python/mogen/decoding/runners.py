@@ -23,17 +23,24 @@ import torch
 from .crossguide import RetokenizingGroup
 from .guides import shares_tokenizer
 from .models import LMRunner, RunnerRegistry
+from .tally import TokenScoreFn, TokenTally
 
 __all__ = ["LockstepGroup", "RunnerSet", "RunnerRef"]
 
 
 class LockstepGroup(RunnerRegistry):
-    """Models that read the base's token ids as they are."""
+    """Models that read the base's token ids as they are.
+
+    Tracking (chunk search), the interface every group offers: :meth:`track` a token score of a runner
+    before the prefill, :meth:`score_tokens` with each row's next token before it is fed, then
+    :meth:`totals` and :meth:`last_scores`.
+    """
 
     def __init__(self, device: torch.device) -> None:
         super().__init__()
         self.device = device
         self._last: list[torch.Tensor] = []
+        self._tally = TokenTally(self.output)
 
     def reset(self) -> None:
         for r in self.runners:
@@ -43,6 +50,28 @@ class LockstepGroup(RunnerRegistry):
     def feed(self, ids: torch.Tensor, mask: Optional[torch.Tensor], positions: torch.Tensor) -> None:
         """Run every model once on ``ids [B, n]`` and keep its last output ``[B, D]``."""
         self._last = [r.forward(ids, mask, positions)[:, -1].to(self.device) for r in self.runners]
+
+    def prefill(self, ids: torch.Tensor, mask: Optional[torch.Tensor], positions: torch.Tensor) -> None:
+        """Start from the prompt ``ids [B, T]``: caches reset, tracked sums 0."""
+        self.reset()
+        self.feed(ids, mask, positions)
+        self._tally.start(ids.shape[0], self.device)
+
+    def track(self, runner_index: int, fn: TokenScoreFn) -> int:
+        """Keep ``fn``'s score of every token of runner ``runner_index`` from the next prefill; returns a slot."""
+        return self._tally.track(runner_index, fn)
+
+    def score_tokens(self, tokens: torch.Tensor, alive: torch.Tensor) -> None:
+        """Score ``tokens [B]`` from the outputs before them (call before feeding them)."""
+        self._tally.score_tokens(tokens, alive)
+
+    def totals(self, slot: int) -> torch.Tensor:
+        """float64 ``[B]``: the slot's sum over the tokens since the prefill."""
+        return self._tally.totals(slot)
+
+    def last_scores(self, slot: int) -> torch.Tensor:
+        """float64 ``[B]``: the slot's score of each row's last token."""
+        return self._tally.last_scores(slot)
 
     def output(self, index: int) -> torch.Tensor:
         """The last output of runner ``index``: logits ``[B, V]`` or a hidden state ``[B, H]``."""
@@ -58,6 +87,7 @@ class LockstepGroup(RunnerRegistry):
             r.reorder(index)
         dev_index = index.to(self.device)
         self._last = [t.index_select(0, dev_index) for t in self._last]
+        self._tally.reorder(dev_index)
 
 
 Group = Union[LockstepGroup, RetokenizingGroup]
@@ -102,8 +132,7 @@ class RunnerSet:
                 prompt_mask: torch.Tensor) -> None:
         """Start every group from the prompt ``ids [B, T]`` (left padded; ``prompt_mask [B, T]``)."""
         if self.lockstep.runners:
-            self.lockstep.reset()
-            self.lockstep.feed(ids, mask, positions)
+            self.lockstep.prefill(ids, mask, positions)
         if self.cross:
             rows = [row[m.bool()].tolist() for row, m in zip(ids.cpu(), prompt_mask.cpu())]
             for g in self.cross:

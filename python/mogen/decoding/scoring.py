@@ -21,69 +21,81 @@ base's and lockstep guides' logits before each new id are gathered at the id
 (:meth:`SequenceScorer.on_tokens`); guides reading text keep one score per
 live guide id (:meth:`~mogen.decoding.crossguide.RetokenizingGroup.track`),
 so retracted ids drop out and the total equals scoring the text afresh.
-Sums are float64.
+Sums are float64. Each guide term gives its own sequence contribution
+(:meth:`~mogen.decoding.kinds.GuideTerm.sequence`) from the tallies it asked
+:class:`Tracking` for; the scorer only loops over the terms.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
-from .. import ops
 from .binding import Guidance
-from .crossguide import RetokenizingGroup
-from .terms import ProxyTerm, ValueTerm
+from .tally import HeadValue, HiddenValue, LogProb, TokenScoreFn, TokenTally
 
-__all__ = ["LogProb", "HeadValue", "HiddenValue", "SequenceScorer"]
-
-
-class LogProb:
-    """``log_softmax(out / temperature)[id]`` in float64: a token's log-probability."""
-
-    def __init__(self, temperature: float = 1.0) -> None:
-        self.temperature = float(temperature)
-
-    def __call__(self, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        x = out.double() / self.temperature
-        return x.gather(1, ids.unsqueeze(1)).squeeze(1) - torch.logsumexp(x, dim=-1)
+__all__ = ["LogProb", "HeadValue", "HiddenValue", "Tracking", "SequenceScorer"]
 
 
-class HeadValue:
-    """``out[id]``: a full value head's ``Q`` at the token."""
+class Tracking:
+    """The per-token tallies the guide terms of one search ask for, shared when two terms ask for the same.
 
-    def __call__(self, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return out.gather(1, ids.unsqueeze(1)).squeeze(1).double()
+    A handle from :meth:`add` or :meth:`add_base` reads back as :meth:`sum` (over the continuation) or
+    :meth:`last` (the continuation's last token). Every runner group offers the same interface
+    (``track``, ``score_tokens``, ``totals``, ``last_scores``), so no group is told apart here.
+    """
 
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._base_logits: Optional[torch.Tensor] = None
+        self.base_ids = TokenTally(lambda _runner: self._base_logits)
+        self._handles: dict[tuple, int] = {}
+        self._slots: list[tuple[Any, int]] = []  # (group, slot)
+        self._groups: list[Any] = []
+        self._baselines: list[torch.Tensor] = []
 
-class HiddenValue:
-    """``hidden . W[id] + b[id]`` (kernel K2 with one candidate): a value head applied at the token only."""
+    def add(self, ref: tuple, key: tuple, fn: TokenScoreFn) -> int:
+        """Tally ``fn`` over the tokens of runner ``ref = (group, index)`` (``key`` names ``fn`` for sharing)."""
+        group, runner = ref
+        return self._slot((id(group), runner, *key), group, runner, fn)
 
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
-        self.weight, self.bias = weight, bias
+    def add_base(self, key: tuple, fn: TokenScoreFn) -> int:
+        """Tally ``fn(base_logits before the token, base ids)`` over the base's tokens (terms without a model)."""
+        return self._slot(("base", *key), self.base_ids, 0, fn)
 
-    def __call__(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        if ids.numel() == 0:
-            return torch.zeros(0, dtype=torch.float64, device=hidden.device)
-        q = ops.topk_value_scores(hidden, self.weight, ids.unsqueeze(1).to(hidden.device), self.bias)
-        return q[:, 0].double()
+    def _slot(self, full_key: tuple, group: Any, runner: int, fn: TokenScoreFn) -> int:
+        if full_key not in self._handles:
+            self._handles[full_key] = len(self._slots)
+            self._slots.append((group, group.track(runner, fn)))
+            if all(g is not group for g in self._groups):
+                self._groups.append(group)
+        return self._handles[full_key]
 
+    def start(self, rows: int) -> None:
+        """After the runners' prefill: each tally's baseline (the prompt's own score; 0 for id-fed tallies)."""
+        self.base_ids.start(rows, self.device)
+        self._baselines = [group.totals(slot).clone() for group, slot in self._slots]
 
-@dataclass
-class _Tracker:
-    """One model's per-token score in one group: a running sum and the last token's score per row."""
+    def on_tokens(self, base_logits: torch.Tensor, tokens: torch.Tensor, alive: torch.Tensor) -> None:
+        """Every group scores ``tokens [R]`` from the outputs before them (text readers as they read)."""
+        self._base_logits = base_logits
+        for group in self._groups:
+            group.score_tokens(tokens, alive)
 
-    group: Any
-    runner: int
-    fn: Any
-    slot: int = -1  # RetokenizingGroup slot (text readers)
-    total: Optional[torch.Tensor] = None  # lockstep: float64 [R]; text readers: the baseline at the prompt
-    last: Optional[torch.Tensor] = None  # lockstep: float64 [R]
+    def sum(self, handle: int) -> torch.Tensor:
+        """float64 ``[R]``: the tally's sum over each row's continuation."""
+        group, slot = self._slots[handle]
+        return group.totals(slot) - self._baselines[handle]
 
-    @property
-    def reads_text(self) -> bool:
-        return isinstance(self.group, RetokenizingGroup)
+    def last(self, handle: int) -> torch.Tensor:
+        """float64 ``[R]``: the tally's score of each row's last token."""
+        group, slot = self._slots[handle]
+        return group.last_scores(slot)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.base_ids.reorder(index)
+        self._baselines = [b.index_select(0, index) for b in self._baselines]
 
 
 class SequenceScorer:
@@ -103,70 +115,25 @@ class SequenceScorer:
         f = guidance.fusion
         self.device = device
         self.columns = len(guidance.active)
-        self._trackers: list[_Tracker] = []
-        self._keys: dict[tuple, int] = {}
-        self._terms: list[tuple[int, str, tuple[int, ...]]] = []  # (column, kind, tracker indices)
-        for t in f.proxies:
-            e = self._track(t.expert, ("logp", t.temperature), LogProb(t.temperature))
-            r = self._track(t.reference, ("logp", t.temperature), LogProb(t.temperature))
-            self._terms.append((t.column, "proxy", (e, r)))
-        for t in f.full_values + f.topk_values:
-            fn = HeadValue() if t.head is None else HiddenValue(*t.head)
-            self._terms.append((t.column, "value", (self._track(t.runner, ("value",), fn),)))
-        self._terms.sort()
-        w = f.weights.to(device, torch.float64)
-        w = w.unsqueeze(0).expand(batch, -1) if w.dim() == 1 else w
-        scale = torch.ones(self.columns, dtype=torch.float64, device=device)
-        for column, kind, _ in self._terms:
-            scale[column] = f.beta if kind == "proxy" else f.gamma
-        self.coef = (w * scale).contiguous()  # [R, A]: beta * w or gamma * u per row and term
+        self.tracking = Tracking(device)
+        self._terms = [(t, t.track(self.tracking)) for t in f.terms]
+        self.coef = f.sequence_coefficients(batch, device)  # [R, A]: scale * w per row and term
         self.base = torch.zeros(batch, dtype=torch.float64, device=device)
 
-    def _track(self, ref: tuple, key: tuple, fn: Any) -> int:
-        group, runner = ref
-        full_key = (id(group), runner, *key)
-        if full_key not in self._keys:
-            tracker = _Tracker(group, runner, fn)
-            if tracker.reads_text:
-                tracker.slot = group.track(runner, fn)
-            self._keys[full_key] = len(self._trackers)
-            self._trackers.append(tracker)
-        return self._keys[full_key]
-
     def start(self) -> None:
-        """After the runners' prefill: text readers' baselines (the prompt's own score), lockstep sums 0."""
-        rows = self.base.shape[0]
-        for t in self._trackers:
-            if t.reads_text:
-                t.total = t.group.totals(t.slot)
-            else:
-                t.total = torch.zeros(rows, dtype=torch.float64, device=self.device)
-                t.last = torch.zeros(rows, dtype=torch.float64, device=self.device)
+        """After the runners' prefill."""
+        self.tracking.start(self.base.shape[0])
 
     def on_tokens(self, base_logits: torch.Tensor, tokens: torch.Tensor, alive: torch.Tensor) -> None:
-        """Score ``tokens [R]`` by the base (``base_logits [R, V]`` before them) and the lockstep guides."""
+        """Score ``tokens [R]`` by the base (``base_logits [R, V]`` before them) and every tally."""
         self.base += torch.where(alive, LogProb()(base_logits, tokens), 0.0)
-        for t in self._trackers:
-            if not t.reads_text:
-                v = t.fn(t.group.output(t.runner), tokens)
-                t.total += torch.where(alive, v, 0.0)
-                t.last = torch.where(alive, v, t.last)
-
-    def _sum(self, t: _Tracker) -> torch.Tensor:
-        return t.group.totals(t.slot) - t.total if t.reads_text else t.total
-
-    def _last(self, t: _Tracker) -> torch.Tensor:
-        return t.group.last_scores(t.slot) if t.reads_text else t.last
+        self.tracking.on_tokens(base_logits, tokens, alive)
 
     def terms(self) -> torch.Tensor:
-        """float64 ``[R, A]``: per active guide, ``log pi_e(y|x) - log pi_r(y|x)`` or ``Q(x, y)``."""
+        """float64 ``[R, A]``: per active guide its sequence contribution (e.g. ``log pi_e - log pi_r``, ``Q``)."""
         out = torch.zeros(self.base.shape[0], self.columns, dtype=torch.float64, device=self.device)
-        for column, kind, idx in self._terms:
-            if kind == "proxy":
-                e, r = (self._trackers[i] for i in idx)
-                out[:, column] = self._sum(e) - self._sum(r)
-            else:
-                out[:, column] = self._last(self._trackers[idx[0]])
+        for term, handles in self._terms:
+            out[:, term.column] = term.sequence(self.tracking, handles)
         return out
 
     def scores(self, terms: torch.Tensor) -> torch.Tensor:
@@ -174,11 +141,8 @@ class SequenceScorer:
         return self.base + (self.coef * terms).sum(dim=1)
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Row ``r`` becomes old row ``index[r]`` (the runners reorder themselves)."""
+        """Row ``r`` becomes old row ``index[r]`` (the runner groups reorder their own tallies)."""
         index = index.to(self.device)
         self.base = self.base.index_select(0, index)
         self.coef = self.coef.index_select(0, index)
-        for t in self._trackers:
-            t.total = t.total.index_select(0, index)
-            if t.last is not None:
-                t.last = t.last.index_select(0, index)
+        self.tracking.reorder(index)

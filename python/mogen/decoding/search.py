@@ -17,7 +17,7 @@ This module is a *driver* (layer 3 of docs/design.md section 2):
 - rows are prompts x live beams x expansions, grouped by prompt; each token
   is ONE batched forward of every model for all of them;
 - every model keeps a KV cache per row; keeping the top ``W`` reorders and
-  duplicates rows by index (``RunnerSet.reorder``), never re-runs a prefix, so
+  duplicates rows by index (``DecodingSession.reorder``), never re-runs a prefix, so
   a round costs its own tokens whatever the prefix length;
 - a finished beam (eos) leaves the batch: it stays in its prompt's pool with
   its score and competes with later candidates, but is never fed, expanded
@@ -47,12 +47,10 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .beams import Beam, SearchOutput, prompt_generators, select_beams
-from .binding import bind_guides
-from .checks import TokenIds, check_devices, check_prompt, finite_number
-from .generation import _check_base, base_vocab_size, check_context, special_ids
-from .models import LMRunner, output_device
+from .checks import TokenIds
 from .sampling import TokenSelector
 from .scoring import SequenceScorer
+from .session import DecodingSession, open_session
 from .terms import Fusion
 
 __all__ = ["search", "SearchConfig", "RoundReport", "PROPOSALS"]
@@ -112,71 +110,54 @@ class RoundReport:
 class _Search:
     """One ``search`` call: the base's runner, the bound guides, the scorer, the rows and the pools."""
 
-    def __init__(self, base: Any, input_ids: Any, attention_mask: Any, *, guides: Any, tokenizer: Any,
-                 weights: Any, config: SearchConfig, beta: Any, gamma: Any, selector_args: dict,
-                 eos_token_id: TokenIds, pad_token_id: Optional[int], generator: Any) -> None:
-        _check_base(base)
+    def __init__(self, session: DecodingSession, config: SearchConfig, selector_args: dict, generator: Any) -> None:
+        self.session = s = session
         self.config = config
-        self.device = output_device(base)
-        self.input_ids, self.prompt_mask, self.padded = check_prompt(input_ids, attention_mask, self.device)
+        self.device = s.device
+        self.input_ids = s.input_ids
+        self.guidance = s.guidance
+        self.eos = s.eos
+        self.pad_token_id = s.pad_token_id if s.pad_token_id is not None else 0
         batch = self.input_ids.shape[0]
-        self.vocab_size = base_vocab_size(base, tokenizer)
-        self.guidance = bind_guides(guides, weights, batch=batch, tokenizer=tokenizer, vocab_size=self.vocab_size,
-                                    device=self.device, beta=finite_number(beta, "beta"),
-                                    gamma=finite_number(gamma, "gamma"))
-        check_devices({"base": base, **self.guidance.models})
-        longest = int(self.prompt_mask.sum(dim=1).max())
-        check_context({"base": base, **self.guidance.lockstep_models}, longest, config.max_new_tokens)
-        self.eos, pad = special_ids(base, eos_token_id, pad_token_id, self.device)
-        self.pad_token_id = pad if pad is not None else 0
-        self.selectors = [TokenSelector(self.vocab_size, do_sample=True, device=self.device, generator=g,
+        self.selectors = [TokenSelector(s.vocab_size, do_sample=True, device=self.device, generator=g,
                                         **selector_args)
                           for g in prompt_generators(generator, batch, self.device)]
-        self.base = LMRunner(base, self.vocab_size, "base")
-        self.runners = self.guidance.runners
+        self.runners = s.runners
         self.scorer = SequenceScorer(self.guidance, batch, self.device)
         f = self.guidance.fusion
         self.proposal = f if config.proposal == "guided" else Fusion(
-            [], [], torch.zeros(0, device=self.device), beta=f.beta, gamma=f.gamma, value_top_k=None)
+            [], torch.zeros(0, device=self.device), beta=f.beta, gamma=f.gamma, value_top_k=None)
         # The guided proposal reads text readers' outputs every token; the base proposal only needs their
         # scores at the chunk's end, so they read each chunk at once (one forward per model per round).
         self.text_per_token = config.proposal == "guided" and not f.empty
         self.owner = list(range(batch))  # the prompt of each row
         self.kept: list[list[Beam]] = [[] for _ in range(batch)]
         self.tokens = 0
+        s.register(self.scorer.reorder)
+        s.register(self._reorder_rows)
 
     # -- rows ------------------------------------------------------------------------------------------------
 
+    @property
+    def base_logits(self) -> torch.Tensor:
+        return self.session.base_logits
+
+    @property
+    def produced(self) -> int:
+        return self.session.produced
+
     def _prefill(self) -> None:
-        ids, batch, length = self.input_ids, *self.input_ids.shape
-        positions = (self.prompt_mask.cumsum(-1) - 1).clamp(min=0)
-        self.mask_full: Optional[torch.Tensor] = None
-        if self.padded:
-            self.mask_full = torch.ones(batch, length + self.config.max_new_tokens, dtype=torch.long,
-                                        device=self.device)
-            self.mask_full[:, :length] = self.prompt_mask
-        mask = None if self.mask_full is None else self.mask_full[:, :length]
-        self.base_logits = self.base.forward(ids, mask, positions)[:, -1]
-        self.runners.prefill(ids, mask, positions, self.prompt_mask)
+        self.session.prefill()
         self.scorer.start()
-        self.next_pos = positions[:, -1:] + 1
-        self.gen = torch.zeros(batch, 0, dtype=torch.long, device=self.device)
-        self.produced = 0
+        self.gen = torch.zeros(self.input_ids.shape[0], 0, dtype=torch.long, device=self.device)
 
     def _reorder(self, index: list[int]) -> None:
-        """Row ``r`` becomes old row ``index[r]`` everywhere: caches, text state, scores, the driver's rows."""
-        host = torch.tensor(index, dtype=torch.long)
-        dev = host.to(self.device)
-        self.base.reorder(dev)
-        self.runners.reorder(dev)
-        self.proposal.reorder(dev)
-        self.scorer.reorder(dev)
-        self.base_logits = self.base_logits.index_select(0, dev)
-        self.next_pos = self.next_pos.index_select(0, dev)
-        self.gen = self.gen.index_select(0, dev)
-        if self.mask_full is not None:
-            self.mask_full = self.mask_full.index_select(0, dev)
-        self.owner = [self.owner[i] for i in index]
+        """Row ``r`` becomes old row ``index[r]`` everywhere (every holder registered with the session)."""
+        self.session.reorder(index)
+
+    def _reorder_rows(self, index: torch.Tensor) -> None:
+        self.gen = self.gen.index_select(0, index)
+        self.owner = [self.owner[i] for i in index.tolist()]
 
     def _ranges(self) -> list[tuple[int, int]]:
         """Per prompt, its rows ``[start, end)`` (rows are grouped by prompt, in prompt order)."""
@@ -216,13 +197,7 @@ class _Search:
     def _advance(self, tokens: torch.Tensor, was_alive: torch.Tensor, more: bool) -> None:
         """Feed ``tokens [R]`` to the base and lockstep guides when more tokens follow, and to text readers
         when the proposal needs their outputs token by token (else :meth:`_chunk` gives them the chunk at once)."""
-        mask = None
-        if self.mask_full is not None:
-            mask = self.mask_full[:, : self.input_ids.shape[1] + self.produced + 1]
-        if more:
-            self.base_logits = self.base.forward(tokens.unsqueeze(1), mask, self.next_pos)[:, -1]
-        self.runners.step(tokens, mask, self.next_pos, was_alive, lockstep=more, text=self.text_per_token)
-        self.next_pos = self.next_pos + 1
+        self.session.advance(tokens, was_alive, lockstep=more, text=self.text_per_token)
 
     def _chunk(self, steps: int, last_round: bool) -> torch.Tensor:
         """Sample and score up to ``steps`` tokens for every row; returns them ``[R, n]`` (pad after eos)."""
@@ -239,7 +214,6 @@ class _Search:
             fed.append(was_alive)
             more = not (last_round and s == steps - 1) and bool(alive.any())
             self._advance(tokens, was_alive, more)
-            self.produced += 1
             if not more:
                 break
         self.tokens += len(self.owner) * len(out)
@@ -371,9 +345,10 @@ def search(
         raise TypeError(f"return_scores must be a bool, got {type(return_scores).__name__}")
     selector_args = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     with torch.no_grad():
-        run = _Search(base, input_ids, attention_mask, guides=guides, tokenizer=tokenizer, weights=weights,
-                      config=config, beta=beta, gamma=gamma, selector_args=selector_args,
-                      eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator)
+        session = open_session(base, input_ids, attention_mask, guides=guides, tokenizer=tokenizer,
+                               weights=weights, beta=beta, gamma=gamma, max_new_tokens=config.max_new_tokens,
+                               eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        run = _Search(session, config, selector_args, generator)
         beams = run.run(on_round)
         sequences = run.sequences(beams)
     return SearchOutput(sequences, beams) if return_scores else sequences

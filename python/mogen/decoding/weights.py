@@ -6,23 +6,26 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .guides import Guide, ProxyGuide, ValueGuide
+from .guides import Guide
+from .kinds import guide_kind
 
 __all__ = ["as_guide_list", "resolve_weights"]
 
 
 def as_guide_list(guides: Any) -> list[Guide]:
-    """``guides`` as a list of :class:`ProxyGuide` / :class:`ValueGuide` (one guide may be given bare)."""
+    """``guides`` as a list of guides of registered kinds (:mod:`mogen.decoding.kinds`); one may be given bare."""
     if guides is None:
         return []
-    if isinstance(guides, (ProxyGuide, ValueGuide)):
+    if guide_kind(guides) is not None:
         return [guides]
     if not isinstance(guides, (list, tuple)):
-        raise TypeError(f"guides must be a ProxyGuide, a ValueGuide or a list of them, got {type(guides).__name__}")
+        raise TypeError(f"guides must be a ProxyGuide, a ValueGuide (or a guide of a registered kind) or a list "
+                        f"of them, got {type(guides).__name__}")
     out = list(guides)
     for i, g in enumerate(out):
-        if not isinstance(g, (ProxyGuide, ValueGuide)):
-            raise TypeError(f"guides[{i}] must be a mogen.ProxyGuide or mogen.ValueGuide, got {type(g).__name__}")
+        if guide_kind(g) is None:
+            raise TypeError(f"guides[{i}] must be a mogen.ProxyGuide or mogen.ValueGuide (or a guide of a "
+                            f"registered kind), got {type(g).__name__}")
     return out
 
 
