@@ -9,6 +9,7 @@ import mogen
 import mogen.decoding.binding as binding_mod
 import mogen.decoding.runners as runners_mod
 from mogen import tiny
+from mogen.decoding.generation import observe_steps
 from mogen.decoding.retokenize import GuideTokenContext, IncrementalDetokenizer, special_prefix, window_mode
 
 from tiny_models import (
@@ -183,8 +184,9 @@ def test_guide_ids_equal_encoding_of_text_after_every_step(cross_models):
 
     hook = script_model(base, scripts)
     try:
-        out = mogen.generate(base, ids, mask, guides=guides, tokenizer=bl, weights=[1.5, -0.5],
-                             max_new_tokens=steps, _observer=observer)
+        with observe_steps(observer):
+            out = mogen.generate(base, ids, mask, guides=guides, tokenizer=bl, weights=[1.5, -0.5],
+                                 max_new_tokens=steps)
     finally:
         hook.remove()
     assert seen["steps"] == steps - 1
@@ -238,8 +240,8 @@ def test_same_vocabulary_cross_path_equals_shared_path(monkeypatch):
     for module in (binding_mod, runners_mod):
         monkeypatch.setattr(module, "shares_tokenizer", same_object)
     seen = []
-    out = mogen.generate(base, ids, mask, guides=cross_guides, tokenizer=tok, weights=weights, max_new_tokens=20,
-                         _observer=lambda d, s: seen.append([len(g.runners) for g in d.cross]))
+    with observe_steps(lambda d, s: seen.append([len(g.runners) for g in d.cross])):
+        out = mogen.generate(base, ids, mask, guides=cross_guides, tokenizer=tok, weights=weights, max_new_tokens=20)
     assert seen and all(n == [4] for n in seen)  # one re-tokenizing group (one tokenizer), 4 models
     assert torch.equal(out, shared)
     text = [tok.decode(r, skip_special_tokens=True) for r in out]
@@ -268,8 +270,8 @@ def test_identical_guide_tokenizers_share_one_group_and_a_shared_reference_runs_
             mogen.ProxyGuide(guides[1].expert, ref, tokenizer=ms_again)]
     shape = []
     ids, mask = left_pad(bl, PROMPTS)
-    out = mogen.generate(base, ids, mask, guides=pair, tokenizer=bl, weights=[0.6, 0.4], max_new_tokens=6,
-                         _observer=lambda d, s: shape.append([len(g.runners) for g in d.cross]))
+    with observe_steps(lambda d, s: shape.append([len(g.runners) for g in d.cross])):
+        out = mogen.generate(base, ids, mask, guides=pair, tokenizer=bl, weights=[0.6, 0.4], max_new_tokens=6)
     assert shape[0] == [3]  # one group: two experts and the shared reference
     rows = [bl(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     ref_rows = reference_greedy_cross(base, bl, pair, rows, [0.6, 0.4], 6)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mogen
-from mogen.value.format import make_value_model
+from mogen.value_format import make_value_model
 
 from tiny_models import (
     byte_level_tokenizer,

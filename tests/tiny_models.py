@@ -250,7 +250,7 @@ def script_model(model, scripts: Sequence[Sequence[int]]):
 
 def value_llama(vocab_size: int, seed: int, *, scale: float = 4.0, **kw):
     """A random tiny Llama turned into a value model (full head kept, random values of spread ~``scale``)."""
-    from mogen.value.format import make_value_model
+    from mogen.value_format import make_value_model
 
     model = tiny_llama(vocab_size, seed, **kw)
     with torch.no_grad():

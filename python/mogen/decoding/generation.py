@@ -34,7 +34,9 @@ How the loop is built (and why):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -44,6 +46,22 @@ from .sampling import TokenSelector
 from .session import DecodingSession, base_vocab_size, open_session, special_ids
 
 __all__ = ["generate", "check_devices", "check_left_padding", "base_vocab_size", "special_ids"]
+
+
+#: A callback ``(decoding, step)`` after every step, for tests that inspect the runners mid-call; set with
+#: :func:`observe_steps`, never through ``generate``'s signature.
+_STEP_OBSERVER: ContextVar[Optional[Callable[[Any, int], None]]] = ContextVar("mogen_step_observer", default=None)
+
+
+@contextmanager
+def observe_steps(observer: Callable[[Any, int], None]) -> Iterator[None]:
+    """Within the block, every :func:`generate` call reports each step to ``observer(decoding, step)``
+    (step -1 after the prefill). A test hook: what it sees is internal and may change."""
+    token = _STEP_OBSERVER.set(observer)
+    try:
+        yield
+    finally:
+        _STEP_OBSERVER.reset(token)
 
 
 class _Decoding:
@@ -119,7 +137,6 @@ def generate(
     pad_token_id: Optional[int] = None,
     streamer: Any = None,
     generator: Optional[torch.Generator] = None,
-    _observer: Optional[Callable[[Any, int], None]] = None,
 ) -> torch.Tensor:
     """Decode with ``base`` steered by weighted guides; ``[B, T + new]`` token ids.
 
@@ -170,4 +187,4 @@ def generate(
             gamma=gamma, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
         )
         selector = TokenSelector(session.vocab_size, device=session.device, **selector_args)
-        return _Decoding(session, selector).run(streamer, _observer)
+        return _Decoding(session, selector).run(streamer, _STEP_OBSERVER.get())

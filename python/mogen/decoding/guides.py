@@ -12,7 +12,7 @@ guide ids (the identity when the guide shares the base's tokenizer; see
 :mod:`mogen.vocab` otherwise). ``mogen.generate`` adds ``beta * sum_i w_i term_i``
 to the base's log-probabilities.
 
-A :class:`ValueGuide` is an explicit value model (:mod:`mogen.value.format`):
+A :class:`ValueGuide` is an explicit value model (:mod:`mogen.value_format`):
 its head gives ``Q(x, y<t)[v]``, the expected reward if ``v`` comes next, and
 ``mogen.generate`` adds ``gamma * sum_j u_j Q_j(m_j(v))`` (MAGE eq. 25, a
 weighted ensemble of value models). With ``top_k=k`` only the ``k`` best
@@ -29,6 +29,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from ..value_format import plain_linear_head, read_value_entry
 from .loading import load_causal_lm, own_tokenizer
 
 __all__ = ["ProxyGuide", "ValueGuide", "Guide", "shares_tokenizer", "logits_width"]
@@ -103,7 +104,7 @@ class ValueGuide:
 
     Args:
         model: the value model (``transformers`` causal LM; see
-            :mod:`mogen.value.format`). Its head is ``|V|`` wide for its tokenizer.
+            :mod:`mogen.value_format`). Its head is ``|V|`` wide for its tokenizer.
         weight: the default weight ``u_j`` (``mogen.generate``'s ``weights``
             overrides it, one column per guide in order). Finite; 0 disables it.
         tokenizer: the value model's tokenizer, or None when it is the base's.
@@ -131,9 +132,6 @@ class ValueGuide:
                 f"{len(tokenizer)} tokens; a value head has one entry per token of its tokenizer"
             )
         if top_k is not None:
-            # inside: mogen.value imports mogen.decoding (a cycle at module load)
-            from ..value.format import plain_linear_head
-
             plain_linear_head(model)
         self.model = model
         self.weight = _check_weight(weight, "ValueGuide.weight")
@@ -148,9 +146,6 @@ class ValueGuide:
         ``tokenizer="auto"`` loads the folder's tokenizer when it has one (the
         guide then reads text through it; pass None to share the base's).
         """
-        # inside: mogen.value imports mogen.decoding (a cycle at module load)
-        from ..value.format import read_value_entry
-
         read_value_entry(path)
         model = load_causal_lm(path, dtype=dtype, device=device, what="value model")
         if isinstance(tokenizer, str) and tokenizer == "auto":

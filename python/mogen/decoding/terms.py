@@ -26,6 +26,7 @@ from typing import Any, Optional
 import torch
 
 from .. import ops
+from ..value_format import plain_linear_head
 from .guides import Guide, ProxyGuide, ValueGuide, logits_width
 from .kinds import GuideTerm, register_guide_kind
 from .tally import HeadValue, HiddenValue, LogProb
@@ -113,9 +114,6 @@ class ValueTerm(GuideTerm):
             binder.check_width(guide.model, need, name, "a value head")
         head = None
         if guide.top_k is not None:
-            # inside: mogen.value imports mogen.decoding (a cycle at module load)
-            from ..value.format import plain_linear_head
-
             weight, bias = plain_linear_head(guide.model, name)
             head = (weight, bias)
         run = binder.runner(guide.model, need, name, guide, shared, "logits" if head is None else "hidden")

@@ -1,7 +1,7 @@
 """Training explicit value models (MAGE eq. 16).
 
 :func:`train_value_model` builds a value model from a causal LM (its head
-replaced by a zero-initialised value head, :func:`~mogen.value.format.make_value_model`),
+replaced by a zero-initialised value head, :func:`~mogen.value_format.make_value_model`),
 samples responses from a policy, scores them with the user's reward function,
 and fits, for every response ``y`` of prompt ``x`` with reward ``r``::
 
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..decoding.loading import load_causal_lm
 from ..numerics import GRAD_CLIP_NORM, REWARD_STD_MIN
 from .data import Example, Reward, checked, encode_example, sample_responses, score, spearman
-from .format import make_value_model
+from ..value_format import make_value_model
 
 __all__ = ["train_value_model", "ValueTrainingResult", "predict_final_values"]
 
