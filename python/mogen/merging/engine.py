@@ -16,7 +16,7 @@ from . import methods as _methods
 from .io import OutputDir, copy_side_files, kernels, parse_dtype, parse_size, plan_shards, shard_names, write_index
 from .compute import Progress, linear_columns, merge_tensor as _nonlinear, open_plan, read_bytes, source_paths
 from .plan import Item
-from .report import MergeReport, RssTracker
+from .report import MergeReport, RssTracker, timed
 
 __all__ = ["merge"]
 
@@ -84,14 +84,12 @@ def merge(
     shard_bytes = parse_size(shard_size)
     kernels()
 
-    seconds = {}
-    t0 = time.perf_counter()
-    plan = open_plan(spec, src_paths, base, spec.params.get("sft"))
-    seconds["open"] = time.perf_counter() - t0
+    seconds: dict = {}
+    with timed(seconds, "open"):
+        plan = open_plan(spec, src_paths, base, spec.params.get("sft"))
     try:
-        t0 = time.perf_counter()
-        plan.plan(dtype_code, rules, on_missing)
-        seconds["plan"] = time.perf_counter() - t0
+        with timed(seconds, "plan"):
+            plan.plan(dtype_code, rules, on_missing)
         job = WriteJob(outs, overwrite, fsync, shard_bytes, dtype_code, plan.side_folder, progress, method)
         return write_outputs(spec, plan.items, job, seconds, rss)
     finally:

@@ -3,7 +3,6 @@ model's parameters (CPU, or CUDA through pinned staging buffers)."""
 
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import numpy as np
@@ -15,7 +14,7 @@ from . import methods as _methods
 from .compute import Progress, linear_columns, merge_tensor, open_plan, read_bytes, source_paths
 from .io import PathLike, kernels
 from .plan import Item, MergePlan, parse_rules, rule_action
-from .report import MergeReport, RssTracker
+from .report import MergeReport, RssTracker, timed
 
 __all__ = ["merge_into"]
 
@@ -61,17 +60,14 @@ def merge_into(
     if spec.num_outputs != 1:
         raise ValueError(f"merge_into writes one model; coefficients give {spec.num_outputs} merges")
     C = kernels()
-    seconds = {}
-    t0 = time.perf_counter()
-    plan = open_plan(spec, src_paths, base, spec.params.get("sft"))
-    seconds["open"] = time.perf_counter() - t0
+    seconds: dict = {}
+    with timed(seconds, "open"):
+        plan = open_plan(spec, src_paths, base, spec.params.get("sft"))
     try:
-        t0 = time.perf_counter()
-        by_name = plan_into(plan, model, rules, on_missing)
-        seconds["plan"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        bytes_read, bytes_written = execute_into(C, plan, by_name, progress, f"mogen {method} (in place)")
-        seconds["merge"] = time.perf_counter() - t0
+        with timed(seconds, "plan"):
+            by_name = plan_into(plan, model, rules, on_missing)
+        with timed(seconds, "merge"):
+            bytes_read, bytes_written = execute_into(C, plan, by_name, progress, f"mogen {method} (in place)")
     finally:
         plan.close()
     return MergeReport(method=method, outputs=[], num_tensors=len(plan.items), bytes_read=bytes_read,

@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import resource
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
+
+
+@contextmanager
+def timed(seconds: dict, phase: str) -> Iterator[None]:
+    """Adds the block's wall time to ``seconds[phase]`` (a report's seconds per phase)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - t0
 
 
 def _status_kb(key: str) -> Optional[int]:
