@@ -131,29 +131,29 @@ def test_task_arithmetic_matches_fp64(three, tmp_path):
 
 def test_bone_soup_coefficients():
     mu = [0.2, 0.5, 0.3]
-    lam, c_sft = mogen.bone_soup_coefficients(mu, beta=0.7)
+    lam, c_sft = mogen.bone_soup_coefficients(mu, bone_beta=0.7)
     assert c_sft == 0.0
     assert np.allclose(lam, reference.bone_soup_lambdas(mu, 0.7).numpy(), atol=1e-12)
     assert np.allclose(reference.bone_soup_matrix(3, 0.7).numpy() @ lam, mu)
-    lam2, c2 = mogen.bone_soup_coefficients([mu, [1, 0, 0]], beta=0.8, alpha=0.3)
+    lam2, c2 = mogen.bone_soup_coefficients([mu, [1, 0, 0]], bone_beta=0.8, alpha=0.3)
     assert lam2.shape == (2, 3) and c2 == -0.3
     assert np.allclose(lam2[1], 1.3 * reference.bone_soup_lambdas([1, 0, 0], 0.8).numpy())
     assert np.isclose(lam2[0].sum() + c2, 1.0)  # coefficients still sum to 1
     with pytest.raises(ValueError, match="singular"):
-        mogen.bone_soup_coefficients(mu, beta=1 / 3)
+        mogen.bone_soup_coefficients(mu, bone_beta=1 / 3)
     with pytest.raises(ValueError, match="simplex"):
-        mogen.bone_soup_coefficients([0.5, 0.6, 0.1], beta=0.7)
+        mogen.bone_soup_coefficients([0.5, 0.6, 0.1], bone_beta=0.7)
     with pytest.raises(ValueError, match="simplex"):
-        mogen.bone_soup_coefficients([1.2, -0.2], beta=0.7)
+        mogen.bone_soup_coefficients([1.2, -0.2], bone_beta=0.7)
     with pytest.raises(ValueError, match="finite"):
-        mogen.bone_soup_coefficients([0.5, 0.5], beta=float("nan"))
+        mogen.bone_soup_coefficients([0.5, 0.5], bone_beta=float("nan"))
 
 
 def test_bone_soup_merge_matches_fp64(three, tmp_path):
     paths, sds, base, base_sd = three
     mu = np.array([[0.2, 0.5, 0.3], [0.6, 0.2, 0.2]])
     outs = [tmp_path / "b0", tmp_path / "b1"]
-    mogen.merge(paths, mu, outs, method="bone_soup", beta=0.7, alpha=0.25, sft=base, dtype="bf16", progress=False)
+    mogen.merge(paths, mu, outs, method="bone_soup", bone_beta=0.7, alpha=0.25, sft=base, dtype="bf16", progress=False)
     for k, o in enumerate(outs):
         lam = reference.bone_soup_lambdas(mu[k], 0.7).numpy()
         got = load_ckpt(o)
@@ -163,7 +163,7 @@ def test_bone_soup_merge_matches_fp64(three, tmp_path):
             scale = 1.25 * sum(abs(lam[i]) * np.abs(x[i]) for i in range(3)) + 0.25 * np.abs(np64(base_sd[n]))
             assert_matches_fp64(got[n], want, scale, n)
     with pytest.raises(ValueError, match="sft"):
-        mogen.merge(paths, mu[0], tmp_path / "x", method="bone_soup", beta=0.7, alpha=0.25, progress=False)
+        mogen.merge(paths, mu[0], tmp_path / "x", method="bone_soup", bone_beta=0.7, alpha=0.25, progress=False)
     assert not (tmp_path / "x").exists()
 
 

@@ -127,7 +127,7 @@ def test_non_finite_coefficients(tmp_path, pair, coef):
         (dict(on_missing="maybe"), ValueError, "on_missing"),
         (dict(rules=[("(", "skip")]), ValueError, "not a valid regex"),
         (dict(method="bone_soup", coefficients=[0.5, 0.5]), ValueError, "beta"),
-        (dict(method="bone_soup", coefficients=[0.5, 0.5], beta=0.5), ValueError, "singular"),
+        (dict(method="bone_soup", coefficients=[0.5, 0.5], bone_beta=0.5), ValueError, "singular"),
     ],
 )
 def test_bad_arguments(tmp_path, pair, kw, exc, match):

@@ -62,7 +62,7 @@ CASES = [
     ("linear", [0.5, 0.5, -1.25], {}),
     ("task_arithmetic", [0.5, -0.3, 1.2], {"lambda_": 0.8}),
     ("task_arithmetic", [0.25, 0.25, 0.5], {}),  # base coefficient 0: base not read
-    ("bone_soup", [0.2, 0.5, 0.3], {"beta": 0.7, "alpha": 0.25}),
+    ("bone_soup", [0.2, 0.5, 0.3], {"bone_beta": 0.7, "alpha": 0.25}),
 ]
 
 

@@ -148,14 +148,14 @@ def check_preference(preference: Any, n: int) -> np.ndarray:
     return p
 
 
-def bone_soup_sources(mu: Sequence[float], models: Sequence[PathLike], beta: float, alpha: float,
+def bone_soup_sources(mu: Sequence[float], models: Sequence[PathLike], bone_beta: float, alpha: float,
                       anchor: Optional[PathLike]) -> tuple[list[Path], list[float]]:
     """``(sources, coefficients)`` of the Bone Soup merge of ``models`` for preference ``mu``:
     ``(1 + alpha) B^-1 mu`` on the models, and ``-alpha`` on ``anchor`` (their SFT model) when
     ``alpha != 0``."""
     from .merging import bone_soup_coefficients
 
-    lam, anchor_coef = bone_soup_coefficients(mu, beta, alpha)
+    lam, anchor_coef = bone_soup_coefficients(mu, bone_beta, alpha)
     sources, coefs = [Path(m) for m in models], [float(x) for x in lam]
     if alpha != 0.0:
         sources.append(Path(anchor))

@@ -11,7 +11,7 @@ from ..numerics import SINGULAR_EPS, off_simplex
 __all__ = ["bone_soup_coefficients"]
 
 
-def bone_soup_coefficients(mu, beta: float, alpha: float = 0.0):
+def bone_soup_coefficients(mu, bone_beta: float, alpha: float = 0.0):
     """Merging coefficients of n backbone checkpoints for preference ``mu``.
 
     The backbones were trained on rewards mixed by the circulant matrix ``B``
@@ -24,7 +24,8 @@ def bone_soup_coefficients(mu, beta: float, alpha: float = 0.0):
 
     Args:
         mu: a preference on the simplex, ``[n]`` (n >= 2), or ``[K, n]`` for K preferences.
-        beta: the dominant reward weight of each backbone; ``B`` is singular at ``beta = 1/n``.
+        bone_beta: ``beta``, the dominant reward weight of each backbone (named apart from the guidance
+            scale ``beta`` of decoding); ``B`` is singular at ``beta = 1/n``.
         alpha: extrapolation strength (0: none).
 
     Returns:
@@ -46,18 +47,18 @@ def bone_soup_coefficients(mu, beta: float, alpha: float = 0.0):
             f"mu must lie on the simplex (entries >= 0 summing to 1); row {bad} = {rows[bad].tolist()} "
             f"sums to {sums[bad]:.6g}"
         )
-    beta = float(beta)
+    beta = float(bone_beta)
     alpha = float(alpha)
     if not math.isfinite(beta):
-        raise ValueError(f"beta must be finite, got {beta}")
+        raise ValueError(f"bone_beta must be finite, got {beta}")
     if not math.isfinite(alpha):
         raise ValueError(f"alpha must be finite, got {alpha}")
     a = (n * beta - 1.0) / (n - 1)
     b = (1.0 - beta) / (n - 1)
     if abs(a) < SINGULAR_EPS:
         raise ValueError(
-            f"beta = {beta} makes the Bone Soup matrix B singular (beta = 1/n = {1.0 / n:.6g} for n = {n}); "
-            "pick beta in (1/n, 1]"
+            f"bone_beta = {beta} makes the Bone Soup matrix B singular (beta = 1/n = {1.0 / n:.6g} for n = {n}); "
+            "pick bone_beta in (1/n, 1]"
         )
     lam = (m - b * m.sum(axis=-1, keepdims=True)) / a
     return (1.0 + alpha) * lam, -alpha

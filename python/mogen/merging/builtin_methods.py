@@ -74,17 +74,17 @@ class TaskArithmetic(LinearMethod):
 class BoneSoup(LinearMethod):
     name = "bone_soup"
     summary = "Bone Soup: the coefficients are the preference mu"
-    parameters = ("beta", "alpha", "sft")
-    config_parameters = ("beta", "alpha", "sft")
+    parameters = ("bone_beta", "alpha", "sft")
+    config_parameters = ("bone_beta", "alpha", "sft")
     layerwise = False
 
     def coefficients(self, spec, coefficients, params):
         if coefficients is None:
             raise ValueError("bone_soup needs the preference mu as coefficients ([n] or [K, n])")
-        if not params.given("beta"):
-            raise ValueError("bone_soup needs beta (the backbones' dominant reward weight)")
+        if not params.given("bone_beta"):
+            raise ValueError("bone_soup needs bone_beta (the backbones' dominant reward weight)")
         mu = as_matrix(coefficients, spec.num_sources, "coefficients (mu)")
-        lam, c_sft = bone_soup_coefficients(mu, params.take("beta"), params.take("alpha", 0.0))
+        lam, c_sft = bone_soup_coefficients(mu, params.take("bone_beta"), params.take("alpha", 0.0))
         sft = params.take("sft")
         if c_sft == 0.0:
             return lam
@@ -95,7 +95,7 @@ class BoneSoup(LinearMethod):
         return np.concatenate([lam, np.full((lam.shape[0], 1), c_sft)], axis=1)
 
     def config_args(self, sources, weights, densities, base, params):
-        params["beta"] = params.get("beta")
+        params["bone_beta"] = params.get("bone_beta")
         return super().config_args(sources, weights, densities, base, params)
 
 
