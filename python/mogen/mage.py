@@ -37,7 +37,12 @@ import numpy as np
 import torch
 
 from .configs import ConfigError, config_errors, parse
+from .decoding import ProxyGuide, ValueGuide, generate, search
+from .decoding.checks import check_prompt
+from .decoding.loading import load_causal_lm, own_tokenizer
+from .merging import bone_soup_coefficients, merge_into
 from .numerics import off_simplex
+from .value import read_value_entry
 
 __all__ = ["MAGE", "MAGEConfig", "MergeRecord", "VARIANTS", "Variant", "check_preference"]
 
@@ -153,8 +158,6 @@ def bone_soup_sources(mu: Sequence[float], models: Sequence[PathLike], bone_beta
     """``(sources, coefficients)`` of the Bone Soup merge of ``models`` for preference ``mu``:
     ``(1 + alpha) B^-1 mu`` on the models, and ``-alpha`` on ``anchor`` (their SFT model) when
     ``alpha != 0``."""
-    from .merging import bone_soup_coefficients
-
     lam, anchor_coef = bone_soup_coefficients(mu, bone_beta, alpha)
     sources, coefs = [Path(m) for m in models], [float(x) for x in lam]
     if alpha != 0.0:
@@ -165,8 +168,6 @@ def bone_soup_sources(mu: Sequence[float], models: Sequence[PathLike], bone_beta
 
 def load_model(path: PathLike, dtype: torch.dtype, device: Any) -> Any:
     """A causal LM from a local folder, quietly (``mogen decode``'s loader), in eval mode on ``device``."""
-    from .decoding.loading import load_causal_lm
-
     return load_causal_lm(path, dtype=dtype, device=device, what="checkpoint")
 
 
@@ -232,8 +233,6 @@ class MAGE:
 
     def _check_bone_soup(self, cfg: MAGEConfig) -> None:
         """Both Bone Soup merges' beta and alpha for n objectives (``B`` is singular at beta = 1/n)."""
-        from .merging import bone_soup_coefficients
-
         one_hot = [1.0] + [0.0] * (self.n - 1)
         for b, a in (("bone_beta", "alpha"), ("expert_beta", "expert_alpha")):
             try:
@@ -259,14 +258,10 @@ class MAGE:
     def _guide_tokenizer(self, guide_tokenizer: Any) -> Any:
         if not (isinstance(guide_tokenizer, str) and guide_tokenizer == "auto"):
             return guide_tokenizer
-        from .decoding.loading import own_tokenizer
-
         return own_tokenizer(self.guide_folders[0], "guide") if self.guide_folders else None
 
     def _load_guides(self, reference: Optional[PathLike]) -> dict:
         if self.kind.guide == "value":
-            from .value import read_value_entry
-
             for f in self.guide_folders:
                 read_value_entry(f)
         folders = self.guide_folders[:1] if self.kind.merged else self.guide_folders
@@ -276,8 +271,6 @@ class MAGE:
         return loaded
 
     def _guides(self) -> list:
-        from .decoding import ProxyGuide, ValueGuide
-
         tok = self.guide_tokenizer
         if self.kind.guide == "value":
             return [ValueGuide(m, tokenizer=tok, top_k=self.value_top_k) for m in self._loaded["models"]]
@@ -287,8 +280,6 @@ class MAGE:
 
     # -- stage 1 and the merged guide -----------------------------------------------
     def _remerge(self, which: str, model: Any, sources: list, coefficients: list, mu: tuple) -> None:
-        from .merging import merge_into
-
         if self._current[which] == mu:
             return
         t0 = time.perf_counter()
@@ -321,8 +312,6 @@ class MAGE:
         :func:`mogen.generate` (or :func:`mogen.search`): ``max_new_tokens``,
         ``do_sample``, ``top_p``, ``generator``, ...
         """
-        from .decoding.checks import check_prompt
-
         ids, mask, _ = check_prompt(input_ids, attention_mask, torch.device("cpu"))
         prefs = check_preference(preference, self.n)
         if prefs.shape[0] == 1:
@@ -341,14 +330,12 @@ class MAGE:
         return self._stack([outs[b] for b in range(ids.shape[0])], decode_kwargs)
 
     def _decode(self, ids: torch.Tensor, mask: torch.Tensor, mu: tuple, kwargs: dict) -> torch.Tensor:
-        import mogen
-
         args = dict(guides=self._guides(), tokenizer=self.tokenizer, weights=self._weights(mu), beta=self.beta,
                     gamma=self.gamma, **kwargs)
         if self.search is not None:  # search samples its chunks; it takes no do_sample
             args.pop("do_sample", None)
-            return mogen.search(self.base, ids, mask, **dict(self.search), **args)
-        return mogen.generate(self.base, ids, mask, **args)
+            return search(self.base, ids, mask, **dict(self.search), **args)
+        return generate(self.base, ids, mask, **args)
 
     def _stack(self, rows: list[torch.Tensor], kwargs: dict) -> torch.Tensor:
         pad = kwargs.get("pad_token_id")

@@ -18,6 +18,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ..decoding import search
+from ..provenance import provenance_lines
 from . import corpus as demo_corpus
 from .run import _decode_rows, _guides
 from .train import DemoModels
@@ -56,11 +58,9 @@ def _weighted(texts: Sequence[str], w: Sequence[float]) -> float:
 
 def _search_rows(models: DemoModels, rows: list[str], guides: list, w: Sequence[float], *, proposal: str,
                  max_new_tokens: int, seed: int, top_p: float, beta: float) -> list[str]:
-    import mogen
-
     tok = models.base_tokenizer
     enc = tok(rows, return_tensors="pt", padding=True)
-    out = mogen.search(models.base, enc["input_ids"], enc["attention_mask"], guides=guides, tokenizer=tok,
+    out = search(models.base, enc["input_ids"], enc["attention_mask"], guides=guides, tokenizer=tok,
                        weights=list(w), beam_width=4, expansion=4, chunk_length=8, max_new_tokens=max_new_tokens,
                        proposal=proposal, top_p=top_p, beta=beta, generator=torch.Generator().manual_seed(seed))
     return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -107,8 +107,6 @@ def print_comparison(result: SearchComparison, out: Callable[[str], None]) -> No
 def record_comparison(printed: Sequence[str], seed: int) -> Optional[Path]:
     """From a checkout, writes ``benchmarks/results/search_demo_cpu.md``: where it came from
     (:func:`mogen.provenance.provenance_lines`) and what ``mogen demo --search`` printed. None elsewhere."""
-    from ..provenance import provenance_lines
-
     results = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
     if not results.is_dir():
         return None

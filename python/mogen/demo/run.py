@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional, Sequence, TextIO
 
 import torch
 
+from ..decoding import ProxyGuide, ValueGuide, generate
+from ..merging import merge_into
 from ..numerics import MIN_SECONDS
 from . import corpus as demo_corpus
 from .train import DemoConfig, DemoModels, load_demo_models
@@ -62,24 +64,20 @@ class DemoResult:
 
 
 def _guides(models: DemoModels, method: str, live: Any = None) -> list:
-    import mogen
-
     tok = models.guide_tokenizer
     if method == "proxy":
-        return [mogen.ProxyGuide(models.experts[name], models.reference, tokenizer=tok)
+        return [ProxyGuide(models.experts[name], models.reference, tokenizer=tok)
                 for name, _ in demo_corpus.OBJECTIVES]
     if method == "value":
-        return [mogen.ValueGuide(models.values[name], tokenizer=tok) for name, _ in demo_corpus.OBJECTIVES]
-    return [mogen.ValueGuide(live, tokenizer=tok)]
+        return [ValueGuide(models.values[name], tokenizer=tok) for name, _ in demo_corpus.OBJECTIVES]
+    return [ValueGuide(live, tokenizer=tok)]
 
 
 def _decode_rows(models: DemoModels, rows: list[str], guides: list, weights: torch.Tensor, *, beta: float,
                  gamma: float, max_new_tokens: int, seed: int, top_p: Optional[float]) -> tuple[list[str], int]:
-    import mogen
-
     tok = models.base_tokenizer
     enc = tok(rows, return_tensors="pt", padding=True)
-    out = mogen.generate(
+    out = generate(
         models.base, enc["input_ids"], enc["attention_mask"], guides=guides, tokenizer=tok, weights=weights,
         beta=beta, gamma=gamma, max_new_tokens=max_new_tokens, do_sample=True, top_p=top_p,
         generator=torch.Generator().manual_seed(seed),
@@ -118,8 +116,6 @@ def decode_demo(
         weights = torch.tensor([w for w in weightings for _ in per], dtype=torch.float32)
         texts, tokens = _decode_rows(models, rows, _guides(models, method), weights, **opts)
     else:
-        import mogen
-
         folders = [models.path / f"value_{name}" for name, _ in demo_corpus.OBJECTIVES]
         live = copy.deepcopy(models.values[demo_corpus.OBJECTIVES[0][0]])
         texts, tokens = [], 0
@@ -127,7 +123,7 @@ def decode_demo(
             guides: list = []
             if any(w):
                 m0 = time.perf_counter()
-                mogen.merge_into(live, folders, list(w))
+                merge_into(live, folders, list(w))
                 merge_seconds += time.perf_counter() - m0
                 guides = _guides(models, method, live)
             got, n = _decode_rows(models, per, guides, torch.ones(len(per), len(guides)), **opts)

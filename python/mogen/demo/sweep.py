@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Optional, TextIO
 
+from ..evaluation import run_sweep
 from . import corpus as demo_corpus
 from .checks import target_lines
 from .run import DEMO_GAMMA
@@ -90,8 +91,6 @@ def run_demo_sweep(*, samples: int = DEMO_SAMPLES, seeds: int = DEMO_SEEDS, seed
     """Run (or resume) the embedded comparison with 2 or 3 objectives (building the demo models of that
     variant if needed); print and (from a checkout) record the table, the targets' checks (two objectives:
     :func:`mogen.demo.checks.target_lines`) and the plot."""
-    from ..evaluation import run_sweep
-
     models = load_demo_models(DemoConfig(objectives=objectives), log=lambda line: print(line, file=stream, flush=True))
     output = cache_root() / "sweep" / models.path.name
     res = run_sweep(demo_sweep_config(models.path, output, samples=samples, objectives=objectives), seeds=seeds,

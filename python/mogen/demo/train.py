@@ -45,6 +45,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -55,7 +56,9 @@ import torch
 
 from ..decoding.loading import load_causal_lm, load_tokenizer
 from ..decoding.loading import quiet_transformers as _quiet_transformers
+from .. import tiny
 from ..numerics import GRAD_CLIP_NORM
+from ..value import train_value_model
 from . import corpus as demo_corpus
 
 __all__ = ["DemoConfig", "DemoModels", "cache_root", "build_demo_models", "load_demo_models", "demo_dir"]
@@ -195,8 +198,6 @@ def _train(model: Any, data: tuple[torch.Tensor, torch.Tensor], steps: int, lr: 
 def _tokenizers(cfg: DemoConfig, lines: Sequence[str]) -> tuple[Any, Any]:
     from tokenizers import processors
 
-    from .. import tiny
-
     base_tok = tiny.byte_level_bpe(lines, vocab_size=cfg.base_vocab)
     guide_tok = tiny.metaspace_bpe(lines, vocab_size=cfg.guide_vocab)
     # The base starts every text with <s> as it was trained, for `mogen decode` too.
@@ -259,8 +260,6 @@ def _finetune(model: Any, state: dict, data: tuple, steps: int, cfg: DemoConfig,
 def _mixture(topics: dict, own: str, share: float, n: int, seed: int) -> list[str]:
     """``n`` topic sentences, a ``share`` of them about ``own`` and the rest split evenly over the other
     topics (Bone Soup's ``B``: ``beta`` on the diagonal, ``(1 - beta) / (n - 1)`` elsewhere)."""
-    import random
-
     others = [name for name in topics if name != own]
     rng = random.Random(f"mix:{own}:{seed}")
     k = int(round(share * n))
@@ -312,8 +311,6 @@ def _train_guides(cfg: DemoConfig, tok: Any, lines: list, topics: dict, log: Cal
 def _train_value_models(cfg: DemoConfig, reference: Any, tok: Any, folder: Path,
                         log: Callable[[str], None]) -> dict:
     """One value model per objective from the reference; returns their training figures."""
-    from ..value import train_value_model
-
     prompts = demo_corpus.neutral_prompts(cfg.value_prompts, seed=cfg.seed)
     stats = {}
     for k, (name, fn) in enumerate(demo_corpus.objectives(cfg.objectives)):

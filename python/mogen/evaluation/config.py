@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
+import yaml
 
 from ..configs import ConfigError, check_dtype, config_errors, key_path, parse, unknown_keys
 from ..mage import BONE_SOUP_KEYS, MAGE_KEYS, MAGEConfig
@@ -301,8 +302,6 @@ def _build(raw: SweepFile, base_dir: Path) -> SweepConfig:
 def load_sweep_config(source: Union[str, Path, dict], root: Union[str, Path, None] = None) -> SweepConfig:
     """A validated :class:`SweepConfig` from a YAML file or a dict (paths relative to the file, or ``root``).
     Every error is a :class:`~mogen.configs.ConfigError` naming the key path (and the file)."""
-    import yaml
-
     if isinstance(source, dict):
         raw, base_dir, file = source, Path(root or "."), None
     else:

@@ -19,8 +19,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..configs import config_errors
+from ..decoding import ProxyGuide, generate, search
 from ..decoding.loading import FolderCache
 from ..dtypes import torch_dtype
+from ..mage import MAGE, VARIANTS, MAGEConfig
+from ..merging import merge_into
 from .config import MethodSpec, SweepConfig
 
 __all__ = ["Decoder", "build_decoder"]
@@ -58,47 +62,38 @@ class _Models:
 
 
 def _generate(base: Any, tok: Any, guides: list, weights: Any, beta: float = 1.0, gamma: float = 1.0) -> Decode:
-    import mogen
-
     def decode(ids, mask, mu, kwargs):
         w = weights(mu) if callable(weights) else weights
-        return mogen.generate(base, ids, mask, guides=guides, tokenizer=tok, weights=w, beta=beta, gamma=gamma,
+        return generate(base, ids, mask, guides=guides, tokenizer=tok, weights=w, beta=beta, gamma=gamma,
                               **kwargs)
 
     return decode
 
 
 def _rewarded_soup(models: _Models, spec: MethodSpec, tok: Any) -> Decode:
-    import mogen
-
     policies = models.need("policies", spec.name)
     live = models.load(policies[0], fresh=True)
     state = {"mu": None}
 
     def decode(ids, mask, mu, kwargs):
         if state["mu"] != mu:
-            mogen.merge_into(live, policies, list(mu))
+            merge_into(live, policies, list(mu))
             state["mu"] = mu
-        return mogen.generate(live, ids, mask, guides=None, tokenizer=tok, **kwargs)
+        return generate(live, ids, mask, guides=None, tokenizer=tok, **kwargs)
 
     return decode
 
 
 def _proxies(models: _Models, name: str) -> list:
-    import mogen
-
     experts = models.need("experts", name)
     ref = models.load(models.need("reference", name))
     gtok = models.tokenizer(models.paths.get("guide_tokenizer") or experts[0])
-    return [mogen.ProxyGuide(models.load(e), ref, tokenizer=gtok) for e in experts]
+    return [ProxyGuide(models.load(e), ref, tokenizer=gtok) for e in experts]
 
 
-def mage_config(models: _Models, spec: MethodSpec) -> "MAGEConfig":
+def mage_config(models: _Models, spec: MethodSpec) -> MAGEConfig:
     """The :class:`~mogen.mage.MAGEConfig` of a ``mage`` or ``bone_soup`` method: its parameters over the
     models' defaults (bone_beta, alpha, sft; expert_beta and expert_alpha for the proxy variants)."""
-    from ..configs import config_errors
-    from ..mage import VARIANTS, MAGEConfig
-
     p = {"variant": "none", **spec.params}
     guide = VARIANTS[p["variant"]].guide if p["variant"] in VARIANTS else None  # the parse names a bad variant
     keys = ("bone_beta", "alpha", "sft") + (("expert_beta", "expert_alpha") if guide == "proxy" else ())
@@ -108,8 +103,6 @@ def mage_config(models: _Models, spec: MethodSpec) -> "MAGEConfig":
 
 
 def _mage(models: _Models, spec: MethodSpec, tok: Any) -> Decode:
-    from ..mage import MAGE, VARIANTS
-
     cfg = mage_config(models, spec)
     guide = VARIANTS[cfg.variant].guide
     extra: dict = {}
@@ -133,22 +126,18 @@ def build_decoder(spec: MethodSpec, models: _Models) -> Decoder:
     if kind in ("bone_soup", "mage"):
         return Decoder(_mage(models, spec, tok))
     if kind == "mod":
-        import mogen
-
         pol = [models.load(q) for q in models.need("policies", spec.name)]
-        guides = [mogen.ProxyGuide(q, pol[0]) for q in pol[1:]]
+        guides = [ProxyGuide(q, pol[0]) for q in pol[1:]]
         return Decoder(_generate(pol[0], tok, guides, lambda mu: list(mu[1:])))
     base = models.load(models.need("base", spec.name))
     guides = _proxies(models, spec.name)
     if kind == "mpaw":
         return Decoder(_generate(base, tok, guides, lambda mu: list(mu), beta=p.get("beta", 1.0)))
-    import mogen
-
     search_args = {k: p[k] for k in ("beam_width", "expansion", "chunk_length", "proposal") if k in p}
 
-    def search(ids, mask, mu, kwargs):
+    def decode(ids, mask, mu, kwargs):
         kwargs = {k: v for k, v in kwargs.items() if k != "do_sample"}
-        return mogen.search(base, ids, mask, guides=guides, tokenizer=tok, weights=list(mu),
-                            beta=p.get("beta", 1.0), **search_args, **kwargs)
+        return search(base, ids, mask, guides=guides, tokenizer=tok, weights=list(mu), beta=p.get("beta", 1.0),
+                      **search_args, **kwargs)
 
-    return Decoder(search)
+    return Decoder(decode)

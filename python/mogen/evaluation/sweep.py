@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from ..value.data import checked
 from .config import MethodSpec, SweepConfig, load_sweep_config
@@ -113,8 +114,6 @@ def run_sweep(config: Any, *, progress: bool = True, root: Optional[Path] = None
     (method, preference) is decoded once per seed and the samples are pooled. ``command`` is recorded in
     ``metrics.md`` as the command that produced the run (default: this process's command line).
     """
-    from tqdm.auto import tqdm
-
     cfg = config if isinstance(config, SweepConfig) else load_sweep_config(config, root)
     if seeds is not None or seed_offset:
         cfg = cfg.with_seeds(seeds if seeds is not None else len(cfg.seeds), seed_offset)
