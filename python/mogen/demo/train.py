@@ -146,6 +146,7 @@ def demo_dir(config: DemoConfig = DemoConfig(), root: Optional[Path] = None) -> 
 
 
 def _llama(vocab: int, hidden: int, layers: int, cfg: DemoConfig, tok: Any) -> Any:
+    # inside: transformers takes seconds to import; only a build of the demo models needs it.
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -196,6 +197,7 @@ def _train(model: Any, data: tuple[torch.Tensor, torch.Tensor], steps: int, lr: 
 
 
 def _tokenizers(cfg: DemoConfig, lines: Sequence[str]) -> tuple[Any, Any]:
+    # inside: as transformers above, only a build needs it.
     from tokenizers import processors
 
     base_tok = tiny.byte_level_bpe(lines, vocab_size=cfg.base_vocab)

@@ -18,6 +18,8 @@ def plot_front(path: Path, names: list, prefs: np.ndarray, means: dict, bars: di
     labelled with ``mu_1``. ``n >= 3``: one panel per pair ``(k, l)`` of objectives (three for n = 3),
     markers only, since on the lattice preference order is a path, not a front.
     """
+    # inside: matplotlib takes a second to import and only the plot needs it; the backend must be chosen
+    # before pyplot is imported.
     import matplotlib
 
     matplotlib.use("Agg")
