@@ -99,9 +99,10 @@ def interval(value: float, replicates: np.ndarray) -> Interval:
 
 def replicate_metrics(rewards: np.ndarray, metrics: Callable[[np.ndarray], dict], resamples: int = DEFAULT_RESAMPLES,
                       seed: int = DEFAULT_SEED) -> dict[str, np.ndarray]:
-    """``metrics(means [P, n]) -> {name: float}`` over every replicate: ``{name: [resamples]}``."""
+    """``metrics(means [P, n]) -> {name: value}`` over every replicate: ``{name: [resamples, ...]}`` float64
+    (a scalar value gives ``[resamples]``, an array value ``[resamples, *shape]``)."""
     out: dict[str, list] = {}
     for means in resampled_means(rewards, resamples, seed):
         for name, v in metrics(means).items():
-            out.setdefault(name, []).append(float(v))
-    return {name: np.asarray(v) for name, v in out.items()}
+            out.setdefault(name, []).append(v)
+    return {name: np.asarray(v, dtype=np.float64) for name, v in out.items()}

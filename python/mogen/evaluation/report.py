@@ -21,7 +21,7 @@ import numpy as np
 from .. import metrics
 from ..numerics import MIN_SECONDS
 from ..provenance import provenance_lines
-from .bootstrap import TAILS, Interval, interval, resampled_means
+from .bootstrap import TAILS, Interval, interval, replicate_metrics
 from .plot import plot_front
 
 __all__ = ["write_reports", "method_metrics", "quality_metrics", "MethodRun", "load_method_run", "METRIC_COLUMNS"]
@@ -83,11 +83,8 @@ def load_method_run(name: str, files: list, prompts: int, samples: int) -> Metho
 
 
 def _replicates(run: MethodRun, prefs: np.ndarray, ref: list, resamples: int, seed: int) -> dict:
-    means = np.stack(list(resampled_means(run.rewards, resamples, seed)))  # [B, P, n]
-    rows = [quality_metrics(prefs, m, ref) for m in means]
-    out = {c: np.asarray([r[c] for r in rows], dtype=np.float64) for c in METRIC_COLUMNS}
-    out["means"] = means
-    return out
+    """Every metric ``[B]`` and the mean rewards ``[B, P, n]`` of each bootstrap replicate."""
+    return replicate_metrics(run.rewards, lambda m: {**quality_metrics(prefs, m, ref), "means": m}, resamples, seed)
 
 
 def _cell(column: str, iv: Interval) -> str:
