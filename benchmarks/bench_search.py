@@ -177,7 +177,7 @@ def naive_search(base, prompt: list[int], guides, weights, *, tokenizer, beam_wi
                  max_new_tokens, seed, temperature=1.0, on_round=None):
     """MPAW Alg. 1 for one prompt with no cache across rounds; returns the final beams (best first)."""
     from mogen.decoding.beams import Beam, prompt_generators, select_beams
-    from mogen.decoding.generation import base_vocab_size, special_ids
+    from mogen.decoding.session import base_vocab_size, special_ids
     from mogen.decoding.sampling import TokenSelector
     from mogen.decoding.terms import Fusion
 
@@ -185,7 +185,7 @@ def naive_search(base, prompt: list[int], guides, weights, *, tokenizer, beam_wi
     eos, _ = special_ids(base, None, None, torch.device("cpu"))
     gen = prompt_generators(torch.Generator().manual_seed(seed), 1, torch.device("cpu"))[0]
     selector = TokenSelector(vocab, do_sample=True, temperature=temperature, generator=gen)
-    proposal = Fusion([], [], torch.zeros(0), beta=1.0, gamma=1.0, value_top_k=None)
+    proposal = Fusion([], torch.zeros(0), beta=1.0, gamma=1.0, value_top_k=None)
     live, kept, produced, sampled = [()] * (beam_width * expansion), [], 0, 0
     while True:
         steps = min(chunk_length, max_new_tokens - produced)

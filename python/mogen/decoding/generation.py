@@ -43,9 +43,9 @@ import torch
 from .checks import TokenIds, check_devices, check_left_padding
 from .guides import Guide
 from .sampling import TokenSelector
-from .session import DecodingSession, base_vocab_size, open_session, special_ids
+from .session import DecodingSession, open_session
 
-__all__ = ["generate", "check_devices", "check_left_padding", "base_vocab_size", "special_ids"]
+__all__ = ["generate", "observe_steps", "check_devices", "check_left_padding"]
 
 
 #: A callback ``(decoding, step)`` after every step, for tests that inspect the runners mid-call; set with

@@ -33,9 +33,9 @@ from typing import Any, Optional
 import torch
 
 from .binding import Guidance
-from .tally import HeadValue, HiddenValue, LogProb, TokenScoreFn, TokenTally
+from .tally import LogProb, TokenScoreFn, TokenTally
 
-__all__ = ["LogProb", "HeadValue", "HiddenValue", "Tracking", "SequenceScorer"]
+__all__ = ["Tracking", "SequenceScorer"]
 
 
 class Tracking:

@@ -169,17 +169,10 @@ class Fusion:
         weights: float32 ``[B, M]`` or ``[M]`` over the active guides, on the fusion device.
         beta, gamma: the scales a term's ``scale`` names.
         value_top_k: the candidate count of the top-k terms (they share one).
-
-    The older call ``Fusion(proxies, values, weights, ...)`` is still accepted (the two lists are joined).
     """
 
-    def __init__(self, terms: list[GuideTerm], *weights_: Any, beta: float, gamma: float,
+    def __init__(self, terms: list[GuideTerm], weights: torch.Tensor, *, beta: float, gamma: float,
                  value_top_k: Optional[int]) -> None:
-        if len(weights_) == 2:  # Fusion(proxies, values, weights)
-            terms, weights_ = list(terms) + list(weights_[0]), weights_[1:]
-        if len(weights_) != 1:
-            raise TypeError("Fusion(terms, weights, *, beta, gamma, value_top_k)")
-        weights = weights_[0]
         self.terms = sorted(terms, key=lambda t: t.column)
         self.proxies = [t for t in self.terms if t.fused]
         self.full_terms = [t for t in self.terms if not t.fused and t.top_k is None]
