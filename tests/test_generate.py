@@ -257,6 +257,10 @@ def test_error_prompt_longer_than_context(models):
     base, guides = models
     short = tiny_llama(V, 5, max_positions=16)
     with pytest.raises(ValueError, match="prompt has 20 tokens but base's context is 16"):
+        mogen.generate(short, torch.ones(1, 20, dtype=torch.long), guides=guides, weights=[0.0, 0.0],
+                       max_new_tokens=4)
+    # Without max_new_tokens transformers caps the default max_length at the context and says so, as base.generate.
+    with pytest.raises(ValueError, match="Input length of input_ids is 20, but `max_length` is set to 16"):
         mogen.generate(short, torch.ones(1, 20, dtype=torch.long), guides=guides, weights=[0.0, 0.0])
     with pytest.raises(ValueError, match="exceeds base's context of 16 tokens; lower max_new_tokens"):
         mogen.generate(short, torch.ones(1, 10, dtype=torch.long), guides=guides, max_new_tokens=10)

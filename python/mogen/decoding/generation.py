@@ -40,10 +40,14 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
-from .checks import TokenIds, check_devices, check_left_padding
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+from .arguments import GenerationPlan, check_mode, plan_generation, prepare_config, refuse_call_arguments
+from .checks import check_devices, check_left_padding, check_prompt
 from .guides import Guide
-from .sampling import TokenSelector
-from .session import DecodingSession, open_session
+from .models import output_device
+from .sampling import TokenSelector, sample_indices
+from .session import DecodingSession, check_base, open_session
 
 __all__ = ["generate", "observe_steps", "check_devices", "check_left_padding"]
 
@@ -67,55 +71,106 @@ def observe_steps(observer: Callable[[Any, int], None]) -> Iterator[None]:
 class _Decoding:
     """One ``generate`` call: a thin loop over a :class:`~mogen.decoding.session.DecodingSession`."""
 
-    def __init__(self, session: DecodingSession, selector: TokenSelector) -> None:
+    def __init__(self, session: DecodingSession, plan: GenerationPlan, selector: TokenSelector) -> None:
         self.session = session
+        self.plan = plan
         self.selector = selector
         self.runners = session.runners
         self.fusion = session.fusion
+        self.scores: list[torch.Tensor] = []
+        self.logits: list[torch.Tensor] = []
 
     @property
     def cross(self) -> list:
         """The groups of guide runners that read text through their own tokenizer."""
         return self.runners.cross
 
-    def _select(self, base_logits: torch.Tensor) -> torch.Tensor:
+    def _select(self, base_logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The next token of every row; ``ids [B, T + t]`` is what transformers' processors read."""
+        plan = self.plan
+        if plan.pre or plan.logits:  # transformers hands its processors a float32 copy
+            raw = base_logits.to(dtype=torch.float32, copy=True)
+            if plan.logits:
+                self.logits.append(raw)
+            base_logits = raw
+            for p in plan.pre:
+                base_logits = p(ids, base_logits)
         step = self.fusion.step(base_logits)
-        return self.selector(step.full, step.topk)
+        if not plan.full_row:
+            return self.selector(step.full, step.topk)
+        scores = step.full()
+        for p in plan.post:
+            scores = p(ids, scores)
+        if plan.scores:
+            self.scores.append(scores)
+        if plan.config.do_sample:
+            return sample_indices(scores, self.selector.generator)
+        return torch.argmax(scores, dim=-1)
 
     def run(self, streamer: Any = None, observer: Optional[Callable[["_Decoding", int], None]] = None) -> torch.Tensor:
-        s = self.session
-        ids, steps = s.input_ids, s.max_new_tokens
+        s, plan = self.session, self.plan
+        ids, steps = s.input_ids, plan.max_new_tokens
+        batch, length = ids.shape
         if streamer is not None:
             streamer.put(ids.cpu())
-        if steps == 0:
-            if streamer is not None:
-                streamer.end()
-            return ids
+        seq = torch.empty(batch, length + steps, dtype=torch.long, device=s.device)
+        seq[:, :length] = ids
         base_logits = s.prefill()
         if observer is not None:
             observer(self, -1)
-        unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=s.device)
-        pad = None if s.pad_token_id is None else torch.full((ids.shape[0],), s.pad_token_id, device=s.device)
-        out: list[torch.Tensor] = []
+        unfinished = torch.ones(batch, dtype=torch.bool, device=s.device)
+        stops = s.eos is not None or bool(plan.criteria)
+        pad = None
+        if plan.pad_finished and s.pad_token_id is not None:
+            pad = torch.full((batch,), s.pad_token_id, device=s.device)
+        end = length
         for step in range(steps):
-            tokens = self._select(base_logits)
+            tokens = self._select(base_logits, seq[:, :end])
+            if pad is not None:
+                tokens = torch.where(unfinished, tokens, pad)
+            seq[:, end] = tokens
+            end += 1
             if s.eos is not None:
-                if pad is not None:
-                    tokens = torch.where(unfinished, tokens, pad)
                 unfinished = unfinished & ~torch.isin(tokens, s.eos)
-            out.append(tokens)
+            for criterion in plan.criteria:
+                scores = tuple(self.scores) if plan.scores else None
+                unfinished = unfinished & ~criterion(seq[:, :end], scores).to(unfinished.device)
             if streamer is not None:
                 streamer.put(tokens.cpu())
             if step == steps - 1:
                 break
-            if s.eos is not None and not bool(unfinished.any()):  # the one sync per step
+            if stops and not bool(unfinished.any()):  # the one sync per step
                 break
             base_logits = s.advance(tokens, unfinished)
             if observer is not None:
                 observer(self, step)
         if streamer is not None:
             streamer.end()
-        return torch.cat([ids, torch.stack(out, dim=1)], dim=1)
+        return seq[:, :end]
+
+    def output(self, sequences: torch.Tensor) -> Any:
+        """``sequences``, or transformers' ``GenerateDecoderOnlyOutput`` when the call asked for a dict."""
+        if not self.plan.return_dict:
+            return sequences
+        base = self.session.base
+        return GenerateDecoderOnlyOutput(
+            sequences=sequences, scores=tuple(self.scores) if self.plan.scores else None,
+            logits=tuple(self.logits) if self.plan.logits else None, attentions=None, hidden_states=None,
+            cache=None if base is None else base.cache)
+
+
+def _repeat_rows(value: Any, repeat: int) -> Any:
+    """``[B, ...]`` rows repeated ``repeat`` times each, in place (as transformers expands ``num_return_sequences``)."""
+    if repeat == 1 or value is None:
+        return value
+    return torch.as_tensor(value).repeat_interleave(repeat, dim=0)
+
+
+def _per_row_weights(weights: Any, repeat: int) -> Any:
+    if repeat == 1 or weights is None or isinstance(weights, (int, float)):
+        return weights
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    return w.repeat_interleave(repeat, dim=0) if w.dim() == 2 else weights
 
 
 def generate(
@@ -128,22 +183,42 @@ def generate(
     weights: Any = None,
     beta: float = 1.0,
     gamma: float = 1.0,
-    max_new_tokens: int = 32,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    eos_token_id: TokenIds = None,
-    pad_token_id: Optional[int] = None,
+    generation_config: Any = None,
+    logits_processor: Optional[list] = None,
+    stopping_criteria: Optional[list] = None,
+    prefix_allowed_tokens_fn: Optional[Callable] = None,
+    negative_prompt_ids: Optional[torch.Tensor] = None,
+    negative_prompt_attention_mask: Optional[torch.Tensor] = None,
     streamer: Any = None,
     generator: Optional[torch.Generator] = None,
-) -> torch.Tensor:
-    """Decode with ``base`` steered by weighted guides; ``[B, T + new]`` token ids.
+    assistant_model: Any = None,
+    synced_gpus: Optional[bool] = None,
+    custom_generate: Any = None,
+    trust_remote_code: Optional[bool] = None,
+    **kwargs: Any,
+) -> Any:
+    """Decode with ``base`` steered by weighted guides; ``[B * num_return_sequences, T + new]`` token ids.
 
-    Drop-in for ``base.generate(input_ids, attention_mask=..., ...)``: left
-    padding, a row ends at ``eos_token_id`` and is then filled with
-    ``pad_token_id``, generation stops when every row has ended, ``streamer``
-    (e.g. ``transformers.TextStreamer``) gets the prompt then each new token.
+    Drop-in for ``base.generate(input_ids, attention_mask=..., **kwargs)``: the
+    same ``GenerationConfig`` (the base's ``generation_config`` updated with
+    ``generation_config`` and the kwargs, with transformers' validation and
+    errors), transformers' own logits processors and stopping criteria, the
+    same defaults (``max_length`` 20 in all, ``top_k`` 50 when sampling, unless
+    the model's generation config says otherwise). Every step::
+
+        scores = transformers' processors (repetition_penalty, min_new_tokens, ...)(base logits)
+        scores = fusion(scores)      # docs/design.md section 1, where logits_processor=[MultiObjectiveLogitsProcessor]
+        scores = logits_processor(scores), then temperature / top-k / top-p / ... when sampling
+        token  = argmax(scores), or a draw from softmax(scores) with ``generator``
+
+    so with greedy decoding the tokens (and ``output_scores``) equal
+    ``base.generate(..., logits_processor=[MultiObjectiveLogitsProcessor(guides, weights, ...)])``
+    for guides that share the base's tokenizer. Left padding; a row ends at an
+    eos id (then filled with ``pad_token_id``) or a stopping criterion; generation
+    stops when every row has ended. :data:`mogen.decoding.arguments.FIELDS` lists
+    every ``GenerationConfig`` field as honoured, without effect (as in
+    transformers) or refused with the alternative (``num_beams > 1``: use
+    :func:`mogen.search`).
 
     Args:
         base: the strong causal LM (``transformers``), in eval mode.
@@ -152,39 +227,60 @@ def generate(
         guides: :class:`mogen.ProxyGuide` / :class:`mogen.ValueGuide` or a list
             mixing them (may be empty).
         tokenizer: the base's tokenizer. Required when a guide has its own
-            tokenizer; also limits scores to its real vocabulary.
-        weights: ``[M]`` for all rows or ``[B, M]`` per row, one column per
+            tokenizer and for ``stop_strings``; also limits scores to its real vocabulary.
+        weights: ``[M]`` for all rows or ``[B, M]`` per prompt row, one column per
             guide in order (a batch may serve users with different
             preferences); default: the guides' weights. A guide with weight 0
-            on every row is not run.
+            on every row is not run. With ``num_return_sequences`` each
+            returned row keeps its prompt's weights.
         beta: scale of the proxy guides' log-ratios (docs/design.md section 1).
         gamma: scale of the value guides' ``Q`` (MAGE eq. 25); 0 turns them off.
-        max_new_tokens: at most this many tokens are appended.
-        do_sample: sample instead of greedy argmax.
-        temperature: sampling temperature of the fused distribution
-            ``softmax(s / temperature)``.
-        top_k, top_p: sampling filters (see :mod:`mogen.decoding.sampling`).
-        eos_token_id: int or list; default ``base.generation_config``'s.
-        pad_token_id: fills rows that ended; default from the generation
-            config, else the first eos id (as in ``transformers``).
-        streamer: object with ``put(tensor)`` / ``end()``.
+        generation_config, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,
+        negative_prompt_ids, negative_prompt_attention_mask: as in ``model.generate``;
+            ``logits_processor`` runs on the fused scores.
+        streamer: object with ``put(tensor)`` / ``end()`` (e.g. ``transformers.TextStreamer``).
         generator: ``torch.Generator`` (on the base's device) for reproducible sampling.
+        **kwargs: ``GenerationConfig`` fields: ``max_new_tokens``, ``max_length``,
+            ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``,
+            ``repetition_penalty``, ``no_repeat_ngram_size``, ``bad_words_ids``,
+            ``min_new_tokens``, ``stop_strings``, ``eos_token_id``, ``pad_token_id``,
+            ``num_return_sequences``, ``return_dict_in_generate``, ``output_scores``,
+            ``output_logits``, ...
 
     Returns:
-        LongTensor ``[B, T + n]`` on the base's output device, ``n <= max_new_tokens``.
+        LongTensor ``[B * num_return_sequences, T + n]`` on the base's output device, or, with
+        ``return_dict_in_generate=True``, a ``transformers`` ``GenerateDecoderOnlyOutput``:
+        ``sequences``, ``scores`` (``n`` tensors ``[B', V]``: the fused scores after every processor),
+        ``logits`` (``n`` tensors ``[B', V]``: the base's raw logits), ``cache`` (the base's).
 
     Raises:
-        ValueError / TypeError with the problem named: a guide with its own
-        tokenizer and no ``tokenizer``, weights of the wrong shape or not
-        finite, non-finite ``beta`` / ``gamma``, a prompt (plus
-        ``max_new_tokens``) longer than a model's context, models on different
-        devices without ``device_map``, right padding, bad sampling options.
+        ValueError / TypeError with the problem named: transformers' own errors for
+        the generation config; a refused argument (its name and the alternative);
+        an unknown kwarg; a guide with its own tokenizer and no ``tokenizer``,
+        weights of the wrong shape or not finite, non-finite ``beta`` / ``gamma``,
+        a prompt (plus the new tokens) longer than a model's context, models on
+        different devices without ``device_map``, right padding.
     """
-    selector_args = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    refuse_call_arguments(dict(assistant_model=assistant_model, synced_gpus=synced_gpus,
+                               custom_generate=custom_generate, trust_remote_code=trust_remote_code))
+    check_base(base)
+    config, default_max, default_min = prepare_config(base, generation_config, kwargs)
+    check_mode(config)
     with torch.no_grad():
+        device = output_device(base)
+        ids, mask, padded = check_prompt(input_ids, attention_mask, device)
+        repeat = int(config.num_return_sequences or 1)
+        rows, row_mask = _repeat_rows(ids, repeat), _repeat_rows(mask, repeat)
+        plan = plan_generation(
+            base, config, rows, row_mask if padded else None, default_max_length=default_max,
+            default_min_length=default_min, prompt_ids=ids, logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+            negative_prompt_ids=negative_prompt_ids, negative_prompt_attention_mask=negative_prompt_attention_mask,
+            tokenizer=tokenizer)
         session = open_session(
-            base, input_ids, attention_mask, guides=guides, tokenizer=tokenizer, weights=weights, beta=beta,
-            gamma=gamma, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-        )
-        selector = TokenSelector(session.vocab_size, device=session.device, **selector_args)
-        return _Decoding(session, selector).run(streamer, _STEP_OBSERVER.get())
+            base, rows, row_mask, guides=guides, tokenizer=tokenizer, weights=_per_row_weights(weights, repeat),
+            beta=beta, gamma=gamma, max_new_tokens=plan.max_new_tokens, special=(plan.eos, plan.pad_token_id))
+        selector = TokenSelector(session.vocab_size, do_sample=bool(config.do_sample), device=session.device,
+                                 generator=generator, **plan.selector)
+        decoding = _Decoding(session, plan, selector)
+        return decoding.output(decoding.run(streamer, _STEP_OBSERVER.get()))

@@ -185,9 +185,13 @@ class DecodingSession:
 
 
 def open_session(base: Any, input_ids: Any, attention_mask: Any, *, guides: Any, tokenizer: Any, weights: Any,
-                 beta: Any, gamma: Any, max_new_tokens: Any, eos_token_id: TokenIds,
-                 pad_token_id: Optional[int]) -> DecodingSession:
+                 beta: Any, gamma: Any, max_new_tokens: Any, eos_token_id: TokenIds = None,
+                 pad_token_id: Optional[int] = None,
+                 special: Optional[tuple[Optional[torch.Tensor], Optional[int]]] = None) -> DecodingSession:
     """The checked set-up of a call that drives ``base`` itself (``generate``, ``search``).
+
+    ``special``: ``(eos ids, pad id)`` already resolved (transformers' ``GenerationConfig`` did it); else they
+    come from ``eos_token_id`` / ``pad_token_id`` and the base's generation config (:func:`special_ids`).
 
     Raises ValueError / TypeError as :func:`mogen.generate` documents.
     """
@@ -202,7 +206,7 @@ def open_session(base: Any, input_ids: Any, attention_mask: Any, *, guides: Any,
     check_devices({"base": base, **guidance.models})
     longest = int(prompt_mask.sum(dim=1).max())
     check_context({"base": base, **guidance.lockstep_models}, longest, max_new_tokens)
-    eos, pad = special_ids(base, eos_token_id, pad_token_id, device)
+    eos, pad = special_ids(base, eos_token_id, pad_token_id, device) if special is None else special
     return DecodingSession(guidance, ids, prompt_mask, padded=padded, max_new_tokens=max_new_tokens,
                            base=LMRunner(base, vocab_size, "base"), eos=eos, pad_token_id=pad,
                            vocab_size=vocab_size)

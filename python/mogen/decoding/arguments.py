@@ -1,0 +1,387 @@
+"""``model.generate``'s arguments for mogen's decoders, through transformers' own machinery.
+
+:func:`plan_generation` does what ``model.generate`` does before its loop, with
+transformers' own (private) steps, so the same call gets the same
+``GenerationConfig``, the same validation, the same errors and warnings:
+
+1. the model's ``generation_config`` updated with the call's kwargs (or the
+   ``generation_config`` argument), validated;
+2. special tokens, ``max_length`` from ``max_new_tokens``, length checks;
+3. transformers' logits processors with the fusion where a
+   ``logits_processor=[MultiObjectiveLogitsProcessor(...)]`` would sit (first
+   of the user's processors), and transformers' stopping criteria.
+
+The processor list is then cut at the fusion: ``pre`` runs on the base's raw
+logits (float32, as transformers hands them to processors), ``post`` (the
+user's processors, the warpers, ``renormalize_logits``) on the fused scores.
+When ``post`` holds only temperature / top-k / top-p and no scores are
+returned, :class:`~mogen.decoding.sampling.TokenSelector` does them on the
+fused top-k (kernel K1's top-k path) and the full fused row is never built;
+anything else gets the full row, and only then.
+
+:data:`FIELDS` says, for every ``GenerationConfig`` field, how mogen treats it
+(the README table is written from it). A field mogen cannot honour is refused
+by name with the alternative, never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Optional
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
+
+__all__ = ["FIELDS", "CALL_ARGUMENTS", "Support", "GenerationPlan", "plan_generation", "support_markdown"]
+
+HONOURED, NO_EFFECT, REFUSED = "honoured", "no effect", "refused"
+
+
+class Support(NamedTuple):
+    """How mogen treats one argument: ``status`` (honoured / no effect / refused) and why or how."""
+
+    status: str
+    how: str
+
+
+_BEAMS = ("only beam search reads it and mogen.generate refuses num_beams > 1; transformers warns and ignores it "
+          "without beams, and so does mogen")
+_ASSIST = "only assisted decoding reads it (refused, see assistant_model); no effect otherwise, as in transformers"
+_PROCESSOR = "transformers' logits processor, applied to the base's logits before the fusion"
+_WARPER = "transformers' warper, applied to the fused scores when sampling"
+_STOP = "transformers' stopping criterion"
+_NO_CACHE_CHOICE = "mogen keeps one DynamicCache per model (base and every guide); drop it"
+
+#: Every ``GenerationConfig`` field of the transformers version mogen is tested with, and how mogen treats it.
+FIELDS: dict[str, Support] = {
+    # what the length and the end are
+    "max_length": Support(HONOURED, _STOP + " (prompt + new tokens)"),
+    "max_new_tokens": Support(HONOURED, "as max_length = prompt + max_new_tokens"),
+    "min_length": Support(HONOURED, _PROCESSOR + " (eos banned until reached)"),
+    "min_new_tokens": Support(HONOURED, _PROCESSOR + " (eos banned until reached)"),
+    "max_time": Support(HONOURED, _STOP),
+    "stop_strings": Support(HONOURED, _STOP + "; needs tokenizer="),
+    "eos_token_id": Support(HONOURED, "int or list; rows that end are filled with pad_token_id"),
+    "pad_token_id": Support(HONOURED, "fills rows that ended; defaults to the first eos id"),
+    "bos_token_id": Support(NO_EFFECT, "transformers only uses it to start an empty prompt; mogen needs input_ids"),
+    "decoder_start_token_id": Support(NO_EFFECT, "encoder-decoder models only; mogen drives decoder-only LMs"),
+    "early_stopping": Support(NO_EFFECT, _BEAMS),
+    # how the next token is chosen
+    "do_sample": Support(HONOURED, "greedy argmax of the fused scores, or a draw from them (mogen's generator)"),
+    "num_beams": Support(REFUSED, "values > 1: use mogen.search (chunk-level beams), or base.generate(num_beams=..., "
+                                  "logits_processor=[mogen.MultiObjectiveLogitsProcessor(...)]) for token beams"),
+    "num_beam_groups": Support(NO_EFFECT, _BEAMS),
+    "penalty_alpha": Support(REFUSED, "contrastive search needs the base's hidden states of every candidate; "
+                                      "not a mode mogen runs"),
+    "dola_layers": Support(REFUSED, "DoLa contrasts the base's own layers; not a mode mogen runs"),
+    "use_cache": Support(REFUSED, "False: " + _NO_CACHE_CHOICE),
+    "cache_implementation": Support(REFUSED, _NO_CACHE_CHOICE),
+    "cache_config": Support(REFUSED, _NO_CACHE_CHOICE),
+    "max_cache_len": Support(REFUSED, "static caches only; " + _NO_CACHE_CHOICE),
+    "prefill_chunk_size": Support(REFUSED, "mogen prefills each model in one forward; drop it"),
+    "compile_config": Support(REFUSED, "mogen does not compile the models' forward; drop it"),
+    "disable_compile": Support(HONOURED, "mogen never compiles the forward"),
+    "continuous_batching_config": Support(REFUSED, "continuous batching is not a mode mogen runs; batch the rows"),
+    # what the scores become
+    "temperature": Support(HONOURED, _WARPER),
+    "top_k": Support(HONOURED, _WARPER + " (on the fused top-k, kernel K1, when nothing needs the full row)"),
+    "top_p": Support(HONOURED, _WARPER),
+    "top_h": Support(HONOURED, _WARPER + " (full fused row)"),
+    "min_p": Support(HONOURED, _WARPER + " (full fused row)"),
+    "typical_p": Support(HONOURED, _WARPER + " (full fused row)"),
+    "epsilon_cutoff": Support(HONOURED, _WARPER + " (full fused row)"),
+    "eta_cutoff": Support(HONOURED, _WARPER + " (full fused row)"),
+    "repetition_penalty": Support(HONOURED, _PROCESSOR),
+    "encoder_repetition_penalty": Support(HONOURED, _PROCESSOR + " (the prompt, as transformers does for "
+                                                                  "decoder-only models)"),
+    "length_penalty": Support(NO_EFFECT, _BEAMS),
+    "no_repeat_ngram_size": Support(HONOURED, _PROCESSOR),
+    "encoder_no_repeat_ngram_size": Support(HONOURED, _PROCESSOR + " (the prompt)"),
+    "bad_words_ids": Support(HONOURED, _PROCESSOR),
+    "force_words_ids": Support(REFUSED, "constrained beam search; use mogen.search or bad_words_ids / sequence_bias"),
+    "constraints": Support(REFUSED, "constrained beam search; use mogen.search or bad_words_ids / sequence_bias"),
+    "forced_bos_token_id": Support(HONOURED, _PROCESSOR),
+    "forced_eos_token_id": Support(HONOURED, _PROCESSOR),
+    "remove_invalid_values": Support(HONOURED, _PROCESSOR),
+    "exponential_decay_length_penalty": Support(HONOURED, _PROCESSOR),
+    "suppress_tokens": Support(HONOURED, _PROCESSOR),
+    "begin_suppress_tokens": Support(HONOURED, _PROCESSOR),
+    "sequence_bias": Support(HONOURED, _PROCESSOR),
+    "guidance_scale": Support(HONOURED, _PROCESSOR + " (classifier-free guidance on the base; negative_prompt_ids)"),
+    "diversity_penalty": Support(NO_EFFECT, _BEAMS),
+    "low_memory": Support(NO_EFFECT, _BEAMS),
+    "renormalize_logits": Support(HONOURED, "transformers' LogitNormalization, last, on the fused scores"),
+    "watermarking_config": Support(HONOURED, "transformers' watermark processor, on the fused scores"),
+    "token_healing": Support(REFUSED, "heal the prompt first: base.heal_tokens(input_ids, tokenizer)"),
+    # what is returned
+    "num_return_sequences": Support(HONOURED, "rows repeated, each keeping its prompt's weights row"),
+    "return_dict_in_generate": Support(HONOURED, "a GenerateDecoderOnlyOutput"),
+    "output_scores": Support(HONOURED, "the fused scores after every processor, per step ([B, V] each)"),
+    "output_logits": Support(HONOURED, "the base's raw logits, per step"),
+    "output_attentions": Support(REFUSED, "mogen does not keep the models' attentions; run base(sequences, "
+                                          "output_attentions=True) on the result"),
+    "output_hidden_states": Support(REFUSED, "mogen does not keep hidden states; run base(sequences, "
+                                             "output_hidden_states=True) on the result"),
+    # assisted / speculative decoding
+    "prompt_lookup_num_tokens": Support(REFUSED, "prompt-lookup decoding would have to steer its drafts too; "
+                                                 "not a mode mogen runs"),
+    "assistant_early_exit": Support(REFUSED, "self-speculative decoding is not a mode mogen runs"),
+    "speculation_type": Support(REFUSED, "speculative decoding is not a mode mogen runs"),
+    "use_mtp": Support(REFUSED, "multi-token prediction drafts are not a mode mogen runs"),
+    "num_assistant_tokens": Support(NO_EFFECT, _ASSIST),
+    "num_assistant_tokens_schedule": Support(NO_EFFECT, _ASSIST),
+    "assistant_confidence_threshold": Support(NO_EFFECT, _ASSIST),
+    "assistant_lookbehind": Support(NO_EFFECT, _ASSIST),
+    "target_lookbehind": Support(NO_EFFECT, _ASSIST),
+    "max_matching_ngram_size": Support(NO_EFFECT, _ASSIST),
+    "assistant_ensemble_weight": Support(NO_EFFECT, _ASSIST),
+    "is_assistant": Support(REFUSED, "mogen.generate is not an assistant model's generate"),
+    # bookkeeping
+    "transformers_version": Support(NO_EFFECT, "bookkeeping"),
+    "_from_model_config": Support(NO_EFFECT, "bookkeeping"),
+}
+
+#: ``model.generate``'s own arguments (not ``GenerationConfig`` fields).
+CALL_ARGUMENTS: dict[str, Support] = {
+    "generation_config": Support(HONOURED, "the base's generation_config updated with it, then with the kwargs"),
+    "logits_processor": Support(HONOURED, "after the fusion: they see the fused scores; a processor of a type "
+                                          "transformers also builds replaces it, as in transformers"),
+    "stopping_criteria": Support(HONOURED, "merged with transformers' criteria, as in transformers"),
+    "prefix_allowed_tokens_fn": Support(HONOURED, _PROCESSOR),
+    "negative_prompt_ids": Support(HONOURED, "with guidance_scale"),
+    "negative_prompt_attention_mask": Support(HONOURED, "with guidance_scale"),
+    "streamer": Support(HONOURED, "gets the prompt, then each new token"),
+    "tokenizer": Support(HONOURED, "the base's tokenizer (stop_strings; guides with their own tokenizer)"),
+    "assistant_model": Support(REFUSED, "assisted decoding would need the draft steered too; not a mode mogen runs"),
+    "synced_gpus": Support(REFUSED, "True: mogen.generate runs on one process"),
+    "custom_generate": Support(REFUSED, "a custom decoding loop replaces mogen's; call it on the base instead"),
+    "trust_remote_code": Support(REFUSED, "only for custom_generate"),
+}
+
+
+class _FusionSlot(LogitsProcessor):
+    """Marks where the fusion sits in transformers' processor list; never called."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise RuntimeError("the fusion slot is a marker")
+
+
+#: The warpers :class:`~mogen.decoding.sampling.TokenSelector` applies itself, in transformers' order.
+_SELECTOR_WARPERS = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+
+@dataclass
+class GenerationPlan:
+    """What one ``generate`` call does besides the fusion, from transformers' ``GenerationConfig``.
+
+    Attributes:
+        config: the prepared ``GenerationConfig`` (``max_length`` is prompt + new tokens).
+        pre: processors on the base's float32 logits ``[B, V]`` before the fusion.
+        post: processors on the fused scores ``[B, V]``, when the full row is needed (else empty).
+        selector: ``temperature`` / ``top_k`` / ``top_p`` for the selector (the fused top-k path).
+        criteria: stopping criteria other than the length and eos ones (called every step).
+        max_new_tokens: new tokens at most (from ``max_length`` and every length criterion).
+        eos, pad_token_id: the eos ids ``[E]`` (or None) and the pad id (or None).
+        pad_finished: rows that stopped get the pad id (transformers does so when an eos criterion exists).
+        full_row: whether the fused row is built every step.
+        repeat: ``num_return_sequences``.
+    """
+
+    config: GenerationConfig
+    pre: list
+    post: list
+    selector: dict
+    criteria: list
+    max_new_tokens: int
+    eos: Optional[torch.Tensor]
+    pad_token_id: Optional[int]
+    pad_finished: bool
+    full_row: bool
+    repeat: int
+    scores: bool = False
+    logits: bool = False
+    return_dict: bool = False
+    needs_ids: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.needs_ids = bool(self.pre or self.post or self.criteria)
+
+
+def _differs(config: GenerationConfig, name: str, defaults: dict[str, Any]) -> bool:
+    """Whether field ``name`` asks for something: not unset (None / False) and not transformers' global default."""
+    value = getattr(config, name, None)
+    if name == "use_cache":
+        return value is False
+    if value is None or value is False:
+        return False
+    return name not in defaults or value != defaults[name]
+
+
+def _refuse_fields(config: GenerationConfig) -> None:
+    defaults = GenerationConfig()._get_default_generation_params()
+    for name in config.to_dict():
+        support = FIELDS.get(name)
+        if support is None:
+            if _differs(config, name, defaults):
+                raise ValueError(
+                    f"{name}={getattr(config, name)!r}: mogen does not know this GenerationConfig field (newer "
+                    "transformers than mogen's table, decoding/arguments.py); drop it or use base.generate")
+            continue
+        if support.status == REFUSED and _differs(config, name, defaults):
+            raise ValueError(f"{name}={getattr(config, name)!r} is not supported by mogen.generate: {support.how}")
+
+
+def refuse_call_arguments(given: dict[str, Any]) -> None:
+    """Refused ``model.generate`` arguments (``assistant_model``, ``synced_gpus``, ...) given a value."""
+    for name, value in given.items():
+        if value is None or value is False:
+            continue
+        support = CALL_ARGUMENTS[name]
+        if support.status == REFUSED:
+            raise ValueError(f"{name} is not supported by mogen.generate: {support.how}")
+
+
+def prepare_config(base: Any, generation_config: Optional[GenerationConfig], kwargs: dict[str, Any]
+                   ) -> tuple[GenerationConfig, bool, bool]:
+    """transformers' ``GenerationConfig`` for this call, checked; ``(config, default max length, default min length)``.
+
+    Raises TypeError naming kwargs that are neither mogen's nor ``GenerationConfig`` fields (transformers would
+    pass them to the model's forward; mogen does not).
+    """
+    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+        raise TypeError(f"generation_config must be a transformers.GenerationConfig, got "
+                        f"{type(generation_config).__name__}")
+    own = getattr(base, "generation_config", None) or GenerationConfig()
+    default_max = (kwargs.get("max_length") is None and (generation_config is None or generation_config.max_length
+                   is None) and own.max_length is None)
+    default_min = (kwargs.get("min_length") is None and (generation_config is None or generation_config.min_length
+                   is None) and own.min_length is None)
+    config, model_kwargs = base._prepare_generation_config(generation_config, **kwargs)
+    model_kwargs = {k: v for k, v in model_kwargs.items() if k not in ("output_attentions", "output_hidden_states")}
+    if model_kwargs:
+        raise TypeError(
+            f"unexpected keyword argument(s) {sorted(model_kwargs)}: neither mogen.generate's arguments nor "
+            "GenerationConfig fields (mogen passes no extra kwargs to the models' forward)")
+    _refuse_fields(config)
+    if config.do_sample:
+        _check_sampling(config)
+    return config, default_max, default_min
+
+
+def _check_sampling(config: GenerationConfig) -> None:
+    """Values transformers would drop without a word (``top_p=1.5`` builds no warper) are errors here."""
+    t, k, p = config.temperature, config.top_k, config.top_p
+    if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise ValueError(f"top_k must be None or an int >= 0, got {k!r}")
+    if p is not None and not (isinstance(p, (int, float)) and math.isfinite(p) and 0 < p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+
+
+def _split_at_fusion(processors: LogitsProcessorList) -> tuple[list, list]:
+    at = next(i for i, p in enumerate(processors) if isinstance(p, _FusionSlot))
+    return list(processors[:at]), list(processors[at + 1:])
+
+
+def _selector_args(post: list) -> Optional[dict]:
+    """``post`` as TokenSelector arguments when it holds only temperature, top-k, top-p (in that order) with
+    their default keep counts; else None (the full row is needed)."""
+    args: dict[str, Any] = {}
+    rank = -1
+    for p in post:
+        kinds = [i for i, kind in enumerate(_SELECTOR_WARPERS) if type(p) is kind]
+        if not kinds or kinds[0] <= rank:
+            return None
+        rank = kinds[0]
+        if isinstance(p, TemperatureLogitsWarper):
+            args["temperature"] = float(p.temperature)
+        elif p.min_tokens_to_keep != 1 or p.filter_value != float("-inf"):
+            return None
+        elif isinstance(p, TopKLogitsWarper):
+            args["top_k"] = int(p.top_k)
+        else:
+            args["top_p"] = float(p.top_p)
+    return args
+
+
+def plan_generation(
+    base: Any,
+    config: GenerationConfig,
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    *,
+    default_max_length: bool,
+    default_min_length: bool,
+    prompt_ids: torch.Tensor,
+    logits_processor: Optional[list] = None,
+    stopping_criteria: Optional[list] = None,
+    prefix_allowed_tokens_fn: Optional[Callable] = None,
+    negative_prompt_ids: Optional[torch.Tensor] = None,
+    negative_prompt_attention_mask: Optional[torch.Tensor] = None,
+    tokenizer: Any = None,
+) -> GenerationPlan:
+    """The processors, criteria and lengths of a call on ``input_ids [B', T]`` (rows already repeated for
+    ``num_return_sequences``; ``prompt_ids`` are the rows as given, which transformers' encoder processors read).
+    ``attention_mask`` is None when no row is padded, as transformers passes it."""
+    device = input_ids.device
+    batch, length = input_ids.shape
+    base._prepare_special_tokens(config, attention_mask is not None, device=device, batch_size=batch)
+    base._prepare_generated_length(
+        generation_config=config, has_default_max_length=default_max_length,
+        has_default_min_length=default_min_length, model_input_name="input_ids", input_ids_length=length,
+        inputs_tensor=input_ids)
+    base._validate_generated_length(config, length, default_max_length)
+    custom = LogitsProcessorList([_FusionSlot(), *(logits_processor or [])])
+    processors = base._get_logits_processor(
+        generation_config=config, input_ids_seq_length=length, encoder_input_ids=prompt_ids,
+        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, logits_processor=custom, device=device,
+        model_kwargs={"attention_mask": attention_mask}, negative_prompt_ids=negative_prompt_ids,
+        negative_prompt_attention_mask=negative_prompt_attention_mask)
+    pre, post = _split_at_fusion(processors)
+    criteria_all = base._get_stopping_criteria(config, StoppingCriteriaList(stopping_criteria or []),
+                                               tokenizer=tokenizer)
+    limit, eos, criteria = None, None, []
+    for c in criteria_all:
+        if type(c) is MaxLengthCriteria:
+            limit = c.max_length if limit is None else min(limit, c.max_length)
+        elif type(c) is EosTokenCriteria:
+            eos = c.eos_token_id if eos is None else torch.cat([eos, c.eos_token_id.to(eos.device)]).unique()
+        else:
+            criteria.append(c)
+    if limit is None:  # transformers always builds one from max_length
+        raise ValueError("no max_length: set max_new_tokens")
+    scores, logits = bool(config.return_dict_in_generate and config.output_scores), bool(
+        config.return_dict_in_generate and config.output_logits)
+    selector = None if scores else _selector_args(post)
+    pad = config._pad_token_tensor
+    return GenerationPlan(
+        config=config, pre=pre, post=[] if selector is not None else post, selector=selector or {},
+        criteria=criteria, max_new_tokens=max(limit - length, 0), eos=None if eos is None else eos.to(device),
+        pad_token_id=None if pad is None else int(pad.reshape(-1)[0]),
+        pad_finished=any(hasattr(c, "eos_token_id") for c in criteria_all), full_row=selector is None,
+        repeat=int(config.num_return_sequences or 1), scores=scores, logits=logits,
+        return_dict=bool(config.return_dict_in_generate))
+
+
+def check_mode(config: GenerationConfig) -> None:
+    """Greedy or sampling only (the refusals above name the alternatives; this is the backstop)."""
+    mode = config.get_generation_mode()
+    if getattr(mode, "value", str(mode)) not in ("greedy_search", "sample"):
+        raise ValueError(f"mogen.generate runs greedy decoding or sampling; this GenerationConfig asks for "
+                         f"{getattr(mode, 'value', mode)}. Use mogen.search for beams")
+
+
+def support_markdown() -> str:
+    """The README's table of ``model.generate`` arguments (written by ``make readme``)."""
+    lines = ["| argument | in mogen.generate | how / why |", "|---|---|---|"]
+    for table in (CALL_ARGUMENTS, FIELDS):
+        for name, s in table.items():
+            if name.startswith("_") or name == "transformers_version":
+                continue
+            lines.append(f"| `{name}` | {s.status} | {s.how} |")
+    return "\n".join(lines) + "\n"
+
