@@ -11,6 +11,10 @@ Two kinds of generated block:
     markdown table that has those columns, only the rows that match one of the
     ``;``-separated alternatives (each an AND of ``,``-separated ``COL=VAL``).
 
+``<!-- table:NAME -->`` ... ``<!-- /table:NAME -->``
+    A table the code itself holds (:data:`CODE_TABLES`), e.g. which
+    ``model.generate`` arguments ``mogen.generate`` takes.
+
 ``<!-- glance -->`` ... ``<!-- /glance -->``
     The "At a glance" table: each cell is a template over the values named in
     :data:`GLANCE` (a row of a results table, or a regex over a results file).
@@ -234,8 +238,21 @@ def bench_block(name: str, attrs: dict) -> list[str]:
     return lines
 
 
-_BLOCK = re.compile(r"^<!-- (bench:(\w+)((?: \w+=\"[^\"]*\")*)|glance) -->\n(.*?)^<!-- /(?:bench:\2|glance) -->$",
-                    re.M | re.S)
+#: ``<!-- table:NAME -->`` blocks: tables the code itself knows (written from the code, not from results).
+CODE_TABLES = {"generate_args": ("mogen.decoding.arguments", "support_markdown")}
+
+
+def code_block(name: str) -> list[str]:
+    import importlib
+
+    if name not in CODE_TABLES:
+        raise Missing(f"no code table {name!r} (known: {sorted(CODE_TABLES)})")
+    module, function = CODE_TABLES[name]
+    return getattr(importlib.import_module(module), function)().rstrip("\n").split("\n")
+
+
+_BLOCK = re.compile(r"^<!-- ((bench|table):(\w+)((?: \w+=\"[^\"]*\")*)|glance) -->\n(.*?)"
+                    r"^<!-- /(?:(?:bench|table):\3|glance) -->$", re.M | re.S)
 
 
 def generate(readme: str) -> tuple[str, list[str], list[str]]:
@@ -243,26 +260,29 @@ def generate(readme: str) -> tuple[str, list[str], list[str]]:
     changed, errors = [], []
 
     def one(m: re.Match) -> str:
-        name = m.group(2) or "glance"
-        label = f"bench:{name}" if m.group(2) else "glance"
+        kind, name = m.group(2), m.group(3)
+        label = f"{kind}:{name}" if kind else "glance"
         try:
-            if m.group(2):
-                attrs = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+            if kind == "bench":
+                attrs = dict(re.findall(r'(\w+)="([^"]*)"', m.group(4) or ""))
                 body = bench_block(name, attrs)
+            elif kind == "table":
+                body = code_block(name)
             else:
                 body = glance_block()
         except Missing as exc:
             errors.append(f"{label}: {exc}")
             return m.group(0)
         text = "\n".join(body) + "\n"
-        if text != m.group(4):
+        if text != m.group(5):
             changed.append(label)
-        return m.group(0)[: m.start(4) - m.start(0)] + text + m.group(0)[m.end(4) - m.start(0):]
+        return m.group(0)[: m.start(5) - m.start(0)] + text + m.group(0)[m.end(5) - m.start(0):]
 
     out = _BLOCK.sub(one, readme)
-    opened = re.findall(r"^<!-- (?:bench:(\w+)[^>]*|glance) -->$", readme, re.M)
+    opened = re.findall(r"^<!-- (?:(?:bench|table):(\w+)[^>]*|glance) -->$", readme, re.M)
     if len(opened) != len(_BLOCK.findall(readme)):
-        errors.append("a <!-- bench:NAME --> or <!-- glance --> marker has no matching closing marker")
+        errors.append("a <!-- bench:NAME -->, <!-- table:NAME --> or <!-- glance --> marker has no matching "
+                      "closing marker")
     return out, changed, errors
 
 

@@ -27,7 +27,7 @@ by name with the alternative, never dropped.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
 import torch
@@ -188,6 +188,7 @@ class GenerationPlan:
         pad_finished: rows that stopped get the pad id (transformers does so when an eos criterion exists).
         full_row: whether the fused row is built every step.
         repeat: ``num_return_sequences``.
+        scores, logits, return_dict: what the call returns besides the sequences.
     """
 
     config: GenerationConfig
@@ -204,10 +205,6 @@ class GenerationPlan:
     scores: bool = False
     logits: bool = False
     return_dict: bool = False
-    needs_ids: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.needs_ids = bool(self.pre or self.post or self.criteria)
 
 
 def _differs(config: GenerationConfig, name: str, defaults: dict[str, Any]) -> bool:
@@ -254,6 +251,9 @@ def prepare_config(base: Any, generation_config: Optional[GenerationConfig], kwa
     if generation_config is not None and not isinstance(generation_config, GenerationConfig):
         raise TypeError(f"generation_config must be a transformers.GenerationConfig, got "
                         f"{type(generation_config).__name__}")
+    if not hasattr(base, "_prepare_generation_config"):
+        raise TypeError(f"base must be a transformers causal LM with generate() (GenerationMixin), got "
+                        f"{type(base).__name__}")
     own = getattr(base, "generation_config", None) or GenerationConfig()
     default_max = (kwargs.get("max_length") is None and (generation_config is None or generation_config.max_length
                    is None) and own.max_length is None)

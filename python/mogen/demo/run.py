@@ -79,7 +79,7 @@ def _decode_rows(models: DemoModels, rows: list[str], guides: list, weights: tor
     enc = tok(rows, return_tensors="pt", padding=True)
     out = generate(
         models.base, enc["input_ids"], enc["attention_mask"], guides=guides, tokenizer=tok, weights=weights,
-        beta=beta, gamma=gamma, max_new_tokens=max_new_tokens, do_sample=True, top_p=top_p,
+        beta=beta, gamma=gamma, max_new_tokens=max_new_tokens, do_sample=True, top_k=0, top_p=top_p,
         generator=torch.Generator().manual_seed(seed),
     )
     new = out[:, enc["input_ids"].shape[1]:]

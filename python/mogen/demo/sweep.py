@@ -73,7 +73,7 @@ def demo_sweep_config(path: Path, output: Path, *, samples: int = DEMO_SAMPLES, 
         "preferences": points if points is not None else DEMO_POINTS[objectives],
         "rewards": [f"mogen.demo.corpus:{fn.__name__}" for _, fn in objs],
         "reference_point": [0.0] * objectives,
-        "decoding": {"max_new_tokens": max_new_tokens, "do_sample": True, "top_p": 0.95, "seed": 0},
+        "decoding": {"max_new_tokens": max_new_tokens, "do_sample": True, "top_k": 0, "top_p": 0.95, "seed": 0},
         "models": {
             "tokenizer": str(path / "base"), "base": str(path / "base"),
             "policies": [str(path / f"policy_{n}") for n in names],

@@ -10,7 +10,8 @@
     seeds: 3                            # decoding seeds (decoding.seed, +1, ...), samples pooled over them
     bootstrap: {resamples: 1000, seed: 0}   # the 95% intervals of every metric
     reference_point: [0.0, 0.0]         # for the hypervolume; always explicit
-    decoding: {max_new_tokens: 32, do_sample: true, top_p: 0.95, seed: 0}
+    decoding: {max_new_tokens: 32, do_sample: true, top_p: 0.95, seed: 0}   # model.generate's arguments
+                                        # (its defaults too: top_k 50 when sampling; top_k: 0 turns it off)
     models:                             # folders; each method takes what it needs
       tokenizer: base                   # the base family's tokenizer (default: base)
       base: base                        # the SFT / base model

@@ -55,7 +55,8 @@ def sample_responses(policy: Any, tokenizer: Any, prompts: Sequence[str], *, sam
             chunk = rows[start : start + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True)
             ids = generate(policy, enc["input_ids"], enc["attention_mask"], guides=None, max_new_tokens=max_new_tokens,
-                           do_sample=True, temperature=temperature, top_p=top_p, generator=gen, pad_token_id=pad)
+                           do_sample=True, temperature=temperature, top_k=0, top_p=top_p, generator=gen,
+                           pad_token_id=pad)  # top_k=0: eq. 15 samples pi_ref itself, not transformers' top-50
             new = ids[:, enc["input_ids"].shape[1]:]
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             ended = (new == tokenizer.eos_token_id).any(dim=1).tolist() if tokenizer.eos_token_id is not None \
