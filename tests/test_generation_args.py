@@ -51,44 +51,50 @@ class BiasToken(LogitsProcessor):
 
 
 class StopAfterToken(StoppingCriteria):
-    """A user criterion: a row stops once it has emitted ``token``."""
+    """A user criterion: a row stops once it has emitted one of ``tokens``."""
 
-    def __init__(self, token: int, prompt_width: int) -> None:
-        self.token, self.width = token, prompt_width
+    def __init__(self, tokens: list[int], prompt_width: int) -> None:
+        self.tokens, self.width = torch.tensor(tokens), prompt_width
 
     def __call__(self, input_ids, scores, **kwargs):
-        return (input_ids[:, self.width:] == self.token).any(dim=1)
+        return torch.isin(input_ids[:, self.width:], self.tokens).any(dim=1)
 
 
-_FREE: dict[int, list[list[int]]] = {}
+_FREE: dict[tuple, list[list[int]]] = {}
 
 
-def free_tokens(stack, steps=12) -> list[list[int]]:
-    """What the steered stack emits greedily with no argument: the matrix picks eos ids and stops from it."""
-    if id(stack) not in _FREE:
+def free_tokens(stack, steps=12, weights=tuple(WEIGHTS)) -> list[list[int]]:
+    """What the stack emits greedily with no argument (steered, or the base alone with zero weights): the
+    matrix picks eos ids and stops from it, so that they fire."""
+    key = (id(stack), weights)
+    if key not in _FREE:
         tok, base, guides, ids, mask = stack
-        out = mogen.generate(base, ids, mask, guides=guides, weights=WEIGHTS, max_new_tokens=steps)
-        _FREE[id(stack)] = out[:, ids.shape[1]:].tolist()
-    return _FREE[id(stack)]
+        out = mogen.generate(base, ids, mask, guides=guides, weights=list(weights), max_new_tokens=steps)
+        _FREE[key] = out[:, ids.shape[1]:].tolist()
+    return _FREE[key]
 
 
-def stop_string(stack) -> str:
-    """A stop string the steered rows do produce: the text of a generated ASCII token (row 0, from step 2)."""
-    tok = stack[0]
-    for t in free_tokens(stack)[0][2:]:
-        text = tok.decode([t])
-        if text.strip() and text.isascii() and len(text.strip()) >= 2:
-            return text.strip()[:2]
-    pytest.fail("no ASCII token in the free run to stop at")
+def stop_strings(stack) -> list[str]:
+    """Stop strings that row 0 produces, steered and not: the text of a generated ASCII token (from step 2)."""
+    tok, out = stack[0], []
+    for weights in (tuple(WEIGHTS), (0.0, 0.0)):
+        for t in free_tokens(stack, weights=weights)[0][2:]:
+            text = tok.decode([t]).strip()
+            if text and text.isascii() and len(text) >= 2:
+                out.append(text[:2])
+                break
+        else:
+            pytest.fail(f"no ASCII token in the free run with weights {weights} to stop at")
+    return out
 
 
 def matrix(stack) -> dict[str, dict]:
     """Each argument alone, and three realistic combinations."""
     tok, base, guides, ids, mask = stack
-    free = free_tokens(stack)
+    free, plain = free_tokens(stack), free_tokens(stack, weights=(0.0, 0.0))
     early = free[0][1]  # row 0 emits it at step 1: min_new_tokens has something to hold back
     width = ids.shape[1]
-    stop = stop_string(stack)
+    stop = stop_strings(stack)
     return {
         "max_new_tokens": dict(max_new_tokens=9),
         "max_length": dict(max_length=width + 7),
@@ -103,22 +109,22 @@ def matrix(stack) -> dict[str, dict]:
         "sequence_bias": dict(max_new_tokens=10, sequence_bias={(free[0][2],): -10.0, (free[1][0], 9): 4.0}),
         "renormalize_logits": dict(max_new_tokens=8, renormalize_logits=True),
         # eos 1 never comes: it makes transformers pad the rows a stop ended, so the stop shows
-        "stop_strings": dict(max_new_tokens=12, stop_strings=[stop], tokenizer=tok, eos_token_id=1),
+        "stop_strings": dict(max_new_tokens=12, stop_strings=stop, tokenizer=tok, eos_token_id=1),
         "output_scores": dict(max_new_tokens=6, return_dict_in_generate=True, output_scores=True),
         "output_logits": dict(max_new_tokens=6, return_dict_in_generate=True, output_logits=True),
         "logits_processor": dict(max_new_tokens=8, logits_processor=[BiasToken(free[2][1], 6.0)]),
-        "stopping_criteria": dict(max_new_tokens=12, stopping_criteria=[StopAfterToken(free[1][4], width)],
+        "stopping_criteria": dict(max_new_tokens=12, stopping_criteria=[StopAfterToken([free[1][4], plain[2][3]], width)],
                                   eos_token_id=1),
         "generation_config": dict(generation_config=GenerationConfig(max_new_tokens=8, repetition_penalty=1.2)),
         "chat": dict(max_new_tokens=16, repetition_penalty=1.1, min_new_tokens=8, eos_token_id=early,
-                     stop_strings=[stop], tokenizer=tok),
+                     stop_strings=stop, tokenizer=tok),
         "constrained": dict(max_new_tokens=12, no_repeat_ngram_size=3, bad_words_ids=[[free[0][0]]],
                             suppress_tokens=[free[3][0]], return_dict_in_generate=True, output_scores=True,
                             output_logits=True),
         "config and lists": dict(generation_config=GenerationConfig(max_length=width + 10, renormalize_logits=True,
                                                                     sequence_bias={(free[1][2],): -3.0}),
                                  logits_processor=[BiasToken(free[0][3], 2.0)],
-                                 stopping_criteria=[StopAfterToken(free[2][2], width)],
+                                 stopping_criteria=[StopAfterToken([free[2][2]], width)],
                                  return_dict_in_generate=True, output_scores=True),
     }
 
@@ -267,7 +273,7 @@ def field_samples(stack) -> dict[str, dict]:
         "min_length": dict(min_length=width + 6, **eos),
         "min_new_tokens": dict(min_new_tokens=6, **eos),
         "max_time": dict(max_time=60.0),
-        "stop_strings": dict(stop_strings=[stop_string(stack)], tokenizer=tok),
+        "stop_strings": dict(stop_strings=stop_strings(stack), tokenizer=tok, eos_token_id=1),
         "eos_token_id": dict(eos_token_id=[free[0][1], free[1][2]]),
         "pad_token_id": dict(pad_token_id=3, **eos),
         "bos_token_id": dict(bos_token_id=1),
