@@ -4,7 +4,9 @@
 #   make demo        the embedded demo
 #   make sweep       the embedded comparisons of every method, two and three objectives (metrics with
 #                    bootstrap intervals, plots; SWEEP_ARGS="--seed-offset 100" for other seeds)
-#   make test        the whole test suite
+#   make test        the whole test suite (does `make tokenizers`' fetch first when its cache is missing)
+#   make tokenizers  real tokenizers for the tests (llama.cpp's vocab GGUFs from PyPI, converted by
+#                    transformers) into .mogen-cache/tokenizers; a no-op when cached
 #   make bench       micro-benchmarks (kernel vs eager reference, vs roofline)
 #   make readme      README's benchmark tables and At-a-glance figures, from benchmarks/results/
 #   make cuda-check  compile every .cu for sm_80 and sm_90 (works with a CPU torch)
@@ -21,7 +23,7 @@ CU_SRCS := $(wildcard csrc/cuda/*.cu)
 EXT_SRCS := $(shell find csrc -type f) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: install demo sweep test bench cuda-check cmake clean mergekit readme
+.PHONY: install demo sweep test tokenizers bench cuda-check cmake clean mergekit readme
 
 $(VENV)/.deps: requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,7 +46,13 @@ sweep: install
 	$(PY) -m mogen.cli demo --sweep $(SWEEP_ARGS)
 	$(PY) -m mogen.cli demo --sweep --objectives 3 $(SWEEP_ARGS)
 
+# tools/fetch_tokenizers.py: a no-op when the cache is there; exit 3 when the package index cannot be reached.
+tokenizers: $(VENV)/.deps
+	$(PY) tools/fetch_tokenizers.py
+
+# Offline, the fetch only warns: the real-tokenizer tests then skip, saying so.
 test: install
+	$(PY) tools/fetch_tokenizers.py --allow-offline
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: install
