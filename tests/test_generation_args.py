@@ -431,3 +431,30 @@ def test_readme_table_is_the_support_table():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert support_markdown() in readme
+
+
+def test_stop_strings_with_a_real_tokenizer():
+    """GPT-2's own tokenizer (byte-level, 50257 tokens): stop strings end rows where transformers ends them,
+    with and without guides."""
+    from real_tokenizers import real_tokenizer
+
+    tok = real_tokenizer("gpt-2")
+    vocab = len(tok)
+    base = tiny_llama(vocab, 0, hidden=16, layers=1)
+    guides = [proxy_guide(vocab, 10, hidden=16, layers=1), proxy_guide(vocab, 20, hidden=16, layers=1)]
+    tok.pad_token = tok.eos_token
+    enc = tok(["The river runs past the old mill", "Hello"], return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    stack = (tok, base, guides, ids, mask)
+    stops = []
+    for weights in (WEIGHTS, [0.0, 0.0]):
+        out = mogen.generate(base, ids, mask, guides=guides, weights=weights, max_new_tokens=10)
+        text = tok.decode(out[0, ids.shape[1] + 3:ids.shape[1] + 5])
+        assert text, "the free run gave no text to stop at"
+        stops.append(text)
+    args = dict(max_new_tokens=10, stop_strings=stops, tokenizer=tok, eos_token_id=tok.eos_token_id)
+    for weights in (WEIGHTS, None):
+        expected = hf_reference(stack, args, weights)
+        out = run_mogen(stack, args, weights if weights is not None else [0.0, 0.0])
+        assert torch.equal(out, expected)
+        assert out.shape[1] < ids.shape[1] + 10 or (out[0, -1] == tok.eos_token_id)
