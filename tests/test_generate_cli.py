@@ -73,6 +73,76 @@ def test_search_streams_the_best_beam_and_ends_with_search_s_result(folders, cap
     assert "beam_width" in capsys.readouterr().err
 
 
+def _load(folders):
+    """The CLI's models and tokenizers, loaded as ``mogen decode`` / ``mogen search`` load them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(folders["base"]).eval()
+    tok = AutoTokenizer.from_pretrained(folders["base"])
+    guide = mogen.ProxyGuide(AutoModelForCausalLM.from_pretrained(folders["expert"]).eval(),
+                             AutoModelForCausalLM.from_pretrained(folders["reference"]).eval(),
+                             tokenizer=AutoTokenizer.from_pretrained(folders["expert"]))
+    return base, tok, guide
+
+
+PROCESSOR_ARGS = ["--repetition-penalty", "1.5", "--min-new-tokens", "3", "--stop", "e", "--stop", "!"]
+PROCESSOR_KWARGS = dict(repetition_penalty=1.5, min_new_tokens=3, stop_strings=["e", "!"])
+
+
+def test_decode_passes_processor_options_to_generate(folders, capsys):
+    prompt = "The cat sees"
+    args = ["decode", "--base", folders["base"], "--guide", f"{folders['expert']}:{folders['reference']}",
+            "--weights", "1.5", "--prompt", prompt, "--max-new-tokens", "12"]
+    assert cli.main(args) == 0
+    plain = capsys.readouterr().out
+    assert cli.main(args + PROCESSOR_ARGS) == 0
+    printed = capsys.readouterr().out
+    base, tok, guide = _load(folders)
+    enc = tok([prompt], return_tensors="pt")
+    out = mogen.generate(base, enc["input_ids"], guides=[guide], tokenizer=tok, weights=[1.5], max_new_tokens=12,
+                         **PROCESSOR_KWARGS)
+    assert printed.rstrip("\n") == prompt + tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert printed != plain
+
+
+def test_decode_num_return_sequences_prints_every_sample(folders, capsys):
+    prompt = "A dog"
+    args = ["decode", "--base", folders["base"], "--guide", f"{folders['expert']}:{folders['reference']}",
+            "--weights", "1.5", "--prompt", prompt, "--max-new-tokens", "8", "--sample", "--seed", "3",
+            "--num-return-sequences", "3"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    base, tok, guide = _load(folders)
+    enc = tok([prompt], return_tensors="pt")
+    out = mogen.generate(base, enc["input_ids"], enc["attention_mask"], guides=[guide], tokenizer=tok,
+                         weights=[1.5], max_new_tokens=8, do_sample=True, temperature=1.0, top_k=None, top_p=None,
+                         num_return_sequences=3, generator=torch.Generator().manual_seed(3))
+    texts = [prompt + tok.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True) for row in out]
+    assert printed == "".join(f"[sequence {i + 1}/3]\n{t}\n" for i, t in enumerate(texts))
+    assert len(set(texts)) > 1
+    assert cli.main(args[:-5] + args[-4:]) == 2  # without --sample
+    assert "--num-return-sequences 3 needs --sample" in capsys.readouterr().err
+
+
+def test_search_passes_processor_options_and_refuses_num_return_sequences(folders, capsys):
+    prompt = "The cat sees"
+    args = ["search", "--base", folders["base"], "--guide", f"{folders['expert']}:{folders['reference']}",
+            "--weights", "1.5", "--prompt", prompt, "--max-new-tokens", "12", "--beam-width", "2",
+            "--expansion", "2", "--chunk-length", "4", "--seed", "3"]
+    assert cli.main(args + PROCESSOR_ARGS) == 0
+    printed = capsys.readouterr().out.rstrip("\n")
+    base, tok, guide = _load(folders)
+    enc = tok([prompt], return_tensors="pt")
+    out = mogen.search(base, enc["input_ids"], guides=[guide], tokenizer=tok, weights=[1.5], max_new_tokens=12,
+                       beam_width=2, expansion=2, chunk_length=4, generator=torch.Generator().manual_seed(3),
+                       **PROCESSOR_KWARGS)
+    best = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert printed.rsplit("[best beam changed]\n", 1)[-1].endswith(best)
+    assert cli.main(args + ["--num-return-sequences", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--num-return-sequences" in err and "return_scores=True" in err and "mogen decode --sample" in err
+
+
 def test_decode_with_a_device_map_places_models_and_decodes_the_same(folders, capsys):
     # device_map (accelerate) is how models too big for one GPU are spread over several;
     # on this machine "auto" places everything on the CPU, which must not change the text.

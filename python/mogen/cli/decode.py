@@ -14,24 +14,51 @@ from .loading import load_for_decoding
 # inside its command so that `mogen --help` and the other commands do not pay for it.
 
 
+def _processor_kwargs(args: argparse.Namespace) -> dict:
+    """``--repetition-penalty``, ``--min-new-tokens``, ``--stop`` as ``model.generate``'s arguments (only those
+    given, so that without them nothing changes)."""
+    kw: dict = {}
+    if args.repetition_penalty is not None:
+        kw["repetition_penalty"] = args.repetition_penalty
+    if args.min_new_tokens is not None:
+        kw["min_new_tokens"] = args.min_new_tokens
+    if args.stop:
+        kw["stop_strings"] = list(args.stop)
+    return kw
+
+
 def _cmd_decode(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
     from .. import decoding
     from ..decoding.models import output_device
 
+    repeat = args.num_return_sequences
+    if repeat is not None and repeat > 1 and not args.sample:
+        raise ValueError(f"--num-return-sequences {repeat} needs --sample: greedy decoding gives one sequence")
     base, base_tok, guides, weights = load_for_decoding(args)
     enc = base_tok([args.prompt], return_tensors="pt")
     generator = None
     if args.sample:
         generator = torch.Generator(device=output_device(base)).manual_seed(args.seed)
-    # The streamer prints the prompt too, once generate has validated everything.
-    streamer = TextStreamer(base_tok, skip_prompt=False, skip_special_tokens=True)
-    decoding.generate(
+    extra = _processor_kwargs(args)
+    if repeat is not None:
+        extra["num_return_sequences"] = repeat
+    # The streamer prints the prompt too, once generate has validated everything; it takes one row, so
+    # several sequences are printed when they are done.
+    several = repeat is not None and repeat > 1
+    streamer = None if several else TextStreamer(base_tok, skip_prompt=False, skip_special_tokens=True)
+    out = decoding.generate(
         base, enc["input_ids"], enc["attention_mask"], guides=guides, tokenizer=base_tok, weights=weights,
-        beta=args.beta, gamma=args.gamma, max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, streamer=streamer, generator=generator,
+        beta=args.beta, gamma=args.gamma, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, streamer=streamer, generator=generator,
+        **extra,
     )
+    if several:
+        length = enc["input_ids"].shape[1]
+        for i, row in enumerate(out):
+            text = base_tok.decode(row[length:], skip_special_tokens=True)
+            print(f"[sequence {i + 1}/{len(out)}]\n{args.prompt}{text}", flush=True)
     return 0
 
 
@@ -60,6 +87,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .. import decoding
     from ..decoding.models import output_device
 
+    if args.num_return_sequences is not None and args.num_return_sequences != 1:
+        raise ValueError(f"--num-return-sequences {args.num_return_sequences}: mogen search prints its best beam; "
+                         "for several samples use mogen decode --sample --num-return-sequences N, for every final "
+                         "beam mogen.search(..., return_scores=True)")
     base, base_tok, guides, weights = load_for_decoding(args)
     enc = base_tok([args.prompt], return_tensors="pt")
     generator = torch.Generator(device=output_device(base)).manual_seed(args.seed)
@@ -69,6 +100,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         beam_width=args.beam_width, expansion=args.expansion, chunk_length=args.chunk_length,
         max_new_tokens=args.max_new_tokens, proposal=args.proposal, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, beta=args.beta, gamma=args.gamma, generator=generator, on_round=_BeamStreamer(base_tok),
+        **_processor_kwargs(args),
     )
     print()
     return 0
@@ -98,6 +130,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", help="fp32 or bf16 (fp16 also accepted)")
     p.add_argument("--device-map", default=None, metavar="MAP",
                    help="e.g. 'auto': spread each model over the visible GPUs (needs accelerate)")
+    p.add_argument("--repetition-penalty", type=float, default=None, metavar="P",
+                   help="transformers' repetition penalty on the base's logits (> 1 discourages repeats)")
+    p.add_argument("--min-new-tokens", type=int, default=None, metavar="N",
+                   help="no eos before N new tokens (transformers' min_new_tokens)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop where the text ends with TEXT (in mogen search a beam ends there); repeat for "
+                        "several stop strings")
+    p.add_argument("--num-return-sequences", type=int, default=None, metavar="N",
+                   help="mogen decode --sample: N sampled sequences, printed one after the other (mogen search "
+                        "refuses it: it prints its best beam)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -22,6 +22,15 @@ anything else gets the full row, and only then.
 :data:`FIELDS` says, for every ``GenerationConfig`` field, how mogen treats it
 (the README table is written from it). A field mogen cannot honour is refused
 by name with the alternative, never dropped.
+
+:func:`mogen.search` takes the same processors and stopping criteria where they
+mean something for chunks (:func:`prepare_search_config`,
+:data:`SEARCH_FIELDS`, :data:`SEARCH_CALL_ARGUMENTS`): they act on the
+token-level proposal its chunks are drawn from, and a stopping criterion ends
+a candidate as an eos would. Its ``GenerationConfig`` holds only the call's
+arguments: it keeps its own ``temperature`` / ``top_k`` / ``top_p`` and
+``max_new_tokens`` and reads nothing from the model's ``generation_config``
+but eos and pad.
 """
 
 from __future__ import annotations
@@ -32,10 +41,18 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.generation.logits_process import (
+    EncoderNoRepeatNGramLogitsProcessor,
+    EncoderRepetitionPenaltyLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
-__all__ = ["FIELDS", "CALL_ARGUMENTS", "Support", "GenerationPlan", "plan_generation", "support_markdown"]
+__all__ = ["FIELDS", "CALL_ARGUMENTS", "SEARCH_FIELDS", "SEARCH_CALL_ARGUMENTS", "Support", "GenerationPlan",
+           "plan_generation", "prepare_search_config", "support_markdown"]
 
 HONOURED, NO_EFFECT, REFUSED = "honoured", "no effect", "refused"
 
@@ -161,6 +178,91 @@ CALL_ARGUMENTS: dict[str, Support] = {
     "trust_remote_code": Support(REFUSED, "only for custom_generate"),
 }
 
+# -- mogen.search: what the same arguments mean for chunks ------------------------------------------------------
+
+_ON_PROPOSAL = "transformers' logits processor, on the base's logits before the proposal's fusion"
+_SEARCH_OWN = "mogen.search's own argument, on the proposal (never read from the model's generation_config)"
+_SEARCH_WARPER = "transformers' warper, on the proposal's full fused row (after temperature / top-k / top-p)"
+_SEARCH_STOP = "transformers' stopping criterion: a candidate it stops ends there, as at eos"
+_TOKEN_BEAMS = ("token-level beam search's; mogen.search's beams end at eos or a stopping criterion and are ranked "
+                "by their summed scores (docs/design.md section 1.5): drop it")
+_RETURN_BEAMS = ("return_scores=True returns a SearchOutput: the sequences and every final beam with its score and "
+                 "per-guide terms")
+
+#: How :func:`mogen.search` treats every ``GenerationConfig`` field (where it differs from :data:`FIELDS`).
+SEARCH_FIELDS: dict[str, Support] = {**FIELDS, **{
+    "max_length": Support(HONOURED, _STOP + " (prompt + new tokens), instead of max_new_tokens"),
+    "max_new_tokens": Support(HONOURED, "mogen.search's own argument (default 128)"),
+    "min_length": Support(HONOURED, _ON_PROPOSAL + " (eos banned until reached)"),
+    "min_new_tokens": Support(HONOURED, _ON_PROPOSAL + " (eos banned until reached)"),
+    "max_time": Support(HONOURED, _SEARCH_STOP),
+    "stop_strings": Support(HONOURED, _SEARCH_STOP + "; needs tokenizer="),
+    "eos_token_id": Support(HONOURED, "mogen.search's own argument (default: the base's generation_config); a "
+                                      "beam ends there"),
+    "pad_token_id": Support(HONOURED, "mogen.search's own argument; pads the returned sequences on the right"),
+    "early_stopping": Support(REFUSED, _TOKEN_BEAMS),
+    "num_beam_groups": Support(REFUSED, _TOKEN_BEAMS),
+    "length_penalty": Support(REFUSED, _TOKEN_BEAMS),
+    "diversity_penalty": Support(REFUSED, _TOKEN_BEAMS),
+    "low_memory": Support(REFUSED, _TOKEN_BEAMS),
+    "do_sample": Support(REFUSED, "False: chunks are always sampled; top_k=1 gives greedy chunks"),
+    "num_beams": Support(REFUSED, "mogen.search's beams are beam_width= (chunk-level, expansion= chunks each); "
+                                  "for token beams use base.generate(num_beams=..., "
+                                  "logits_processor=[mogen.MultiObjectiveLogitsProcessor(...)])"),
+    "temperature": Support(HONOURED, _SEARCH_OWN),
+    "top_k": Support(HONOURED, _SEARCH_OWN + " (on the fused top-k, kernel K1, when nothing needs the full row)"),
+    "top_p": Support(HONOURED, _SEARCH_OWN),
+    "top_h": Support(HONOURED, _SEARCH_WARPER),
+    "min_p": Support(HONOURED, _SEARCH_WARPER),
+    "typical_p": Support(HONOURED, _SEARCH_WARPER),
+    "epsilon_cutoff": Support(HONOURED, _SEARCH_WARPER),
+    "eta_cutoff": Support(HONOURED, _SEARCH_WARPER),
+    "repetition_penalty": Support(HONOURED, _ON_PROPOSAL),
+    "encoder_repetition_penalty": Support(HONOURED, _ON_PROPOSAL + " (the prompt)"),
+    "no_repeat_ngram_size": Support(HONOURED, _ON_PROPOSAL + " (the prompt and the beam's tokens)"),
+    "encoder_no_repeat_ngram_size": Support(HONOURED, _ON_PROPOSAL + " (the prompt)"),
+    "bad_words_ids": Support(HONOURED, _ON_PROPOSAL),
+    "force_words_ids": Support(REFUSED, "constrained beam search is not a mode mogen runs; bad_words_ids, "
+                                        "sequence_bias or prefix_allowed_tokens_fn steer the proposal"),
+    "constraints": Support(REFUSED, "constrained beam search is not a mode mogen runs; bad_words_ids, "
+                                    "sequence_bias or prefix_allowed_tokens_fn steer the proposal"),
+    "forced_bos_token_id": Support(HONOURED, _ON_PROPOSAL),
+    "forced_eos_token_id": Support(HONOURED, _ON_PROPOSAL + " (eos at the last new token: the beam ends there)"),
+    "remove_invalid_values": Support(HONOURED, _ON_PROPOSAL),
+    "exponential_decay_length_penalty": Support(HONOURED, _ON_PROPOSAL),
+    "suppress_tokens": Support(HONOURED, _ON_PROPOSAL),
+    "begin_suppress_tokens": Support(HONOURED, _ON_PROPOSAL),
+    "sequence_bias": Support(HONOURED, _ON_PROPOSAL),
+    "guidance_scale": Support(REFUSED, "classifier-free guidance keeps its own cache per row, which beam selection "
+                                       "does not reorder; use mogen.generate"),
+    "renormalize_logits": Support(HONOURED, "transformers' LogitNormalization on the proposal's fused row (the draw "
+                                            "normalises anyway; the beams' scores are the models' own)"),
+    "watermarking_config": Support(REFUSED, "beams are kept by their score, not drawn from the watermarked "
+                                            "distribution, so the watermark would not hold; use mogen.generate"),
+    "num_return_sequences": Support(REFUSED, "values > 1: " + _RETURN_BEAMS + " (beam_width per prompt)"),
+    "return_dict_in_generate": Support(REFUSED, _RETURN_BEAMS),
+    "output_scores": Support(REFUSED, _RETURN_BEAMS),
+    "output_logits": Support(REFUSED, _RETURN_BEAMS),
+    "is_assistant": Support(REFUSED, "mogen.search is not an assistant model's generate"),
+}}
+
+#: ``model.generate``'s own arguments in :func:`mogen.search`.
+SEARCH_CALL_ARGUMENTS: dict[str, Support] = {**CALL_ARGUMENTS, **{
+    "generation_config": Support(REFUSED, "pass its fields as keyword arguments: mogen.search reads no generation "
+                                          "config (temperature, top_k, top_p and max_new_tokens are its own)"),
+    "logits_processor": Support(HONOURED, "after the fusion, on the proposal's scores of every live row [R, V]; a "
+                                          "processor of a type transformers also builds replaces it"),
+    "stopping_criteria": Support(HONOURED, "called every token on every live row (scores=None); a candidate it "
+                                           "stops ends there, as at eos"),
+    "prefix_allowed_tokens_fn": Support(HONOURED, _ON_PROPOSAL + "; batch_id is the row's prompt"),
+    "negative_prompt_ids": Support(REFUSED, "only with guidance_scale, which mogen.search refuses"),
+    "negative_prompt_attention_mask": Support(REFUSED, "only with guidance_scale, which mogen.search refuses"),
+    "streamer": Support(REFUSED, "on_round= gets every chunk round (mogen search on the command line streams the "
+                                 "best beam with it)"),
+    "synced_gpus": Support(REFUSED, "True: mogen.search runs on one process"),
+}}
+assert set(SEARCH_FIELDS) == set(FIELDS) and set(SEARCH_CALL_ARGUMENTS) == set(CALL_ARGUMENTS)
+
 
 class _FusionSlot(LogitsProcessor):
     """Marks where the fusion sits in transformers' processor list; never called."""
@@ -206,6 +308,45 @@ class GenerationPlan:
     logits: bool = False
     return_dict: bool = False
 
+    def process_base(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``pre`` on a float32 copy of the base's logits ``[B, V]`` (transformers hands its processors a float32
+        copy); ``ids [B, T + t]`` are each row's prompt (padded) and its tokens so far."""
+        scores = logits.to(dtype=torch.float32, copy=True)
+        for p in self.pre:
+            scores = p(ids, scores)
+        return scores
+
+    def process_fused(self, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``post`` on the fused scores ``[B, V]``."""
+        for p in self.post:
+            scores = p(ids, scores)
+        return scores
+
+    def stopped(self, ids: torch.Tensor, scores: Optional[tuple] = None) -> torch.Tensor:
+        """Rows ``[B]`` (bool) that one of ``criteria`` stops, given ``ids [B, T + t]`` (the new token included)."""
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        for criterion in self.criteria:
+            done = done | criterion(ids, scores).to(done.device)
+        return done
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row ``r`` becomes old row ``index[r]`` in the per-row state transformers' processors keep (chunk search
+        reorders and duplicates its rows; the processors are built for the prompts' rows).
+
+        Which processors keep per-row state is transformers' detail, read here: the repetition penalty's prompt
+        padding, the encoder processors' prompt ids and n-grams. ``prefix_allowed_tokens_fn`` maps rows to
+        prompts itself (see :func:`mogen.search`); guidance_scale and watermarks are refused there.
+        """
+        for p in (*self.pre, *self.post):
+            if isinstance(p, RepetitionPenaltyLogitsProcessor) and isinstance(p.prompt_ignore_length, torch.Tensor):
+                p.prompt_ignore_length = p.prompt_ignore_length.index_select(
+                    0, index.to(p.prompt_ignore_length.device))
+            elif isinstance(p, EncoderRepetitionPenaltyLogitsProcessor):
+                p.encoder_input_ids = p.encoder_input_ids.index_select(0, index.to(p.encoder_input_ids.device))
+            elif isinstance(p, EncoderNoRepeatNGramLogitsProcessor):
+                p.generated_ngrams = [p.generated_ngrams[i] for i in index.tolist()]
+                p.batch_size = len(p.generated_ngrams)
+
 
 def _differs(config: GenerationConfig, name: str, defaults: dict[str, Any]) -> bool:
     """Whether field ``name`` asks for something: not unset (None / False) and not transformers' global default."""
@@ -217,10 +358,14 @@ def _differs(config: GenerationConfig, name: str, defaults: dict[str, Any]) -> b
     return name not in defaults or value != defaults[name]
 
 
-def _refuse_fields(config: GenerationConfig) -> None:
+def _refuse_fields(config: GenerationConfig, table: dict[str, Support] = FIELDS,
+                   caller: str = "mogen.generate", own: tuple[str, ...] = ()) -> None:
+    """A refused field that asks for something is an error; ``own``: fields the caller set itself."""
     defaults = GenerationConfig()._get_default_generation_params()
     for name in config.to_dict():
-        support = FIELDS.get(name)
+        if name in own:
+            continue
+        support = table.get(name)
         if support is None:
             if _differs(config, name, defaults):
                 raise ValueError(
@@ -228,17 +373,18 @@ def _refuse_fields(config: GenerationConfig) -> None:
                     "transformers than mogen's table, decoding/arguments.py); drop it or use base.generate")
             continue
         if support.status == REFUSED and _differs(config, name, defaults):
-            raise ValueError(f"{name}={getattr(config, name)!r} is not supported by mogen.generate: {support.how}")
+            raise ValueError(f"{name}={getattr(config, name)!r} is not supported by {caller}: {support.how}")
 
 
-def refuse_call_arguments(given: dict[str, Any]) -> None:
+def refuse_call_arguments(given: dict[str, Any], table: dict[str, Support] = CALL_ARGUMENTS,
+                          caller: str = "mogen.generate") -> None:
     """Refused ``model.generate`` arguments (``assistant_model``, ``synced_gpus``, ...) given a value."""
     for name, value in given.items():
         if value is None or value is False:
             continue
-        support = CALL_ARGUMENTS[name]
+        support = table[name]
         if support.status == REFUSED:
-            raise ValueError(f"{name} is not supported by mogen.generate: {support.how}")
+            raise ValueError(f"{name} is not supported by {caller}: {support.how}")
 
 
 def prepare_config(base: Any, generation_config: Optional[GenerationConfig], kwargs: dict[str, Any]
@@ -271,9 +417,56 @@ def prepare_config(base: Any, generation_config: Optional[GenerationConfig], kwa
     return config, default_max, default_min
 
 
+def prepare_search_config(kwargs: dict[str, Any], *, temperature: Any, top_k: Any, top_p: Any,
+                          max_new_tokens: Optional[int], eos: Optional[torch.Tensor], pad_token_id: Optional[int]
+                          ) -> tuple[GenerationConfig, bool]:
+    """transformers' ``GenerationConfig`` of one :func:`mogen.search` call; ``(config, default min length)``.
+
+    It holds only the call's arguments: ``kwargs`` (``GenerationConfig`` fields), the search's own
+    ``temperature`` / ``top_k`` / ``top_p`` (``do_sample`` is always True: chunks are sampled) and
+    ``max_new_tokens`` (None: ``max_length`` must say), and the eos ids ``[E]`` / pad id already resolved.
+    Nothing comes from the model's ``generation_config``, nor transformers' global defaults (``top_k=50``), so
+    the proposal is what the search's arguments say.
+
+    Raises ValueError naming a refused argument and its alternative (:data:`SEARCH_FIELDS`,
+    :data:`SEARCH_CALL_ARGUMENTS`), TypeError naming kwargs that are neither.
+    """
+    refuse_call_arguments({k: v for k, v in kwargs.items() if k in SEARCH_CALL_ARGUMENTS}, SEARCH_CALL_ARGUMENTS,
+                          "mogen.search")
+    fields = {k: v for k, v in kwargs.items() if k not in SEARCH_CALL_ARGUMENTS}
+    # Refused whatever their value: a num_beams given to a beam search reads as its width, and do_sample
+    # False asks for greedy chunks, which top_k=1 gives.
+    if fields.get("num_beams") is not None:
+        raise ValueError(f"num_beams={fields['num_beams']!r} is not supported by mogen.search: "
+                         f"{SEARCH_FIELDS['num_beams'].how}")
+    if fields.get("do_sample") is not None and not fields["do_sample"]:
+        raise ValueError(f"do_sample={fields['do_sample']!r} is not supported by mogen.search: "
+                         f"{SEARCH_FIELDS['do_sample'].how}")
+    fields.pop("num_beams", None)
+    fields.pop("do_sample", None)
+    check_sampling_values(temperature, top_k, top_p)
+    config = GenerationConfig()
+    own = dict(do_sample=True, temperature=float(temperature), top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+               eos_token_id=None if eos is None else eos.tolist(), pad_token_id=pad_token_id, num_beams=1,
+               num_return_sequences=1)
+    for name, value in own.items():  # set before the kwargs, so transformers validates them against these
+        setattr(config, name, value)
+    unknown = config.update(**fields)
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument(s) {sorted(unknown)}: neither mogen.search's arguments nor "
+            "GenerationConfig fields")
+    _refuse_fields(config, SEARCH_FIELDS, "mogen.search", own=("do_sample",))
+    return config, fields.get("min_length") is None
+
+
 def _check_sampling(config: GenerationConfig) -> None:
     """Values transformers would drop without a word (``top_p=1.5`` builds no warper) are errors here."""
-    t, k, p = config.temperature, config.top_k, config.top_p
+    check_sampling_values(config.temperature, config.top_k, config.top_p)
+
+
+def check_sampling_values(t: Any, k: Any, p: Any) -> None:
+    """``temperature`` finite > 0, ``top_k`` None or an int >= 0, ``top_p`` in (0, 1] (None: unset)."""
     if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
@@ -375,10 +568,14 @@ def check_mode(config: GenerationConfig) -> None:
                          f"{getattr(mode, 'value', mode)}. Use mogen.search for beams")
 
 
-def support_markdown() -> str:
-    """The README's table of ``model.generate`` arguments (written by ``make readme``)."""
-    lines = ["| argument | in mogen.generate | how / why |", "|---|---|---|"]
-    for table in (CALL_ARGUMENTS, FIELDS):
+def support_markdown(driver: str = "generate") -> str:
+    """The README's table of ``model.generate`` arguments in ``mogen.generate`` or (``driver="search"``)
+    ``mogen.search``."""
+    if driver not in ("generate", "search"):
+        raise ValueError(f"driver must be 'generate' or 'search', got {driver!r}")
+    tables = (CALL_ARGUMENTS, FIELDS) if driver == "generate" else (SEARCH_CALL_ARGUMENTS, SEARCH_FIELDS)
+    lines = [f"| argument | in mogen.{driver} | how / why |", "|---|---|---|"]
+    for table in tables:
         for name, s in table.items():
             if name.startswith("_") or name == "transformers_version":
                 continue

@@ -23,13 +23,14 @@ class Beam:
     """One sequence of the search and its score (docs/design.md section 1, chunk-level search).
 
     Attributes:
-        tokens: the generated base ids (the prompt excluded; ends with eos when ``finished``).
+        tokens: the generated base ids (the prompt excluded; when ``finished``, ends with the eos or the token
+            where a stopping criterion fired).
         score: ``log pi_b(y|x) + beta * sum_i w_i term_i + gamma * sum_j u_j Q_j``.
         base_logprob: ``log pi_b(y|x)``.
         terms: per guide in the order given: ``log pi_e(y|x) - log pi_r(y|x)`` (proxy) or ``Q(x, y)``
             (value), unweighted; NaN for a guide that did not run (weight 0 on the prompt's whole batch,
             or a value guide with ``gamma = 0``).
-        finished: whether the beam ended with eos.
+        finished: whether the beam ended (eos or a stopping criterion); it is never extended again.
         row: this round's batch row (live candidates; -1 otherwise).
     """
 

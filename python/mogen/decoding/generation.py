@@ -88,19 +88,14 @@ class _Decoding:
     def _select(self, base_logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The next token of every row; ``ids [B, T + t]`` is what transformers' processors read."""
         plan = self.plan
-        if plan.pre or plan.logits:  # transformers hands its processors a float32 copy
-            raw = base_logits.to(dtype=torch.float32, copy=True)
-            if plan.logits:
-                self.logits.append(raw)
-            base_logits = raw
-            for p in plan.pre:
-                base_logits = p(ids, base_logits)
+        if plan.logits:
+            self.logits.append(base_logits.to(dtype=torch.float32, copy=True))
+        if plan.pre or plan.logits:  # the fusion reads the float32 copy transformers' processors get
+            base_logits = plan.process_base(ids, base_logits)
         step = self.fusion.step(base_logits)
         if not plan.full_row:
             return self.selector(step.full, step.topk)
-        scores = step.full()
-        for p in plan.post:
-            scores = p(ids, scores)
+        scores = plan.process_fused(ids, step.full())
         if plan.scores:
             self.scores.append(scores)
         if plan.config.do_sample:
@@ -132,9 +127,9 @@ class _Decoding:
             end += 1
             if s.eos is not None:
                 unfinished = unfinished & ~torch.isin(tokens, s.eos)
-            for criterion in plan.criteria:
+            if plan.criteria:
                 scores = tuple(self.scores) if plan.scores else None
-                unfinished = unfinished & ~criterion(seq[:, :end], scores).to(unfinished.device)
+                unfinished = unfinished & ~plan.stopped(seq[:, :end], scores).to(unfinished.device)
             if streamer is not None:
                 streamer.put(tokens.cpu())
             if step == steps - 1:
