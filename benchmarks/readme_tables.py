@@ -239,7 +239,8 @@ def bench_block(name: str, attrs: dict) -> list[str]:
 
 
 #: ``<!-- table:NAME -->`` blocks: tables the code itself knows (written from the code, not from results).
-CODE_TABLES = {"generate_args": ("mogen.decoding.arguments", "support_markdown")}
+CODE_TABLES = {"generate_args": ("mogen.decoding.argument_support", "support_markdown", "generate"),
+               "search_args": ("mogen.decoding.argument_support", "support_markdown", "search")}
 
 
 def code_block(name: str) -> list[str]:
@@ -247,8 +248,8 @@ def code_block(name: str) -> list[str]:
 
     if name not in CODE_TABLES:
         raise Missing(f"no code table {name!r} (known: {sorted(CODE_TABLES)})")
-    module, function = CODE_TABLES[name]
-    return getattr(importlib.import_module(module), function)().rstrip("\n").split("\n")
+    module, function, *args = CODE_TABLES[name]
+    return getattr(importlib.import_module(module), function)(*args).rstrip("\n").split("\n")
 
 
 _BLOCK = re.compile(r"^<!-- ((bench|table):(\w+)((?: \w+=\"[^\"]*\")*)|glance) -->\n(.*?)"

@@ -20,7 +20,7 @@ from transformers import (GenerationConfig, LogitsProcessor, StoppingCriteria, W
 from transformers.generation import CompileConfig
 
 import mogen
-from mogen.decoding.arguments import CALL_ARGUMENTS, FIELDS, HONOURED, NO_EFFECT, REFUSED, support_markdown
+from mogen.decoding.argument_support import CALL_ARGUMENTS, FIELDS, HONOURED, NO_EFFECT, REFUSED, support_markdown
 
 from tiny_models import byte_level_tokenizer, proxy_guide, tiny_llama
 

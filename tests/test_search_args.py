@@ -362,7 +362,8 @@ def test_unknown_kwargs_are_a_type_error(base, tok, prompts):
 
 def test_search_support_table_covers_every_field():
     """Every GenerationConfig field and model.generate argument has a row for mogen.search (the README's table)."""
-    from mogen.decoding.arguments import CALL_ARGUMENTS, FIELDS, SEARCH_CALL_ARGUMENTS, SEARCH_FIELDS, support_markdown
+    from mogen.decoding.argument_support import (CALL_ARGUMENTS, FIELDS, SEARCH_CALL_ARGUMENTS, SEARCH_FIELDS,
+                                                 support_markdown)
 
     assert set(GenerationConfig().to_dict()) <= set(SEARCH_FIELDS) == set(FIELDS)
     assert set(SEARCH_CALL_ARGUMENTS) == set(CALL_ARGUMENTS)
