@@ -99,6 +99,11 @@ class GenerationPlan:
     logits: bool = False
     return_dict: bool = False
 
+    @property
+    def needs_ids(self) -> bool:
+        """Whether a processor or criterion reads the rows' ids (else a driver need not build them)."""
+        return bool(self.pre or self.post or self.criteria)
+
     def process_base(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``pre`` on a float32 copy of the base's logits ``[B, V]`` (transformers hands its processors a float32
         copy); ``ids [B, T + t]`` are each row's prompt (padded) and its tokens so far."""
