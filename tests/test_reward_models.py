@@ -260,6 +260,44 @@ def test_reward_errors_name_the_file_and_key(world, entry, key, message):
     assert str(info.value).startswith(f"sweep config: {key}: ")
 
 
+# -- value training and the demo take the same entries ----------------------------------------------------------
+def test_train_value_model_scores_with_a_reward_model(world):
+    from mogen.value import train_value_model
+    from mogen.value.data import sample_responses
+
+    root, _ = world
+    tok = metaspace_tokenizer()
+    lm = tiny_llama(len(tok), 3)
+    prompts = ["the cat", "a dog"]
+    kwargs = dict(prompts=prompts, samples_per_prompt=3, max_new_tokens=6, epochs=1, heldout=0.0, seed=4,
+                  progress=False)
+    pairs = sample_responses(lm, tok, prompts, samples_per_prompt=3, max_new_tokens=6, seed=4)
+    own = _own_scores(root / "rm", 1, [(p, r) for p, r, _ in pairs])
+    entry = {"model": str(root / "rm"), "label": 1, "offset": 1.0, "scale": 3.0}
+    res = train_value_model(lm, tok, reward=entry, **kwargs)
+    assert res.reward_offset == pytest.approx(np.mean([(x - 1.0) * 3.0 for x in own]), abs=1e-5)
+    loaded = RewardModel(root / "rm", label=1)
+    res = train_value_model(lm, tok, reward=loaded, **kwargs)
+    assert res.reward_offset == pytest.approx(np.mean(own), abs=1e-5)
+    res = train_value_model(lm, tok, reward="tests_sweep_rewards:count_e", **kwargs)
+    assert res.reward_offset == pytest.approx(np.mean([r.count("e") for _, r, _ in pairs]))
+    with pytest.raises(ConfigError, match=r"^train_value_model: reward.label: label 5 is out of range"):
+        train_value_model(lm, tok, reward={"model": str(root / "rm"), "label": 5}, **kwargs)
+    with pytest.raises(ConfigError, match=r"^train_value_model: reward.model: .*not a sequence classifier"):
+        train_value_model(lm, tok, reward={"model": str(root / "causal")}, **kwargs)
+
+
+def test_demo_sweep_takes_reward_entries(tmp_path):
+    from mogen.demo.sweep import demo_sweep_config
+
+    rewards = [{"model": "rm", "label": 1}, "mogen.demo.corpus:city_rate"]
+    assert demo_sweep_config(tmp_path, tmp_path / "o", rewards=rewards)["rewards"] == rewards
+    assert demo_sweep_config(tmp_path, tmp_path / "o")["rewards"] == ["mogen.demo.corpus:nature_rate",
+                                                                      "mogen.demo.corpus:city_rate"]
+    with pytest.raises(ValueError, match="takes 2 rewards, got 1"):
+        demo_sweep_config(tmp_path, tmp_path / "o", rewards=rewards[:1])
+
+
 def test_check_reward_model_reads_no_weights(world, monkeypatch):
     """A config is checked before anything loads: the weights are read only when the reward scores."""
     root, cfg = world
