@@ -1,5 +1,5 @@
-"""Evaluation: preference grids, the sweep runner and its reports (metrics in :mod:`mogen.metrics`); rewards
-(:mod:`.rewards`) and reward models (:mod:`.reward_models`) as users have them."""
+"""Evaluation: preference grids, the sweep runner and its reports (metrics in :mod:`mogen.metrics`); prompts
+(:mod:`.prompts`), rewards (:mod:`.rewards`) and reward models (:mod:`.reward_models`) as users have them."""
 
 from .config import METHOD_KINDS, MethodSpec, SweepConfig, load_sweep_config
 from .grid import preference_grid

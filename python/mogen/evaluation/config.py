@@ -3,7 +3,8 @@
 ::
 
     output: runs/demo                   # the run folder (resumable)
-    prompts: prompts.txt                # one prompt per line (relative to this file)
+    prompts: prompts.txt                # one prompt per line (relative to this file), or a list, or
+                                        # {path, field, split, limit, shuffle_seed, chat_template}: see below
     rewards:                            # one entry per objective, in preference order:
       - mymod:helpful                   #   module:function, reward(prompt, response) or reward(response)
       - {function: mymod:harmless, offset: 0.5, scale: 2.0}   # the same, normalised
@@ -30,6 +31,13 @@
       - {name: MPAW, kind: mpaw, beta: 1.0}
       - {name: MAGE-E-M, kind: mage, variant: E-M, gamma: 5.0}
 
+Prompts (:mod:`mogen.evaluation.prompts`): ``{path: data.jsonl, field: prompt, split: train, limit: 100,
+shuffle_seed: 0, chat_template: true}`` reads a ``.txt`` file, or with the ``datasets`` library (``pip install
+'mogen[data]'``) a ``.jsonl`` / ``.json``, ``.csv`` or ``.parquet`` file or a ``save_to_disk`` folder: column
+``field`` (default ``prompt``) of ``split``, rows shuffled with ``shuffle_seed`` then cut to ``limit``;
+``chat_template: true`` decodes each prompt through the base tokenizer's chat template (the rewards see the raw
+prompt).
+
 Rewards (:mod:`mogen.evaluation.rewards`, :mod:`mogen.evaluation.reward_models`): every reward gives a raw
 score; the metrics use ``reward = (raw - offset) * scale`` (offset 0, scale 1 by default). A reward model is a
 ``...ForSequenceClassification`` folder with its tokenizer; its raw score is logit ``label`` of the text
@@ -38,8 +46,9 @@ score; the metrics use ``reward = (raw - offset) * scale`` (offset 0, scale 1 by
 sweep's device and ``models.dtype``, ids cut to ``max_length``. Raw scores are cached in the point files, so a
 resumed or extended run scores only what is missing. ``name`` (optional) heads the reward's column.
 
-Every error is a :class:`~mogen.configs.ConfigError` naming the file and the key path (``rewards[2].label``):
-a reward folder that is missing, not a sequence classifier or without logit ``label``, ...
+Every error is a :class:`~mogen.configs.ConfigError` naming the file and the key path (``rewards[2].label``,
+``prompts.field``): a reward folder that is missing, not a sequence classifier or without logit ``label``, a
+prompt field that does not exist, ...
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ from ..configs import ConfigError, check_dtype, config_errors, key_path, parse, 
 from ..mage import BONE_SOUP_KEYS, MAGE_KEYS, MAGEConfig
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from .grid import preference_grid
+from .prompts import PromptSource, check_chat_template, read_prompts
 from .rewards import RewardSpec, import_reward, parse_reward
 
 __all__ = ["SweepConfig", "SweepFile", "MethodSpec", "load_sweep_config", "parse_sweep_file", "import_reward",
@@ -154,7 +164,7 @@ class SweepFile:
     """A sweep config as written (the module docstring's keys), checked key by key."""
 
     output: _Path
-    prompts: Union[str, list[str]]
+    prompts: Union[str, list[str], PromptSource]
     rewards: list[Union[str, dict]]  # each checked by mogen.evaluation.rewards.parse_reward
     reference_point: list[float] = field(metadata={"check": _finite_list})
     models: Optional[_ModelPaths]
@@ -187,7 +197,7 @@ class SweepConfig:
     """A checked sweep config: paths resolved, prompts read, rewards checked (:class:`RewardSpec`)."""
 
     output: Path
-    prompts: list
+    prompts: list  # the raw prompts (what the rewards see)
     rewards: list  # [RewardSpec], one per objective
     preferences: np.ndarray  # [P, n]
     samples: int
@@ -198,6 +208,7 @@ class SweepConfig:
     seeds: list = field(default_factory=lambda: [0])  # decoding seeds; each point is decoded once per seed
     resamples: int = DEFAULT_RESAMPLES  # bootstrap replicates behind every interval
     bootstrap_seed: int = DEFAULT_SEED
+    chat_template: bool = False  # decode each prompt through the base tokenizer's chat template
 
     @property
     def objectives(self) -> int:
@@ -275,14 +286,7 @@ def _preferences(raw: SweepFile, n: int) -> np.ndarray:
 
 
 def _build(raw: SweepFile, base_dir: Path) -> SweepConfig:
-    prompts = raw.prompts
-    if isinstance(prompts, str):
-        try:
-            prompts = [ln for ln in (base_dir / prompts).read_text().splitlines() if ln.strip()]
-        except OSError as exc:
-            raise ConfigError("prompts", f"cannot read the prompts file: {exc}") from None
-    if not prompts:
-        raise ConfigError("prompts", "prompts is empty")
+    prompts = read_prompts(raw.prompts, base_dir)
     dtype = raw.models.dtype if raw.models is not None else None
     rewards = [parse_reward(entry, key_path("rewards", i), base_dir, dtype) for i, entry in enumerate(raw.rewards)]
     grid = _preferences(raw, len(rewards))
@@ -292,9 +296,12 @@ def _build(raw: SweepFile, base_dir: Path) -> SweepConfig:
     boot = raw.bootstrap or _Bootstrap()
     models = {k: v for k, v in dataclasses.asdict(raw.models or _ModelPaths()).items() if v is not None}
     decoding = {k: v for k, v in dataclasses.asdict(raw.decoding or _Decoding()).items() if v is not None}
-    cfg = SweepConfig(base_dir / raw.output, list(prompts), rewards, grid, raw.samples, ref, decoding,
-                      _paths(models, base_dir), _methods(raw.methods), resamples=boot.resamples,
-                      bootstrap_seed=boot.seed)
+    paths = _paths(models, base_dir)
+    chat = isinstance(raw.prompts, PromptSource) and raw.prompts.chat_template
+    if chat:
+        check_chat_template(paths.get("tokenizer"))
+    cfg = SweepConfig(base_dir / raw.output, list(prompts), rewards, grid, raw.samples, ref, decoding, paths,
+                      _methods(raw.methods), resamples=boot.resamples, bootstrap_seed=boot.seed, chat_template=chat)
     return cfg.with_seeds(raw.seeds)
 
 

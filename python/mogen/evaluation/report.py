@@ -109,9 +109,10 @@ def _write_samples(folder: Path, runs: list, prefs: np.ndarray, reward_names: li
 
 def _metrics_md(cfg: Any, rows: list, intervals: dict, command: Optional[str]) -> str:
     prefs = np.asarray(cfg.preferences)
+    chat = " (decoded through the chat template)" if cfg.chat_template else ""
     lines = [*provenance_lines(command), "",
              f"Reference point for HV: {cfg.reference_point}; {len(prefs)} preference points; "
-             f"{len(cfg.prompts)} prompts x {cfg.samples} samples each x {len(cfg.seeds)} seed(s) "
+             f"{len(cfg.prompts)} prompts{chat} x {cfg.samples} samples each x {len(cfg.seeds)} seed(s) "
              f"{list(cfg.seeds)}.",
              "Rewards: " + "; ".join(r.text() for r in cfg.rewards) + ".",
              f"Each metric: value [95% bootstrap interval] over {cfg.resamples} resamples of prompts and of "

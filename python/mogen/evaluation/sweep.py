@@ -41,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import MethodSpec, SweepConfig, load_sweep_config
+from .prompts import chat_prompts
 from .methods import _Models, build_decoder
 from .report import write_reports
 
@@ -72,6 +73,8 @@ def _fingerprint(cfg: SweepConfig, method: MethodSpec, seed: int) -> str:
     rewards, the output folder, the other seeds or the metrics)."""
     blob = {"prompts": list(cfg.prompts), "samples": cfg.samples, "decoding": {**cfg.decoding, "seed": seed},
             "models": cfg.models, "method": [method.kind, method.params]}
+    if cfg.chat_template:
+        blob["chat_template"] = True
     return _hash(blob)
 
 
@@ -79,7 +82,7 @@ def _legacy_fingerprint(cfg: SweepConfig, method: MethodSpec, seed: int) -> Opti
     """The fingerprint of runs made before scores were cached by reward (the reward functions' specs were part
     of it, the scores only in each sample's ``rewards``), for a config whose rewards are all plain
     ``module:function`` strings: such a point is finished, its ``rewards`` the cached scores."""
-    if any(r.model is not None for r in cfg.rewards):
+    if cfg.chat_template or any(r.model is not None for r in cfg.rewards):
         return None
     blob = {"prompts": list(cfg.prompts), "samples": cfg.samples, "decoding": {**cfg.decoding, "seed": seed},
             "models": cfg.models, "rewards": [r.key for r in cfg.rewards], "method": [method.kind, method.params]}
@@ -120,12 +123,14 @@ def _decode_point(decoder: Any, tok: Any, cfg: SweepConfig, mu: tuple, seed: int
     settings.pop("seed", None)
     batch = settings.pop("batch_size", 64)
     rows = [p for p in cfg.prompts for _ in range(cfg.samples)]
+    inputs = chat_prompts(tok, rows) if cfg.chat_template else rows
     texts, tokens = [], 0
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     for start in range(0, len(rows), batch):
-        chunk = rows[start : start + batch]
-        enc = tok(chunk, return_tensors="pt", padding=True)
+        chunk = inputs[start : start + batch]
+        # A chat template writes the special tokens (bos) itself.
+        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=not cfg.chat_template)
         extra = {"generator": gen} if settings.get("do_sample") else {}
         out = decoder.decode(enc["input_ids"], enc["attention_mask"], mu, {**settings, **extra})
         new = out[:, enc["input_ids"].shape[1]:]
