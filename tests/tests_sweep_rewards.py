@@ -16,3 +16,13 @@ def count_a(response: str) -> float:
 
 def count_o(response: str) -> float:
     return float(response.count("o"))
+
+
+#: How many times :func:`counted_e` ran (the resume tests count scoring calls).
+CALLS = {"counted_e": 0}
+
+
+def counted_e(response: str) -> float:
+    """:func:`count_e`, counting its calls."""
+    CALLS["counted_e"] += 1
+    return float(response.count("e"))

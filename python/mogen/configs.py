@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Optional, Union
 
 __all__ = ["ConfigError", "parse", "to_dict", "key_path", "config_errors", "unknown_keys", "check_type",
-           "check_dtype"]
+           "check_dtype", "check_positive"]
 
 
 class ConfigError(ValueError):
@@ -71,6 +71,12 @@ def check_dtype(value: Any, path: str) -> None:
             lookup(value, allowed=FLOATS)
         except ValueError as exc:
             raise ConfigError(path, str(exc)) from None
+
+
+def check_positive(value: Any, path: str) -> None:
+    """A field check: ``value`` is None or an int >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(path, f"must be an int >= 1, got {value!r}")
 
 
 _NAMES = {int: "an int", float: "a number", bool: "a bool", str: "a string", list: "a list", dict: "a mapping"}

@@ -12,7 +12,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..evaluation import run_sweep
 
     res = run_sweep(args.config, progress=not args.quiet, seeds=args.seeds, seed_offset=args.seed_offset)
-    print(f"mogen sweep: {res.decoded} point(s) decoded, {res.skipped} already done; reports in {res.folder}")
+    print(f"mogen sweep: {res.decoded} point(s) decoded, {res.skipped} already done, {res.scored} text(s) scored "
+          f"(each reward counted); reports in {res.folder}")
     print((res.folder / "metrics.md").read_text())
     return 0
 
@@ -22,9 +23,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep", help="run methods over a grid of preferences; write texts, rewards, metrics and a Pareto plot",
         description="Runs (or resumes) the sweep of a YAML config (see mogen.evaluation.config): every method "
-                    "at every preference point and decoding seed, scored by the reward functions. Writes "
-                    "samples.jsonl, means.csv, metrics.md (every metric with its 95% bootstrap interval), "
-                    "bootstrap.npz and pareto.png to the config's output folder; finished points are skipped.")
+                    "at every preference point and decoding seed, scored by the rewards (module:function "
+                    "functions or sequence-classification reward models). Writes samples.jsonl, means.csv, "
+                    "metrics.md (every metric with its 95% bootstrap interval), rewards.json, bootstrap.npz and "
+                    "pareto.png to the config's output folder; finished points and cached scores are reused.")
     p.add_argument("--config", required=True, help="the sweep config (YAML)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--seeds", type=int, default=None,

@@ -8,6 +8,12 @@ the source checkout. ``mogen demo --sweep --objectives 3`` does the same on the
 three-objective variant (nature, city, ocean; :data:`DEMO_POINTS` lattice) and
 records ``pareto_demo3.{md,png}``: measured and recorded, with no targets.
 The run folder (every text, resumable) lives in the cache.
+
+The demo's rewards are its objectives' word rates (``mogen.demo.corpus``
+functions); ``rewards=`` scores the same comparison with any reward entries
+of the sweep config instead (``module:function`` strings, ``{model: folder,
+...}`` reward models: :mod:`mogen.evaluation.rewards`), one per objective.
+Such a run is printed, never recorded, and has no target checks.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional, TextIO
+from typing import Any, Optional, Sequence, TextIO
 
 from ..evaluation import run_sweep
 from . import corpus as demo_corpus
@@ -63,15 +69,19 @@ DEMO_SEEDS = 3
 
 
 def demo_sweep_config(path: Path, output: Path, *, samples: int = DEMO_SAMPLES, points: Optional[int] = None,
-                      max_new_tokens: int = 24, methods: Optional[list] = None, objectives: int = 2) -> dict:
+                      max_new_tokens: int = 24, methods: Optional[list] = None, objectives: int = 2,
+                      rewards: Optional[Sequence[Any]] = None) -> dict:
     """The sweep config of the ``objectives``-objective demo models in folder ``path``
-    (see :mod:`mogen.evaluation.config`); ``points`` defaults to :data:`DEMO_POINTS`."""
+    (see :mod:`mogen.evaluation.config`); ``points`` defaults to :data:`DEMO_POINTS`; ``rewards``: reward
+    entries, one per objective, instead of the demo's word rates."""
     objs = demo_corpus.objectives(objectives)
     names = [n for n, _ in objs]
+    if rewards is not None and len(rewards) != objectives:
+        raise ValueError(f"the {objectives}-objective demo takes {objectives} rewards, got {len(rewards)}")
     return {
         "output": str(output), "prompts": list(demo_corpus.PROMPTS), "samples": samples,
         "preferences": points if points is not None else DEMO_POINTS[objectives],
-        "rewards": [f"mogen.demo.corpus:{fn.__name__}" for _, fn in objs],
+        "rewards": list(rewards) if rewards is not None else [f"mogen.demo.corpus:{fn.__name__}" for _, fn in objs],
         "reference_point": [0.0] * objectives,
         "decoding": {"max_new_tokens": max_new_tokens, "do_sample": True, "top_k": 0, "top_p": 0.95, "seed": 0},
         "models": {
@@ -87,20 +97,21 @@ def demo_sweep_config(path: Path, output: Path, *, samples: int = DEMO_SAMPLES, 
 
 
 def run_demo_sweep(*, samples: int = DEMO_SAMPLES, seeds: int = DEMO_SEEDS, seed_offset: int = 0, record: bool = True,
-                   stream: TextIO = sys.stdout, objectives: int = 2) -> Path:
+                   stream: TextIO = sys.stdout, objectives: int = 2, rewards: Optional[Sequence[Any]] = None) -> Path:
     """Run (or resume) the embedded comparison with 2 or 3 objectives (building the demo models of that
     variant if needed); print and (from a checkout) record the table, the targets' checks (two objectives:
-    :func:`mogen.demo.checks.target_lines`) and the plot."""
+    :func:`mogen.demo.checks.target_lines`) and the plot. ``rewards``: reward entries instead of the demo's
+    (the module docstring); such a run is only printed."""
     models = load_demo_models(DemoConfig(objectives=objectives), log=lambda line: print(line, file=stream, flush=True))
     output = cache_root() / "sweep" / models.path.name
-    res = run_sweep(demo_sweep_config(models.path, output, samples=samples, objectives=objectives), seeds=seeds,
-                    seed_offset=seed_offset)
+    res = run_sweep(demo_sweep_config(models.path, output, samples=samples, objectives=objectives, rewards=rewards),
+                    seeds=seeds, seed_offset=seed_offset)
     table = (output / "metrics.md").read_text()
-    if objectives == 2:
+    if objectives == 2 and rewards is None:
         table += "\n" + "\n".join(target_lines(output, res.table)) + "\n"
     print(table, file=stream)
     results = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
-    if record and results.is_dir():
+    if record and rewards is None and results.is_dir():
         stem, head = _RECORDS[objectives]
         (results / f"{stem}.md").write_text(head + "\n\n" + table)
         shutil.copyfile(output / "pareto.png", results / f"{stem}.png")

@@ -3,8 +3,13 @@
 ::
 
     output: runs/demo                   # the run folder (resumable)
-    prompts: prompts.txt                # one prompt per line (relative to this file)
-    rewards: [mymod:helpful, mymod:harmless]   # module:function, reward(prompt, response) or reward(response)
+    prompts: prompts.txt                # one prompt per line (relative to this file), or a list, or
+                                        # {path, field, split, limit, shuffle_seed, chat_template}: see below
+    rewards:                            # one entry per objective, in preference order:
+      - mymod:helpful                   #   module:function, reward(prompt, response) or reward(response)
+      - {function: mymod:harmless, offset: 0.5, scale: 2.0}   # the same, normalised
+      - {model: rm_folder, label: 0, batch_size: 16, max_length: 512, template: "{prompt}{response}"}
+                                        #   a sequence-classification reward model ("chat": its chat template)
     preferences: 11                     # points on the simplex, or an explicit [[mu_1, ..., mu_n], ...]
     samples: 2                          # responses per prompt and preference, per seed
     seeds: 3                            # decoding seeds (decoding.seed, +1, ...), samples pooled over them
@@ -20,17 +25,35 @@
       experts: [e_a, e_b]               # small guides and their shared reference (MPAW, MAGE-I), with
       reference: ref                    # expert_beta (and expert_alpha) for MAGE-I-M's Bone Soup merge
       value_models: [v_a, v_b]          # explicit value models (MAGE-E)
+      dtype: float32                    # every model's dtype, the reward models' too
     methods:
       - {name: Rewarded Soup, kind: rewarded_soup}
       - {name: MPAW, kind: mpaw, beta: 1.0}
       - {name: MAGE-E-M, kind: mage, variant: E-M, gamma: 5.0}
+
+Prompts (:mod:`mogen.evaluation.prompts`): ``{path: data.jsonl, field: prompt, split: train, limit: 100,
+shuffle_seed: 0, chat_template: true}`` reads a ``.txt`` file, or with the ``datasets`` library (``pip install
+'mogen[data]'``) a ``.jsonl`` / ``.json``, ``.csv`` or ``.parquet`` file or a ``save_to_disk`` folder: column
+``field`` (default ``prompt``) of ``split``, rows shuffled with ``shuffle_seed`` then cut to ``limit``;
+``chat_template: true`` decodes each prompt through the base tokenizer's chat template (the rewards see the raw
+prompt).
+
+Rewards (:mod:`mogen.evaluation.rewards`, :mod:`mogen.evaluation.reward_models`): every reward gives a raw
+score; the metrics use ``reward = (raw - offset) * scale`` (offset 0, scale 1 by default). A reward model is a
+``...ForSequenceClassification`` folder with its tokenizer; its raw score is logit ``label`` of the text
+``template`` renders (``{prompt}`` / ``{response}`` fields, or ``chat``: the tokenizer's chat template on
+[user: prompt, assistant: response]), scored in batches of ``batch_size`` under ``torch.inference_mode`` on the
+sweep's device and ``models.dtype``, ids cut to ``max_length``. Raw scores are cached in the point files, so a
+resumed or extended run scores only what is missing. ``name`` (optional) heads the reward's column.
+
+Every error is a :class:`~mogen.configs.ConfigError` naming the file and the key path (``rewards[2].label``,
+``prompts.field``): a reward folder that is missing, not a sequence classifier or without logit ``label``, a
+prompt field that does not exist, ...
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +64,13 @@ import yaml
 
 from ..configs import ConfigError, check_dtype, config_errors, key_path, parse, unknown_keys
 from ..mage import BONE_SOUP_KEYS, MAGE_KEYS, MAGEConfig
-from ..value.data import Reward
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from .grid import preference_grid
+from .prompts import PromptSource, check_chat_template, read_prompts
+from .rewards import RewardSpec, import_reward, parse_reward
 
 __all__ = ["SweepConfig", "SweepFile", "MethodSpec", "load_sweep_config", "parse_sweep_file", "import_reward",
-           "METHOD_KINDS"]
+           "METHOD_KINDS", "RewardSpec"]
 
 _LABEL = "sweep config"
 
@@ -140,8 +164,8 @@ class SweepFile:
     """A sweep config as written (the module docstring's keys), checked key by key."""
 
     output: _Path
-    prompts: Union[str, list[str]]
-    rewards: list[str]
+    prompts: Union[str, list[str], PromptSource]
+    rewards: list[Union[str, dict]]  # each checked by mogen.evaluation.rewards.parse_reward
     reference_point: list[float] = field(metadata={"check": _finite_list})
     models: Optional[_ModelPaths]
     methods: list[dict]
@@ -170,9 +194,11 @@ class MethodSpec:
 
 @dataclass
 class SweepConfig:
+    """A checked sweep config: paths resolved, prompts read, rewards checked (:class:`RewardSpec`)."""
+
     output: Path
-    prompts: list
-    rewards: list  # [(spec string, callable)]
+    prompts: list  # the raw prompts (what the rewards see)
+    rewards: list  # [RewardSpec], one per objective
     preferences: np.ndarray  # [P, n]
     samples: int
     reference_point: list
@@ -182,6 +208,7 @@ class SweepConfig:
     seeds: list = field(default_factory=lambda: [0])  # decoding seeds; each point is decoded once per seed
     resamples: int = DEFAULT_RESAMPLES  # bootstrap replicates behind every interval
     bootstrap_seed: int = DEFAULT_SEED
+    chat_template: bool = False  # decode each prompt through the base tokenizer's chat template
 
     @property
     def objectives(self) -> int:
@@ -193,25 +220,6 @@ class SweepConfig:
             _positive_int(count, "seeds")
         first = int(self.decoding.get("seed", 0)) + int(offset)
         return dataclasses.replace(self, seeds=list(range(first, first + count)))
-
-
-def import_reward(spec: str, path: str = "rewards") -> Reward:
-    """``module:function`` as ``reward(prompt, response) -> float`` (a one-argument function gets the response)."""
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise ConfigError(path, f"a reward must be 'module:function', got {spec!r}", label=_LABEL)
-    module, name = spec.split(":")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(path, f"cannot import reward {spec!r}: {exc}", label=_LABEL) from None
-    if not callable(fn):
-        raise ConfigError(path, f"reward {spec!r} is not callable", label=_LABEL)
-    try:
-        takes_one = len([p for p in inspect.signature(fn).parameters.values()
-                         if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) == 1
-    except (TypeError, ValueError):
-        takes_one = False
-    return (lambda prompt, response: fn(response)) if takes_one else fn
 
 
 _KIND_SCHEMAS = {"mpaw": _MpawParams, "mpaw_search": _SearchParams}
@@ -278,15 +286,9 @@ def _preferences(raw: SweepFile, n: int) -> np.ndarray:
 
 
 def _build(raw: SweepFile, base_dir: Path) -> SweepConfig:
-    prompts = raw.prompts
-    if isinstance(prompts, str):
-        try:
-            prompts = [ln for ln in (base_dir / prompts).read_text().splitlines() if ln.strip()]
-        except OSError as exc:
-            raise ConfigError("prompts", f"cannot read the prompts file: {exc}") from None
-    if not prompts:
-        raise ConfigError("prompts", "prompts is empty")
-    rewards = [(spec, import_reward(spec, key_path("rewards", i))) for i, spec in enumerate(raw.rewards)]
+    prompts = read_prompts(raw.prompts, base_dir)
+    dtype = raw.models.dtype if raw.models is not None else None
+    rewards = [parse_reward(entry, key_path("rewards", i), base_dir, dtype) for i, entry in enumerate(raw.rewards)]
     grid = _preferences(raw, len(rewards))
     ref = list(raw.reference_point)
     if len(ref) != len(rewards):
@@ -294,9 +296,12 @@ def _build(raw: SweepFile, base_dir: Path) -> SweepConfig:
     boot = raw.bootstrap or _Bootstrap()
     models = {k: v for k, v in dataclasses.asdict(raw.models or _ModelPaths()).items() if v is not None}
     decoding = {k: v for k, v in dataclasses.asdict(raw.decoding or _Decoding()).items() if v is not None}
-    cfg = SweepConfig(base_dir / raw.output, list(prompts), rewards, grid, raw.samples, ref, decoding,
-                      _paths(models, base_dir), _methods(raw.methods), resamples=boot.resamples,
-                      bootstrap_seed=boot.seed)
+    paths = _paths(models, base_dir)
+    chat = isinstance(raw.prompts, PromptSource) and raw.prompts.chat_template
+    if chat:
+        check_chat_template(paths.get("tokenizer"))
+    cfg = SweepConfig(base_dir / raw.output, list(prompts), rewards, grid, raw.samples, ref, decoding, paths,
+                      _methods(raw.methods), resamples=boot.resamples, bootstrap_seed=boot.seed, chat_template=chat)
     return cfg.with_seeds(raw.seeds)
 
 

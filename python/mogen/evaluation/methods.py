@@ -48,6 +48,16 @@ class _Models:
         self._folders = FolderCache(dtype=torch_dtype(self.paths.get("dtype", "float32"),
                                                       what="sweep config: models.dtype"))
 
+    @property
+    def device(self) -> Any:
+        """Where the sweep's models are (reward models go there too)."""
+        return self._folders.device
+
+    @property
+    def dtype(self) -> Any:
+        """The sweep's model dtype (``models.dtype``; reward models load in it too)."""
+        return self._folders.dtype
+
     def need(self, key: str, method: str) -> Any:
         value = self.paths.get(key)
         if value is None:

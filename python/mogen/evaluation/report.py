@@ -1,4 +1,4 @@
-"""A sweep's reports: samples.jsonl, means.csv, metrics.md, bootstrap.npz and pareto.png.
+"""A sweep's reports: samples.jsonl, means.csv, metrics.md, rewards.json, bootstrap.npz and pareto.png.
 
 Every metric of :func:`method_metrics` is reported with its 95% bootstrap
 interval (:mod:`mogen.evaluation.bootstrap`): ``value [low, high]`` in
@@ -109,10 +109,12 @@ def _write_samples(folder: Path, runs: list, prefs: np.ndarray, reward_names: li
 
 def _metrics_md(cfg: Any, rows: list, intervals: dict, command: Optional[str]) -> str:
     prefs = np.asarray(cfg.preferences)
+    chat = " (decoded through the chat template)" if cfg.chat_template else ""
     lines = [*provenance_lines(command), "",
              f"Reference point for HV: {cfg.reference_point}; {len(prefs)} preference points; "
-             f"{len(cfg.prompts)} prompts x {cfg.samples} samples each x {len(cfg.seeds)} seed(s) "
+             f"{len(cfg.prompts)} prompts{chat} x {cfg.samples} samples each x {len(cfg.seeds)} seed(s) "
              f"{list(cfg.seeds)}.",
+             "Rewards: " + "; ".join(r.text() for r in cfg.rewards) + ".",
              f"Each metric: value [95% bootstrap interval] over {cfg.resamples} resamples of prompts and of "
              f"samples within prompts (bootstrap seed {cfg.bootstrap_seed}); tokens/s: new tokens over decoding "
              "time, all seeds.", "",
@@ -128,7 +130,8 @@ def write_reports(cfg: Any, folder: Path, points: list, command: Optional[str] =
     """Writes the reports from the point files ``points = [(method, files [P][K])]``; returns the metrics
     rows ``[(name, dict)]`` (point estimates; the intervals are in metrics.md and bootstrap.npz)."""
     prefs = np.asarray(cfg.preferences, dtype=np.float64)
-    reward_names = [spec.split(":")[-1] for spec, _ in cfg.rewards]
+    reward_names = [r.name for r in cfg.rewards]
+    (folder / "rewards.json").write_text(json.dumps([r.describe() for r in cfg.rewards], indent=2) + "\n")
     runs = [load_method_run(name, files, len(cfg.prompts), cfg.samples) for name, files in points]
     _write_samples(folder, runs, prefs, reward_names)
     rows, intervals, arrays, bars = [], {}, {}, {}

@@ -4,18 +4,31 @@ The run folder holds one ``points/<method>/<preference>_seed<k>.json`` per
 finished (method, preference, decoding seed), written atomically, so a rerun
 skips finished points and a killed run resumes where it stopped. Each point
 records a fingerprint of what its texts depend on (prompts, samples, decoding
-settings and seed, rewards, models, the method's parameters): a point from a
-run with other settings is decoded again, never mixed into this run's table.
+settings and seed, models, the method's parameters): a point from a run with
+other settings is decoded again, never mixed into this run's table.
+
+A run decodes every missing point first, then scores: one reward at a time
+(a reward model is loaded once, after the decoding models are let go), each
+point's raw scores cached in its file under the reward's key
+(:mod:`mogen.evaluation.rewards`), so a resumed run scores only what is
+missing and a reward added to the config scores the texts already there
+without decoding them again. Each sample's ``rewards`` are then the
+normalised scores, ``(raw - offset) * scale``, in the config's order (and its
+``raw_rewards`` too when a reward is normalised).
+
 When every point is done the run writes ``samples.jsonl`` (every response with
 its method, preference, seed and rewards), ``means.csv`` (mean rewards per
 method and preference, pooled over the seeds), ``metrics.md`` (one row per
 method, every metric with its 95% bootstrap interval,
-:mod:`mogen.evaluation.bootstrap`), ``bootstrap.npz`` (the replicates) and
-``pareto.png``.
+:mod:`mogen.evaluation.bootstrap`, and a line per reward with its source and
+normalisation), ``rewards.json`` (each reward: name, kind, source, cache key,
+offset, scale and a reward model's label, template, max_length),
+``bootstrap.npz`` (the replicates) and ``pareto.png``.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -27,8 +40,8 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from ..value.data import checked
 from .config import MethodSpec, SweepConfig, load_sweep_config
+from .prompts import chat_prompts
 from .methods import _Models, build_decoder
 from .report import write_reports
 
@@ -36,10 +49,11 @@ __all__ = ["run_sweep", "SweepResult"]
 
 
 class SweepResult:
-    """What a run did: the folder, how many points it decoded now, and the per-method means."""
+    """What a run did: the folder, how many points it decoded now and how many were done, how many texts it
+    scored now (each reward counted), and the per-method metrics."""
 
-    def __init__(self, folder: Path, decoded: int, skipped: int, table: list) -> None:
-        self.folder, self.decoded, self.skipped, self.table = folder, decoded, skipped, table
+    def __init__(self, folder: Path, decoded: int, skipped: int, table: list, scored: int = 0) -> None:
+        self.folder, self.decoded, self.skipped, self.table, self.scored = folder, decoded, skipped, table, scored
 
 
 def _slug(text: str) -> str:
@@ -50,19 +64,46 @@ def _point_key(mu) -> str:
     return "_".join(f"{x:.4f}" for x in mu)
 
 
-def _fingerprint(cfg: SweepConfig, method: MethodSpec, seed: int) -> str:
-    """A hash of everything a point of ``method`` decoded with ``seed`` depends on (not the output folder,
-    the other seeds or the metrics)."""
-    blob = {"prompts": list(cfg.prompts), "samples": cfg.samples, "decoding": {**cfg.decoding, "seed": seed},
-            "models": cfg.models, "rewards": [spec for spec, _ in cfg.rewards], "method": [method.kind, method.params]}
+def _hash(blob: dict) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _finished(path: Path, fingerprint: str) -> bool:
+def _fingerprint(cfg: SweepConfig, method: MethodSpec, seed: int) -> str:
+    """A hash of everything the texts of a point of ``method`` decoded with ``seed`` depend on (not the
+    rewards, the output folder, the other seeds or the metrics)."""
+    blob = {"prompts": list(cfg.prompts), "samples": cfg.samples, "decoding": {**cfg.decoding, "seed": seed},
+            "models": cfg.models, "method": [method.kind, method.params]}
+    if cfg.chat_template:
+        blob["chat_template"] = True
+    return _hash(blob)
+
+
+def _legacy_fingerprint(cfg: SweepConfig, method: MethodSpec, seed: int) -> Optional[str]:
+    """The fingerprint of runs made before scores were cached by reward (the reward functions' specs were part
+    of it, the scores only in each sample's ``rewards``), for a config whose rewards are all plain
+    ``module:function`` strings: such a point is finished, its ``rewards`` the cached scores."""
+    if cfg.chat_template or any(r.model is not None for r in cfg.rewards):
+        return None
+    blob = {"prompts": list(cfg.prompts), "samples": cfg.samples, "decoding": {**cfg.decoding, "seed": seed},
+            "models": cfg.models, "rewards": [r.key for r in cfg.rewards], "method": [method.kind, method.params]}
+    return _hash(blob)
+
+
+def _read_point(path: Path, fingerprint: str, legacy: Optional[str], cfg: SweepConfig) -> Optional[dict]:
+    """The finished point in ``path`` (a legacy one with its scores filed by reward key), else None."""
     try:
-        return json.loads(path.read_text()).get("fingerprint") == fingerprint
+        point = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    if point.get("fingerprint") == fingerprint:
+        point.setdefault("scores", {})
+        return point
+    if legacy is not None and point.get("fingerprint") == legacy:
+        point["scores"] = {r.key: [s["rewards"][j] for s in point["samples"]] for j, r in enumerate(cfg.rewards)}
+        point["fingerprint"] = fingerprint
+        _write_atomic(path, point)  # in today's form
+        return point
+    return None
 
 
 def _write_atomic(path: Path, data: Any) -> None:
@@ -82,28 +123,70 @@ def _decode_point(decoder: Any, tok: Any, cfg: SweepConfig, mu: tuple, seed: int
     settings.pop("seed", None)
     batch = settings.pop("batch_size", 64)
     rows = [p for p in cfg.prompts for _ in range(cfg.samples)]
+    inputs = chat_prompts(tok, rows) if cfg.chat_template else rows
     texts, tokens = [], 0
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     for start in range(0, len(rows), batch):
-        chunk = rows[start : start + batch]
-        enc = tok(chunk, return_tensors="pt", padding=True)
+        chunk = inputs[start : start + batch]
+        # A chat template writes the special tokens (bos) itself.
+        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=not cfg.chat_template)
         extra = {"generator": gen} if settings.get("do_sample") else {}
         out = decoder.decode(enc["input_ids"], enc["attention_mask"], mu, {**settings, **extra})
         new = out[:, enc["input_ids"].shape[1]:]
         tokens += int((new != tok.pad_token_id).sum())
         texts += tok.batch_decode(new, skip_special_tokens=True)
     seconds = time.perf_counter() - t0
-    samples = []
-    for prompt, text in zip(rows, texts):
-        rewards = []
-        for spec, fn in cfg.rewards:
+    samples = [{"prompt": prompt, "response": text} for prompt, text in zip(rows, texts)]
+    return {"preference": list(mu), "seed": seed, "samples": samples, "tokens": tokens, "seconds": seconds,
+            "scores": {}}
+
+
+def _score_points(cfg: SweepConfig, points: dict, *, device: Any, dtype: Any, progress: bool) -> int:
+    """Scores every point of ``points`` (path -> point) that lacks a reward's raw scores, one reward at a time,
+    writing each point as it is scored; then sets each sample's ``rewards`` (and ``raw_rewards``) from the
+    scores. Returns how many texts were scored."""
+    scored = 0
+    for r in cfg.rewards:
+        pending = [(path, p) for path, p in points.items() if len(p["scores"].get(r.key, ())) != len(p["samples"])]
+        if not pending:
+            continue
+        total = sum(len(p["samples"]) for _, p in pending)
+        bar = tqdm(total=total, desc=f"reward {r.name}", disable=not progress, leave=False)
+        scorer = r.scorer(device=device, dtype=dtype)
+        for path, point in pending:
+            prompts = [s["prompt"] for s in point["samples"]]
+            responses = [s["response"] for s in point["samples"]]
             try:
-                rewards.append(checked(prompt, text, fn(prompt, text)).reward)
+                point["scores"][r.key] = scorer.score(prompts, responses, bar=bar)
             except (TypeError, ValueError) as exc:
-                raise ValueError(f"reward {spec} at preference {list(mu)}: {exc}") from None
-        samples.append({"prompt": prompt, "response": text, "rewards": rewards})
-    return {"preference": list(mu), "seed": seed, "samples": samples, "tokens": tokens, "seconds": seconds}
+                raise ValueError(f"reward {r.source} at preference {point['preference']}: {exc}") from None
+            _write_atomic(path, point)
+        scored += total
+        bar.close()
+        del scorer
+        if r.model is not None:
+            _free_memory()
+    raw_too = any(r.normalised for r in cfg.rewards)
+    for path, point in points.items():
+        before = json.dumps(point["samples"])
+        for i, sample in enumerate(point["samples"]):
+            raw = [float(point["scores"][r.key][i]) for r in cfg.rewards]
+            sample["rewards"] = [r.normalise(x) for r, x in zip(cfg.rewards, raw)]
+            if raw_too:
+                sample["raw_rewards"] = raw
+            else:
+                sample.pop("raw_rewards", None)
+        if json.dumps(point["samples"]) != before:
+            _write_atomic(path, point)
+    return scored
+
+
+def _free_memory() -> None:
+    """Returns the memory of models no longer referenced (the decoding models, before reward models load)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def run_sweep(config: Any, *, progress: bool = True, root: Optional[Path] = None, seeds: Optional[int] = None,
@@ -119,25 +202,41 @@ def run_sweep(config: Any, *, progress: bool = True, root: Optional[Path] = None
         cfg = cfg.with_seeds(seeds if seeds is not None else len(cfg.seeds), seed_offset)
     folder = Path(cfg.output)
     models = _Models(cfg)
+    device, dtype = models.device, models.dtype
     prefs = [tuple(float(x) for x in mu) for mu in cfg.preferences]
-    prints = {(m.name, seed): _fingerprint(cfg, m, seed) for m in cfg.methods for seed in cfg.seeds}
-    todo = [(m, mu, seed) for m in cfg.methods for mu in prefs for seed in cfg.seeds
-            if not _finished(point_file(folder, m.name, mu, seed), prints[m.name, seed])]
-    skipped = len(prints) * len(prefs) - len(todo)
+    points: dict = {}
+    todo = []
+    for m in cfg.methods:
+        for seed in cfg.seeds:
+            fingerprint, legacy = _fingerprint(cfg, m, seed), _legacy_fingerprint(cfg, m, seed)
+            for mu in prefs:
+                path = point_file(folder, m.name, mu, seed)
+                point = _read_point(path, fingerprint, legacy, cfg)
+                if point is None:
+                    todo.append((m, mu, seed, fingerprint))
+                else:
+                    points[path] = point
+    skipped = len(points)
     bar = tqdm(total=len(todo), desc="sweep", disable=not progress or not todo)
     decoders: dict = {}
-    for method, mu, seed in todo:
+    for method, mu, seed, fingerprint in todo:
         if method.name not in decoders:
             decoders[method.name] = build_decoder(method, models)
         tok = models.tokenizer(models.need("tokenizer", method.name))
         tok.padding_side = "left"
         bar.set_postfix_str(f"{method.name} {list(mu)} seed {seed}")
         point = _decode_point(decoders[method.name], tok, cfg, mu, seed)
-        point["method"], point["fingerprint"] = method.name, prints[method.name, seed]
-        _write_atomic(point_file(folder, method.name, mu, seed), point)
+        point["method"], point["fingerprint"] = method.name, fingerprint
+        path = point_file(folder, method.name, mu, seed)
+        _write_atomic(path, point)
+        points[path] = point
         bar.update(1)
     bar.close()
+    decoders.clear()
+    del models
+    _free_memory()
+    scored = _score_points(cfg, points, device=device, dtype=dtype, progress=progress)
     files = [(m.name, [[point_file(folder, m.name, mu, seed) for seed in cfg.seeds] for mu in prefs])
              for m in cfg.methods]
     table = write_reports(cfg, folder, files, command=command)
-    return SweepResult(folder, len(todo), skipped, table)
+    return SweepResult(folder, len(todo), skipped, table, scored)

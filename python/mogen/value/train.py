@@ -2,8 +2,9 @@
 
 :func:`train_value_model` builds a value model from a causal LM (its head
 replaced by a zero-initialised value head, :func:`~mogen.value_format.make_value_model`),
-samples responses from a policy, scores them with the user's reward function,
-and fits, for every response ``y`` of prompt ``x`` with reward ``r``::
+samples responses from a policy, scores them with the user's reward (a
+function, a ``module:function`` string or a sequence-classification reward
+model, :mod:`mogen.evaluation.rewards`), and fits, for every response ``y`` of prompt ``x`` with reward ``r``::
 
     L = 1/2 * mean_t (Q(x, y<t)[y_t] - (r - offset) / scale)^2
 
@@ -27,7 +28,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -129,7 +130,7 @@ def train_value_model(
     tokenizer: Any,
     *,
     prompts: Optional[Sequence[str]] = None,
-    reward: Optional[Reward] = None,
+    reward: Union[Reward, str, dict, Any, None] = None,
     data: Optional[Sequence[Union[Example, tuple]]] = None,
     policy: Any = None,
     objectives: Sequence[str] = ("reward",),
@@ -151,7 +152,14 @@ def train_value_model(
         tokenizer: its tokenizer.
         prompts, reward: sample ``samples_per_prompt`` responses per prompt from
             ``policy`` (default: ``model`` as loaded) and score each with
-            ``reward(prompt, response) -> float``. Or give ``data``: prepared
+            ``reward``: a function ``reward(prompt, response) -> float``, a
+            ``"module:function"`` string, a reward entry mapping such as
+            ``{"model": folder, "label": 0, "batch_size": 16, "max_length": 512,
+            "template": "{prompt}{response}"}`` (a sequence-classification
+            reward model, scored in batches on the policy's device and dtype;
+            :mod:`mogen.evaluation.rewards` for the keys, ``offset`` and
+            ``scale`` included), or a loaded
+            :class:`~mogen.evaluation.reward_models.RewardModel`. Or give ``data``: prepared
             ``(prompt, response, reward)`` triples (the response ended with
             eos) or ``(prompt, response, reward, ended)``, or :class:`Example`.
         objectives: names stored in the model's ``mogen_value_model`` entry.
@@ -164,7 +172,8 @@ def train_value_model(
 
     Raises:
         ValueError: neither (prompts, reward) nor data, non-finite rewards
-        (naming the text), bad sizes.
+        (naming the text), bad sizes; a bad reward entry is a
+        :class:`~mogen.configs.ConfigError` naming its key (``reward.label``).
     """
     t0 = time.perf_counter()
     examples = _examples(model, tokenizer, prompts, reward, data, policy, samples_per_prompt, max_new_tokens, top_p,
@@ -202,10 +211,37 @@ def _examples(model, tokenizer, prompts, reward, data, policy, samples_per_promp
         raise ValueError("prompts is empty")
     if isinstance(samples_per_prompt, bool) or not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be an int >= 1, got {samples_per_prompt!r}")
+    batch = _batch_reward(reward)
     source = _load(policy if policy is not None else model)
     pairs = sample_responses(source, tokenizer, list(prompts), samples_per_prompt=samples_per_prompt,
                              max_new_tokens=max_new_tokens, seed=seed, top_p=top_p)
-    return score(pairs, reward)
+    if batch is None:
+        return score(pairs, reward)
+    param = next(source.parameters())
+    scorer, normalise = batch(param.device, param.dtype)  # a reward model loads where the policy is
+    raw = scorer.score([p for p, _, _ in pairs], [r for _, r, _ in pairs])
+    return [checked(p, r, normalise(v), ended) for (p, r, ended), v in zip(pairs, raw)]
+
+
+def _batch_reward(reward: Any) -> Optional[Callable]:
+    """None for a plain function (called once per response, as it always was); else
+    ``open(device, dtype) -> (scorer, normalise)``, ``scorer.score(prompts, responses)`` giving raw scores:
+    for an entry (``"module:function"``, a mapping) its checked spec, checked now; for an object with a batch
+    ``score`` (a RewardModel) the object itself."""
+    if isinstance(reward, (str, dict)):
+        # inside: mogen.evaluation imports mogen.mage, which imports this package.
+        from ..configs import config_errors
+        from ..evaluation.rewards import parse_reward
+
+        with config_errors(label="train_value_model"):
+            spec = parse_reward(reward, "reward")
+        return lambda device, dtype: (spec.scorer(device=device, dtype=dtype), spec.normalise)
+    if callable(getattr(reward, "score", None)):
+        return lambda device, dtype: (reward, float)
+    if not callable(reward):
+        raise TypeError(f"reward must be a function, 'module:function', a reward entry mapping or a RewardModel, "
+                        f"got {reward!r}")
+    return None
 
 
 def _split(examples: list[Example], heldout: float, seed: int) -> tuple[list[Example], list[Example]]:
