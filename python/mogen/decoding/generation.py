@@ -210,7 +210,7 @@ def generate(
     ``base.generate(..., logits_processor=[MultiObjectiveLogitsProcessor(guides, weights, ...)])``
     for guides that share the base's tokenizer. Left padding; a row ends at an
     eos id (then filled with ``pad_token_id``) or a stopping criterion; generation
-    stops when every row has ended. :data:`mogen.decoding.arguments.FIELDS` lists
+    stops when every row has ended. :data:`mogen.decoding.argument_support.FIELDS` lists
     every ``GenerationConfig`` field as honoured, without effect (as in
     transformers) or refused with the alternative (``num_beams > 1``: use
     :func:`mogen.search`).

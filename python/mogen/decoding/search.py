@@ -387,7 +387,7 @@ def search(
     log-probabilities and guide terms (docs/design.md section 1.5): the processors shape which chunks are
     proposed, not how they rank. With none of these arguments the search is exactly the plain one.
 
-    Honoured (:data:`mogen.decoding.arguments.SEARCH_FIELDS` says how, field by field): ``logits_processor``,
+    Honoured (:data:`mogen.decoding.argument_support.SEARCH_FIELDS` says how, field by field): ``logits_processor``,
     ``stopping_criteria``, ``prefix_allowed_tokens_fn`` (``batch_id`` is the row's prompt),
     ``repetition_penalty``, ``encoder_repetition_penalty``, ``no_repeat_ngram_size``,
     ``encoder_no_repeat_ngram_size``, ``bad_words_ids``, ``sequence_bias``, ``suppress_tokens``,
