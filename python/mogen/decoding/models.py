@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 
 from .kvcache import new_cache
+from .windows import PositionWindows, position_windows
 
 __all__ = ["LMRunner", "input_device", "output_device", "param_devices", "has_placement", "context_length",
            "backbone", "RunnerRegistry"]
@@ -70,10 +71,6 @@ def backbone(model: torch.nn.Module) -> torch.nn.Module:
     raise TypeError(f"cannot find the backbone (the model without its head) of {type(model).__name__}")
 
 
-def _new_cache(model: torch.nn.Module) -> Any:
-    return new_cache(model)
-
-
 class LMRunner:
     """A causal LM with its own KV cache, over a batch of rows that can be reordered.
 
@@ -108,16 +105,30 @@ class LMRunner:
         self._takes_positions = "position_ids" in params
         self.input_device = input_device(model)
         self.output_device = output_device(model)
-        self.cache = _new_cache(model)
+        self._windows: Optional[PositionWindows] = None
+        self._positions: Optional[torch.Tensor] = None  # [B, columns]: position ids fed (windows by position)
+        self.cache = new_cache(model)
+
+    def window_by_position(self) -> None:
+        """Apply sliding windows over position ids instead of cache columns (:mod:`mogen.decoding.windows`).
+
+        For a runner whose cache has holes (a guide with its own tokenizer); call before the first forward.
+        Raises ValueError for models whose layers cannot skip masked columns.
+        """
+        self._windows = position_windows(self.model, backbone(self.model), self.name)
+        self.reset()
 
     def reset(self) -> None:
         """Forget everything seen so far (a new generation)."""
-        self.cache = _new_cache(self.model)
+        self.cache = new_cache(self.model, keep_all=self._windows is not None)
+        self._positions = None
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row ``b`` of the cache becomes old row ``index[b]`` (rows may repeat or drop: beam selection)."""
         if self.cache is not None and self.cache.get_seq_length() > 0:
             self.cache.reorder_cache(index.to(self.input_device))
+        if self._positions is not None:
+            self._positions = self._positions.index_select(0, index.to(self._positions.device))
 
     def forward(
         self,
@@ -140,6 +151,13 @@ class LMRunner:
             kwargs["attention_mask"] = attention_mask.to(dev, non_blocking=True)
         if position_ids is not None and self._takes_positions:
             kwargs["position_ids"] = position_ids.to(dev, non_blocking=True)
+        if self._windows is not None:
+            if attention_mask is None or position_ids is None:
+                raise ValueError(f"{self.name}: windows by position need the attention mask and position ids")
+            pos = position_ids.to(dev, non_blocking=True)
+            self._positions = pos if self._positions is None else torch.cat([self._positions, pos], dim=1)
+            kwargs["attention_mask"] = self._windows.masks(kwargs["attention_mask"], self._positions,
+                                                           input_ids.shape[1])
         if self._keep_kw is not None:
             kwargs[self._keep_kw] = keep
         out = self._module(input_ids=input_ids.to(dev, non_blocking=True), return_dict=True, **kwargs)
