@@ -31,9 +31,11 @@ from typing import Any, Optional, Union
 
 import torch
 
-__all__ = ["PositionWindows", "position_windows", "layer_types"]
+__all__ = ["PositionWindows", "position_windows", "layer_types", "recurrent_only"]
 
 FULL, SLIDING = "full_attention", "sliding_attention"
+# Layer kinds whose state is a recurrence over every id fed (no keys to mask).
+RECURRENT = {"linear_attention", "conv", "mamba", "recurrent"}
 # A forward that takes a prepared {layer kind: mask} mapping says so in its source (transformers >= 4.53).
 _TAKES_MAPPING = re.compile(r"isinstance\(\s*(?:\w+\s*:=\s*)?attention_mask\s*,\s*dict\s*\)")
 
@@ -63,6 +65,17 @@ def layer_types(model: torch.nn.Module) -> tuple[list[str], list[Optional[int]]]
     kinds = list(getattr(cfg, "layer_types", None) or [SLIDING if getattr(cfg, "sliding_window", None) else FULL] * n)
     window = getattr(cfg, "sliding_window", None)
     return kinds, [window if k == SLIDING else None for k in kinds]
+
+
+def recurrent_only(model: torch.nn.Module) -> bool:
+    """Whether every layer of ``model`` is recurrent (Mamba-like: no attention layer at all).
+
+    Such a model reads ``attention_mask`` as one flag per id *fed* (it zeroes padded inputs), not per cache
+    column: ``transformers``' ``generate`` passes no mask on cached steps. Hybrid models (Jamba, LFM2, ...)
+    take the full mask and trim it for their recurrent layers themselves.
+    """
+    kinds = set(layer_types(model)[0]) - {"dummy"}
+    return bool(kinds) and kinds <= RECURRENT
 
 
 def _takes_mask_mapping(module: torch.nn.Module) -> bool:
