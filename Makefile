@@ -9,6 +9,7 @@
 #                    transformers) into .mogen-cache/tokenizers; a no-op when cached
 #   make bench       micro-benchmarks (kernel vs eager reference, vs roofline)
 #   make readme      README's benchmark tables and At-a-glance figures, from benchmarks/results/
+#   make architectures  the architecture matrix: its tests, written to benchmarks/results/architectures.md
 #   make cuda-check  compile every .cu for sm_80 and sm_90 (works with a CPU torch)
 #   make cmake       C++ dev loop: CMake + Ninja build, compile_commands.json
 
@@ -23,7 +24,7 @@ CU_SRCS := $(wildcard csrc/cuda/*.cu)
 EXT_SRCS := $(shell find csrc -type f) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: install demo sweep test tokenizers bench cuda-check cmake clean mergekit readme
+.PHONY: install demo sweep test tokenizers bench cuda-check cmake clean mergekit readme architectures
 
 $(VENV)/.deps: requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +55,9 @@ tokenizers: $(VENV)/.deps
 test: install
 	$(PY) tools/fetch_tokenizers.py --allow-offline
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+architectures: install
+	$(PY) -m pytest tests/test_architectures.py --architectures-results $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m pytest benchmarks/bench_fusion.py --benchmark-only --benchmark-columns=median,ops -p no:cacheprovider $(PYTEST_ARGS)

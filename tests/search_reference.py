@@ -28,7 +28,10 @@ def f64(model):
     """A float64 copy of ``model`` (cached per model object, which the cache keeps alive so ids stay unique)."""
     hit = _F64.get(id(model))
     if hit is None or hit[0] is not model:
-        hit = _F64[id(model)] = (model, copy.deepcopy(model).double().eval())
+        double = copy.deepcopy(model).double().eval()
+        if hasattr(double, "set_experts_implementation"):  # MoE: grouped_mm takes no float64, the loop does
+            double.set_experts_implementation("eager")
+        hit = _F64[id(model)] = (model, double)
     return hit[1]
 
 

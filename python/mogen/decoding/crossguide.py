@@ -13,7 +13,10 @@ bookkeeping:
   every row; a row that feeds fewer ids than the widest one pads the step
   with masked columns;
 - position ids count each row's live (unmasked) ids, so a row's positions are
-  those of its text, whatever holes the cache has.
+  those of its text, whatever holes the cache has; sliding-window layers
+  count their window in those positions too (:mod:`mogen.decoding.windows`),
+  and models whose layers cannot skip a masked column (recurrent ones) are
+  refused.
 
 Each step costs one forward per distinct model for the whole batch (none at
 all when no row has new text); a reference shared by several guides runs once.
@@ -81,6 +84,7 @@ class RetokenizingGroup(RunnerRegistry):
         self._contrib: list[torch.Tensor] = []  # per slot: float64 [B, columns], aligned with _mask
 
     def _on_add(self, runner: LMRunner) -> None:
+        runner.window_by_position()  # the cache has holes: sliding windows must count positions, not columns
         limit = context_length(runner.model)
         if limit is not None:
             self.max_positions = limit if self.max_positions is None else min(self.max_positions, limit)

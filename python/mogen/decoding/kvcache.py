@@ -13,7 +13,9 @@ index. Any other operation that replaces ``keys`` (crop, offload, batch
 repeat) is picked up on the next update, which re-buffers from it.
 
 :func:`new_cache` is a :class:`~transformers.DynamicCache` whose full-attention
-layers are GrowingLayers (sliding-window and other layer kinds stay as they are).
+layers are GrowingLayers (sliding-window and other layer kinds stay as they are);
+``keep_all=True`` makes sliding-window layers GrowingLayers too, for a runner
+that applies the window itself (:mod:`mogen.decoding.windows`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from transformers import DynamicCache
 __all__ = ["new_cache", "GrowingLayer"]
 
 try:  # transformers >= 4.56 builds caches from per-layer classes
-    from transformers.cache_utils import DynamicLayer
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 except ImportError:  # pragma: no cover - older transformers: plain DynamicCache
-    DynamicLayer = None  # type: ignore[assignment,misc]
+    DynamicLayer = DynamicSlidingWindowLayer = None  # type: ignore[assignment,misc]
 
 
 def _spare(n: int) -> int:
@@ -95,8 +97,11 @@ else:  # pragma: no cover
     GrowingLayer = None  # type: ignore[assignment,misc]
 
 
-def new_cache(model: torch.nn.Module) -> Any:
-    """A DynamicCache for ``model`` whose full-attention layers append in place (:class:`GrowingLayer`)."""
+def new_cache(model: torch.nn.Module, keep_all: bool = False) -> Any:
+    """A DynamicCache for ``model`` whose full-attention layers append in place (:class:`GrowingLayer`).
+
+    ``keep_all``: sliding-window layers keep every column too (GrowingLayers); the caller masks the window.
+    """
     try:
         # Newer transformers derive per-layer cache types (sliding window, ...) from the config.
         cache = DynamicCache(config=model.config)
@@ -104,5 +109,6 @@ def new_cache(model: torch.nn.Module) -> Any:
         return DynamicCache()
     layers = getattr(cache, "layers", None)
     if GrowingLayer is not None and isinstance(layers, list):
-        cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in layers]
+        plain = (DynamicLayer, DynamicSlidingWindowLayer) if keep_all else (DynamicLayer,)
+        cache.layers = [GrowingLayer() if type(layer) in plain else layer for layer in layers]
     return cache

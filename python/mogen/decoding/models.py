@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 
 from .kvcache import new_cache
+from .windows import PositionWindows, position_windows, recurrent_only
 
 __all__ = ["LMRunner", "input_device", "output_device", "param_devices", "has_placement", "context_length",
            "backbone", "RunnerRegistry"]
@@ -70,8 +71,31 @@ def backbone(model: torch.nn.Module) -> torch.nn.Module:
     raise TypeError(f"cannot find the backbone (the model without its head) of {type(model).__name__}")
 
 
-def _new_cache(model: torch.nn.Module) -> Any:
-    return new_cache(model)
+# forward() arguments through which a model keeps a recurrent state instead of a transformers Cache.
+_STATE_ARGS = {"state", "mems", "use_mems"}
+
+
+def _no_cache_message(name: str, module: torch.nn.Module, params: Any) -> str:
+    kept = sorted(_STATE_ARGS & set(params or ()))
+    how = f" (it keeps its state in {', '.join(repr(k) for k in kept)})" if kept else ""
+    return (f"{name}: {type(module).__name__} does not keep its state in a transformers KV cache{how}; mogen feeds "
+            "models step by step through a Cache (cache= / past_key_values=), which it reorders for beam selection")
+
+
+def _holds_state(cache: Any) -> bool:
+    """Whether a forward stored anything in ``cache`` (attention keys, or recurrent / convolution states)."""
+    for layer in getattr(cache, "layers", None) or ():
+        if getattr(layer, "is_initialized", False):
+            return True
+        for flags in ("is_conv_states_initialized", "is_recurrent_states_initialized"):
+            if any(getattr(layer, flags, {}).values()):
+                return True
+    if getattr(cache, "layers", None) is None:  # pragma: no cover - caches of older transformers
+        try:
+            return cache.get_seq_length() > 0
+        except Exception:
+            return True
+    return False
 
 
 class LMRunner:
@@ -99,25 +123,41 @@ class LMRunner:
         accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if "cache" in params:
             self._cache_kw = "cache"
-        elif "past_key_values" in params or accepts_kwargs:
+        elif "past_key_values" in params or (accepts_kwargs and not _STATE_ARGS & set(params)):
             self._cache_kw = "past_key_values"
-        else:  # pragma: no cover - every causal LM in transformers takes one of them
-            raise TypeError(f"{name}: {type(self._module).__name__}.forward takes no KV cache argument")
+        else:
+            raise TypeError(_no_cache_message(name, self._module, params))
         self._keep_kw = None if output == "hidden" else next(
             (k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
         self._takes_positions = "position_ids" in params
         self.input_device = input_device(model)
         self.output_device = output_device(model)
-        self.cache = _new_cache(model)
+        self._windows: Optional[PositionWindows] = None
+        self._positions: Optional[torch.Tensor] = None  # [B, columns]: position ids fed (windows by position)
+        self._checked = False  # whether a forward showed that the model keeps its state in our cache
+        self._mask_fed_only = recurrent_only(model)  # Mamba-like: the mask covers the ids fed, not the cache
+        self.cache = new_cache(model)
+
+    def window_by_position(self) -> None:
+        """Apply sliding windows over position ids instead of cache columns (:mod:`mogen.decoding.windows`).
+
+        For a runner whose cache has holes (a guide with its own tokenizer); call before the first forward.
+        Raises ValueError for models whose layers cannot skip masked columns.
+        """
+        self._windows = position_windows(self.model, backbone(self.model), self.name)
+        self.reset()
 
     def reset(self) -> None:
         """Forget everything seen so far (a new generation)."""
-        self.cache = _new_cache(self.model)
+        self.cache = new_cache(self.model, keep_all=self._windows is not None)
+        self._positions = None
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row ``b`` of the cache becomes old row ``index[b]`` (rows may repeat or drop: beam selection)."""
-        if self.cache is not None and self.cache.get_seq_length() > 0:
+        if self.cache is not None:  # every cache layer skips the reorder while it is empty
             self.cache.reorder_cache(index.to(self.input_device))
+        if self._positions is not None:
+            self._positions = self._positions.index_select(0, index.to(self._positions.device))
 
     def forward(
         self,
@@ -137,9 +177,18 @@ class LMRunner:
         dev = self.input_device
         kwargs: dict[str, Any] = {self._cache_kw: self.cache, "use_cache": True}
         if attention_mask is not None:
+            if self._mask_fed_only:
+                attention_mask = attention_mask[:, -input_ids.shape[1]:]
             kwargs["attention_mask"] = attention_mask.to(dev, non_blocking=True)
         if position_ids is not None and self._takes_positions:
             kwargs["position_ids"] = position_ids.to(dev, non_blocking=True)
+        if self._windows is not None:
+            if attention_mask is None or position_ids is None:
+                raise ValueError(f"{self.name}: windows by position need the attention mask and position ids")
+            pos = position_ids.to(dev, non_blocking=True)
+            self._positions = pos if self._positions is None else torch.cat([self._positions, pos], dim=1)
+            kwargs["attention_mask"] = self._windows.masks(kwargs["attention_mask"], self._positions,
+                                                           input_ids.shape[1])
         if self._keep_kw is not None:
             kwargs[self._keep_kw] = keep
         out = self._module(input_ids=input_ids.to(dev, non_blocking=True), return_dict=True, **kwargs)
@@ -149,6 +198,9 @@ class LMRunner:
             new_cache = getattr(out, "past_key_values", None)
         if new_cache is not None:
             self.cache = new_cache
+        elif not self._checked and not _holds_state(self.cache):
+            raise TypeError(_no_cache_message(self.name, self._module, None))
+        self._checked = True
         if self.output == "hidden":
             return out.last_hidden_state[:, -keep:].to(self.output_device, non_blocking=True)
         logits = out.logits

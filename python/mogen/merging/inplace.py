@@ -3,6 +3,7 @@ model's parameters (CPU, or CUDA through pinned staging buffers)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import numpy as np
@@ -26,6 +27,45 @@ def _targets(model: torch.nn.Module) -> tuple[dict, dict]:
         by_name[name] = t
         groups.setdefault(id(t), []).append(name)
     return by_name, groups
+
+
+def checkpoint_names(model: torch.nn.Module, ck_names: set, by_name: dict) -> dict:
+    """checkpoint name -> the model's name for it, as ``from_pretrained`` renames when loading.
+
+    ``transformers`` (>= 5) saves some tensors under other names than the live model's (GPT-NeoX's
+    ``embed_out`` is ``lm_head`` in the model; legacy ``gamma`` / ``beta``; a checkpoint of the bare
+    backbone lacks the head class's prefix). Names that load unchanged map to themselves. A tensor that
+    loading *converts* (several checkpoint tensors fused into one parameter, or one split) cannot be merged
+    in place by name: ValueError, naming it, with the alternative.
+    """
+    same = {n: n for n in ck_names}
+    # A transformers model means transformers is imported already; never import it for another module.
+    modeling = sys.modules.get("transformers.modeling_utils")
+    if modeling is None or not isinstance(model, modeling.PreTrainedModel):
+        return same
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:  # pragma: no cover - transformers < 5 loads checkpoints by name
+        return same
+    conversions = get_model_conversion_mapping(model)
+    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
+    converters = [c for c in conversions if isinstance(c, WeightConverter)]
+    prefix = getattr(model, "base_model_prefix", None) or None
+    out = {}
+    for name in sorted(ck_names):  # sorted: the same tensor is named in an error every time
+        if name in by_name:
+            out[name] = name
+            continue
+        renamed, pattern = rename_source_key(name, renamings, converters, prefix, by_name)
+        if pattern is not None:
+            raise ValueError(
+                f"checkpoint tensor {name!r} is converted by transformers when {type(model).__name__} loads it "
+                f"(pattern {pattern!r}), so it has no one parameter to merge into in place; merge to a folder "
+                "with mogen.merge and load the result with from_pretrained"
+            )
+        out[name] = renamed
+    return out
 
 
 def merge_into(
@@ -77,25 +117,32 @@ def merge_into(
 
 def plan_into(plan: MergePlan, model: torch.nn.Module, rules, on_missing: str) -> dict:
     """Plans ``plan``'s items for the model's tensors (every check done, nothing written);
-    returns name -> the model's tensor."""
-    targets = _Targets(model)
+    returns checkpoint name -> the model's tensor."""
     ck_names = plan.tensor_names()
+    targets = _Targets(model, ck_names)
     plan.plan(None, rules, on_missing, names=targets.chosen(ck_names, on_missing))
     targets.check(plan, ck_names, rules, on_missing)
-    return targets.by_name
+    return targets.by_ck_name
 
 
 class _Targets:
-    """The model's parameters and buffers, matched to checkpoint tensors by name."""
+    """The model's parameters and buffers, matched to checkpoint tensors by name (renamed as ``from_pretrained``
+    does)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, ck_names: set):
         self.by_name, self.groups = _targets(model)
+        self.model_name = checkpoint_names(model, ck_names, self.by_name)  # checkpoint name -> model name
+        self.ck_name: dict = {}  # model name -> checkpoint name
+        for ck, name in sorted(self.model_name.items()):
+            self.ck_name.setdefault(name, ck)
+        self.by_ck_name = {ck: self.by_name[name] for ck, name in self.model_name.items() if name in self.by_name}
 
     def chosen(self, ck_names: set, on_missing: str) -> list[str]:
-        """Per tensor of the model (tied ones once), the first of its names the checkpoints hold."""
+        """Per tensor of the model (tied ones once), the checkpoint name of the first of its names the
+        checkpoints hold."""
         chosen = []
         for names in self.groups.values():
-            hit = next((n for n in names if n in ck_names), None)
+            hit = next((self.ck_name[n] for n in names if n in self.ck_name), None)
             t = self.by_name[names[0]]
             if hit is None:
                 if isinstance(t, torch.nn.Parameter) and on_missing == "error":
@@ -110,12 +157,13 @@ class _Targets:
         by_name, items = self.by_name, plan.items
         if on_missing == "error":
             compiled = parse_rules(rules, plan.used[1], plan.spec.num_sources)
-            extra = sorted(n for n in ck_names - set(by_name) if rule_action(compiled, n)[0] != "skip")
+            extra = sorted(n for n in ck_names if self.model_name[n] not in by_name
+                           and rule_action(compiled, n)[0] != "skip")
             if extra:
                 raise ValueError(f"checkpoint tensors {extra[:5]} have no counterpart in the model; "
                                  "pass on_missing='skip' or a skip rule")
         for it in items:
-            t = by_name[it.name]
+            t = self.by_ck_name[it.name]
             if tuple(t.shape) != tuple(it.shape):
                 raise ValueError(f"tensor {it.name!r} is {list(it.shape)} in the checkpoints but "
                                  f"{list(t.shape)} in the model")

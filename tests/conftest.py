@@ -1,0 +1,34 @@
+"""Test-suite options: ``--architectures-results`` writes the architecture matrix from the cells the run measured
+(``tests/test_architectures.py``; the README's ``<!-- bench:architectures -->`` block shows that file)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def pytest_addoption(parser):
+    parser.addoption("--architectures-results", action="store_true",
+                     help="write benchmarks/results/architectures.md from tests/test_architectures.py's cells")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not session.config.getoption("--architectures-results"):
+        return
+    module = sys.modules.get("test_architectures")
+    outcomes = getattr(module, "OUTCOMES", {})
+    import architectures as matrix
+
+    missing = [c for c in module.CELLS if c not in outcomes] if module is not None else ["all"]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if missing:
+        if reporter is not None:
+            reporter.write_line(f"architectures.md not written: {len(missing)} cell(s) did not run "
+                                f"(run the whole of tests/test_architectures.py)", red=True)
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from results_file import write_results
+
+    path = write_results("architectures", "## Architecture support (measured)", matrix.results_body(outcomes))
+    if reporter is not None:
+        reporter.write_line(f"wrote {path}")
