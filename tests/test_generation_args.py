@@ -458,3 +458,24 @@ def test_stop_strings_with_a_real_tokenizer():
         out = run_mogen(stack, args, weights if weights is not None else [0.0, 0.0])
         assert torch.equal(out, expected)
         assert out.shape[1] < ids.shape[1] + 10 or (out[0, -1] == tok.eos_token_id)
+
+
+def test_transformers_warns_about_a_missing_mask_only_when_it_is_missing(stack):
+    """An unpadded batch with its mask gets no "attention mask ... not set" warning; without one, the same
+    warning as base.generate."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging as hf_logging
+
+    tok, base, guides, ids, mask = stack
+    full = ids[:, -2:]  # no row padded
+    logger = hf_logging.get_logger("transformers.generation.utils")
+    with CaptureLogger(logger) as given:
+        mogen.generate(base, full, torch.ones_like(full), guides=guides, weights=WEIGHTS, max_new_tokens=2,
+                       eos_token_id=1)
+    assert "attention mask" not in given.out
+    with CaptureLogger(logger) as missing:
+        mogen.generate(base, full, guides=guides, weights=WEIGHTS, max_new_tokens=2, eos_token_id=1)
+    with CaptureLogger(logger) as theirs:
+        base.generate(full, max_new_tokens=2, eos_token_id=1)
+    # (transformers says some of these once per process, so only the first line is compared)
+    assert "attention mask" in missing.out and missing.out.splitlines()[0] == theirs.out.splitlines()[0]

@@ -312,13 +312,15 @@ def plan_generation(
     negative_prompt_ids: Optional[torch.Tensor] = None,
     negative_prompt_attention_mask: Optional[torch.Tensor] = None,
     tokenizer: Any = None,
+    mask_given: bool = True,
 ) -> GenerationPlan:
     """The processors, criteria and lengths of a call on ``input_ids [B', T]`` (rows already repeated for
     ``num_return_sequences``; ``prompt_ids`` are the rows as given, which transformers' encoder processors read).
-    ``attention_mask`` is None when no row is padded, as transformers passes it."""
+    ``attention_mask`` is None when no row is padded, as transformers passes it; ``mask_given`` says whether the
+    caller passed one (transformers warns about a batch without one, and so does this)."""
     device = input_ids.device
     batch, length = input_ids.shape
-    base._prepare_special_tokens(config, attention_mask is not None, device=device, batch_size=batch)
+    base._prepare_special_tokens(config, mask_given, device=device, batch_size=batch)
     base._prepare_generated_length(
         generation_config=config, has_default_max_length=default_max_length,
         has_default_min_length=default_min_length, model_input_name="input_ids", input_ids_length=length,

@@ -271,7 +271,7 @@ def generate(
             default_min_length=default_min, prompt_ids=ids, logits_processor=logits_processor,
             stopping_criteria=stopping_criteria, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
             negative_prompt_ids=negative_prompt_ids, negative_prompt_attention_mask=negative_prompt_attention_mask,
-            tokenizer=tokenizer)
+            tokenizer=tokenizer, mask_given=attention_mask is not None)
         session = open_session(
             base, rows, row_mask, guides=guides, tokenizer=tokenizer, weights=_per_row_weights(weights, repeat),
             beta=beta, gamma=gamma, max_new_tokens=plan.max_new_tokens, special=(plan.eos, plan.pad_token_id))

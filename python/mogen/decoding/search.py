@@ -454,7 +454,7 @@ def search(
         plan = plan_generation(
             base, config, ids, mask if padded else None, default_max_length=False, default_min_length=default_min,
             prompt_ids=ids, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-            prefix_allowed_tokens_fn=prefix, tokenizer=tokenizer)
+            prefix_allowed_tokens_fn=prefix, tokenizer=tokenizer, mask_given=attention_mask is not None)
         shape = replace(shape, max_new_tokens=plan.max_new_tokens)
         session = open_session(base, ids, mask, guides=guides, tokenizer=tokenizer, weights=weights, beta=beta,
                                gamma=gamma, max_new_tokens=shape.max_new_tokens, special=(eos, pad))
