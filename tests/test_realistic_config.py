@@ -144,7 +144,8 @@ def stand_ins(tmp_path_factory):
         "models/qwen2-0.5b-helpful": "expert_helpful", "models/qwen2-0.5b-harmless": "expert_harmless",
         "models/Qwen2-0.5B-Instruct": "reference",
         "models/qwen2-0.5b-value-helpful": "value_helpful", "models/qwen2-0.5b-value-harmless": "value_harmless",
-        "models/gpt2-large-helpful-reward_model": "rm_helpful", "models/gpt2-large-harmless-reward_model": "rm_harmless",
+        "models/gpt2-large-helpful-reward_model": "rm_helpful",
+        "models/gpt2-large-harmless-reward_model": "rm_harmless",
         "data/hh_rlhf_test.parquet": "hh_rlhf_test.parquet",
     }
     subst = root / "stand_ins.yaml"

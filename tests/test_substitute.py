@@ -117,7 +117,6 @@ def _error(world, substitute, match):
 
 def test_substitute_errors(world):
     root, subst = world
-    where = str(subst)
     base = yaml.safe_load(subst.read_text())
 
     def write(**changes):
@@ -126,7 +125,8 @@ def test_substitute_errors(world):
 
     bad = str(subst.with_name("bad.yaml"))
     # keys of the substitute file itself
-    _error(world, write(path={}), rf"^{bad}: path: unknown key\(s\) \['path'\]; known: \['paths', 'output', 'override'\]")
+    _error(world, write(path={}),
+           rf"^{bad}: path: unknown key\(s\) \['path'\]; known: \['paths', 'output', 'override'\]")
     # a path the config does not name: the error lists the paths it does name
     err = _error(world, write(paths={**PATHS, "models/bigg": "tiny/base"}),
                  rf"^{bad}: paths\['models/bigg'\]: 'models/bigg' is not a path of the config .*sweep.yaml'; its "
@@ -134,7 +134,8 @@ def test_substitute_errors(world):
     assert err.file == subst.with_name("bad.yaml")
     _error(world, write(paths={"models/big": 3}), r"paths\['models/big'\]: maps a path of the config to the path")
     # override: unknown keys, at the top and inside a section; output is the file's own key
-    _error(world, write(override={"sample": 1}), rf"^{bad}: override.sample: unknown key\(s\) \['sample'\] \(the config")
+    _error(world, write(override={"sample": 1}),
+           rf"^{bad}: override.sample: unknown key\(s\) \['sample'\] \(the config")
     _error(world, write(override={"decoding": {"max_new_token": 3}}),
            rf"^{bad}: override.decoding.max_new_token: unknown key\(s\) \['max_new_token'\] of decoding")
     _error(world, write(override={"output": "x"}), r"override.output: the run folder is the substitute file's own")
