@@ -121,6 +121,10 @@ def test_sweep_errors(setup):
                methods=[{"name": "base", "kind": "base"}])
     with pytest.raises(ValueError, match=r"not_finite at preference \[0.0, 1.0\].*prompt='the river'.*nan"):
         run_sweep(bad, root=root, progress=False)
+    with pytest.raises(ValueError, match=r"preferences\[1\]: \[0.7, 0.7\] is not on the simplex"):
+        load_sweep_config(dict(cfg, preferences=[[1.0, 0.0], [0.7, 0.7]]), root)
+    with pytest.raises(ValueError, match="preferences: a sweep needs at least 2 distinct preference points"):
+        load_sweep_config(dict(cfg, preferences=[[0.5, 0.5], [0.5, 0.5]]), root)
     with pytest.raises(ValueError, match="needs models.value_models"):
         run_sweep(dict(cfg, output="bad2", models={k: v for k, v in cfg["models"].items() if k != "value_models"},
                        methods=[{"name": "E", "kind": "mage", "variant": "E"}]), root=root, progress=False)
@@ -221,3 +225,128 @@ def test_reports_agree_with_the_texts(setup):
             assert low <= high, (name, col)
     again = run_sweep(run, root=root, progress=False)  # seeded bootstrap: the same intervals
     assert again.decoded == 0 and _md_rows((folder / "metrics.md").read_text()) == md
+
+
+# --------------------------------------------------------------------------- #
+# Decoding settings, pad tokens, dtype and device of the sweep's models.
+# --------------------------------------------------------------------------- #
+
+
+def test_decoding_passes_generate_arguments(setup):
+    """decoding's model.generate arguments reach the decoder: the sweep's texts are mogen.generate's with them."""
+    from mogen import generate
+    from mogen.decoding.loading import load_causal_lm, load_tokenizer
+
+    root, cfg = setup
+    extra = {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2, "min_new_tokens": 3, "top_k": 0, "top_p": 0.9,
+             "temperature": 0.7, "typical_p": 0.95}
+    run = dict(cfg, output="run_args", preferences=[[0.5, 0.5], [1.0, 0.0]], samples=2,
+               decoding={**cfg["decoding"], "max_new_tokens": 8, **extra}, methods=[{"name": "base", "kind": "base"}])
+    run_sweep(run, root=root, progress=False)
+    got = [json.loads(x)["response"] for x in (root / "run_args" / "samples.jsonl").read_text().splitlines()][:4]
+    tok = load_tokenizer(root / "base", "base")
+    base = load_causal_lm(root / "base")
+    rows = [p for p in ("the river", "a busy street") for _ in range(2)]
+    enc = tok(rows, return_tensors="pt", padding=True)
+
+    def texts(**kw):
+        out = generate(base, enc["input_ids"], enc["attention_mask"], guides=[], tokenizer=tok, weights=None,
+                       max_new_tokens=8, do_sample=True, generator=torch.Generator().manual_seed(0),
+                       pad_token_id=tok.pad_token_id, **kw)
+        return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    assert got == texts(**extra)
+    assert got != texts()  # the arguments change the texts: they were not dropped
+
+
+def test_decoding_settings_are_checked(setup):
+    root, cfg = setup
+    for key, value, match in [("repetition_penalty", 0.0, r"decoding.repetition_penalty: must be a number in \(0, "),
+                              ("top_p", 1.5, r"decoding.top_p: must be a number in \(0, 1\]"),
+                              ("no_repeat_ngram_size", -1, "decoding.no_repeat_ngram_size: must be an int >= 0"),
+                              ("stop_strings", 3, "decoding.stop_strings: expected a string or a list"),
+                              ("num_beams", 4, r"decoding.num_beams: unknown key\(s\) \['num_beams'\]")]:
+        with pytest.raises(ValueError, match=match):
+            load_sweep_config(dict(cfg, decoding={**cfg["decoding"], key: value}), root)
+
+
+def test_generation_keys_are_honoured_by_both_drivers():
+    """Every model.generate argument a sweep's decoding takes is honoured by mogen.generate and mogen.search (a
+    chunk search method would otherwise fail after hours of decoding); search always samples (the sweep drops
+    do_sample for it)."""
+    from mogen.decoding.argument_support import FIELDS, HONOURED, SEARCH_FIELDS
+    from mogen.evaluation.config import GENERATION_KEYS
+
+    assert "repetition_penalty" in GENERATION_KEYS and "seed" not in GENERATION_KEYS
+    for key in GENERATION_KEYS:
+        assert FIELDS[key].status == HONOURED, key
+        assert key == "do_sample" or SEARCH_FIELDS[key].status == HONOURED, key
+
+
+def test_base_tokenizer_without_pad_token(setup):
+    """A base tokenizer with no pad token (Llama-3's) pads the prompts with its eos token, and the rows that end
+    are filled with it: the sweep runs, every method kind, and counts only the tokens decoded."""
+    from mogen.decoding.loading import load_tokenizer
+
+    root, cfg = setup
+    tok = load_tokenizer(root / "base", "base")
+    tok.pad_token = None
+    tok.save_pretrained(root / "nopad_tok")
+    assert load_tokenizer(root / "nopad_tok", "t").pad_token_id is None
+    run = dict(cfg, output="run_nopad", preferences=2, models={**cfg["models"], "tokenizer": "nopad_tok"},
+               methods=[*cfg["methods"], {"name": "search", "kind": "mpaw_search", "beam_width": 2, "expansion": 2,
+                                          "chunk_length": 2}])
+    res = run_sweep(run, root=root, progress=False)
+    assert res.decoded == len(run["methods"]) * 2
+    for f in (root / "run_nopad" / "points").rglob("*.json"):
+        point = json.loads(f.read_text())
+        assert 0 < point["tokens"] <= 2 * 4, f
+
+
+def test_mage_methods_load_in_the_sweeps_dtype(setup):
+    """models.dtype reaches MAGE (Bone Soup and every MAGE variant load their base and guides in it)."""
+    from mogen.evaluation.methods import _Models, build_decoder
+
+    root, cfg = setup
+    loaded = load_sweep_config(dict(cfg, models={**cfg["models"], "dtype": "bf16"}), root)
+    models = _Models(loaded)
+    for spec in loaded.methods:
+        if spec.kind in ("bone_soup", "mage"):
+            mage = build_decoder(spec, models).mage
+            held = [mage.base, *mage._loaded["models"]]
+            assert all(next(m.parameters()).dtype == torch.bfloat16 for m in held), spec.name
+
+
+def test_models_device(setup):
+    root, cfg = setup
+    assert load_sweep_config(dict(cfg, models={**cfg["models"], "device": "cpu"}), root).models["device"] == "cpu"
+    with pytest.raises(ValueError, match="models.device: must be a torch device"):
+        load_sweep_config(dict(cfg, models={**cfg["models"], "device": "gpu0"}), root)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="models.device: 'cuda': CUDA is not available on this machine"):
+            load_sweep_config(dict(cfg, models={**cfg["models"], "device": "cuda"}), root)
+
+
+def test_a_methods_models_go_before_the_next_method_loads(setup, monkeypatch):
+    """The decoders are built method by method, and the previous method's (its MAGE's live base, merged guides)
+    is let go first, so a run holds one method's own models at a time."""
+    import gc
+    import weakref
+
+    from mogen.evaluation import sweep as sweep_mod
+
+    root, cfg = setup
+    built: list = []
+    real = sweep_mod.build_decoder
+
+    def build(method, models):
+        gc.collect()
+        alive = [name for name, ref in built if ref() is not None]
+        decoder = real(method, models)
+        built.append((method.name, weakref.ref(decoder.mage or decoder)))
+        assert alive == [], f"{alive} still held when {method.name} is built"
+        return decoder
+
+    monkeypatch.setattr(sweep_mod, "build_decoder", build)
+    run_sweep(dict(cfg, output="run_release", preferences=2), root=root, progress=False)
+    assert [name for name, _ in built] == [m["name"] for m in cfg["methods"]]

@@ -11,7 +11,8 @@ import argparse
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..evaluation import run_sweep
 
-    res = run_sweep(args.config, progress=not args.quiet, seeds=args.seeds, seed_offset=args.seed_offset)
+    res = run_sweep(args.config, progress=not args.quiet, seeds=args.seeds, seed_offset=args.seed_offset,
+                    substitute=args.substitute)
     print(f"mogen sweep: {res.decoded} point(s) decoded, {res.skipped} already done, {res.scored} text(s) scored "
           f"(each reward counted); reports in {res.folder}")
     print((res.folder / "metrics.md").read_text())
@@ -28,6 +29,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "metrics.md (every metric with its 95% bootstrap interval), rewards.json, bootstrap.npz and "
                     "pareto.png to the config's output folder; finished points and cached scores are reused.")
     p.add_argument("--config", required=True, help="the sweep config (YAML)")
+    p.add_argument("--substitute", default=None, metavar="FILE",
+                   help="a substitute file (YAML): `paths` maps paths of the config to stand-ins (relative to FILE), "
+                        "`output` moves the run folder, `override` replaces config values (e.g. preferences, "
+                        "samples, decoding.max_new_tokens); see mogen.evaluation.substitute")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--seeds", type=int, default=None,
                    help="decoding seeds, each point decoded once per seed and the samples pooled (default: the "

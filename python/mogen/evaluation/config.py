@@ -11,13 +11,16 @@
       - {model: rm_folder, label: 0, batch_size: 16, max_length: 512, template: "{prompt}{response}"}
                                         #   a sequence-classification reward model ("chat": its chat template)
     preferences: 11                     # points on the simplex, or an explicit [[mu_1, ..., mu_n], ...]
+                                        # (at least 2 distinct points, each on the simplex)
     samples: 2                          # responses per prompt and preference, per seed
     seeds: 3                            # decoding seeds (decoding.seed, +1, ...), samples pooled over them
     bootstrap: {resamples: 1000, seed: 0}   # the 95% intervals of every metric
     reference_point: [0.0, 0.0]         # for the hypervolume; always explicit
-    decoding: {max_new_tokens: 32, do_sample: true, top_p: 0.95, seed: 0}   # model.generate's arguments
-                                        # (its defaults too: top_k 50 when sampling; top_k: 0 turns it off)
+    decoding: {max_new_tokens: 32, do_sample: true, top_p: 0.95, repetition_penalty: 1.1, seed: 0}
+                                        # model.generate's arguments (below), the first decoding seed and
+                                        # batch_size (rows, prompt x sample, per decoder call; default 64)
     models:                             # folders; each method takes what it needs
+      device: cuda                      # where every model runs, reward models too (default cpu)
       tokenizer: base                   # the base family's tokenizer (default: base)
       base: base                        # the SFT / base model
       policies: [policy_a, policy_b]    # base-family single-objective models (Rewarded Soup, MOD)
@@ -30,6 +33,14 @@
       - {name: Rewarded Soup, kind: rewarded_soup}
       - {name: MPAW, kind: mpaw, beta: 1.0}
       - {name: MAGE-E-M, kind: mage, variant: E-M, gamma: 5.0}
+
+Decoding: ``max_new_tokens``, ``min_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``,
+``typical_p``, ``repetition_penalty``, ``no_repeat_ngram_size``, ``bad_words_ids``, ``stop_strings``,
+``eos_token_id`` and ``pad_token_id`` are ``model.generate``'s arguments, passed to every method's decoder
+(:func:`mogen.generate`; :func:`mogen.search` draws its chunks with them, keeps its own ``temperature`` /
+``top_k`` / ``top_p`` and always samples). Their defaults are transformers' (top_k 50 when sampling; ``top_k: 0``
+turns it off) and the base's ``generation_config``. Rows that end are filled with ``pad_token_id``, by default
+the base tokenizer's pad token, or its eos token when it has none (Llama-3), which also pads the prompts.
 
 Prompts (:mod:`mogen.evaluation.prompts`): ``{path: data.jsonl, field: prompt, split: train, limit: 100,
 shuffle_seed: 0, chat_template: true}`` reads a ``.txt`` file, or with the ``datasets`` library (``pip install
@@ -45,6 +56,9 @@ score; the metrics use ``reward = (raw - offset) * scale`` (offset 0, scale 1 by
 [user: prompt, assistant: response]), scored in batches of ``batch_size`` under ``torch.inference_mode`` on the
 sweep's device and ``models.dtype``, ids cut to ``max_length``. Raw scores are cached in the point files, so a
 resumed or extended run scores only what is missing. ``name`` (optional) heads the reward's column.
+
+A substitute file (``load_sweep_config(..., substitute=)``, ``mogen sweep --substitute``) runs a config with other
+folders and smaller settings: :mod:`mogen.evaluation.substitute`.
 
 Every error is a :class:`~mogen.configs.ConfigError` naming the file and the key path (``rewards[2].label``,
 ``prompts.field``): a reward folder that is missing, not a sequence classifier or without logit ``label``, a
@@ -64,13 +78,14 @@ import yaml
 
 from ..configs import ConfigError, check_dtype, config_errors, key_path, parse, unknown_keys
 from ..mage import BONE_SOUP_KEYS, MAGE_KEYS, MAGEConfig
+from ..numerics import off_simplex
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from .grid import preference_grid
 from .prompts import PromptSource, check_chat_template, read_prompts
 from .rewards import RewardSpec, import_reward, parse_reward
 
 __all__ = ["SweepConfig", "SweepFile", "MethodSpec", "load_sweep_config", "parse_sweep_file", "import_reward",
-           "METHOD_KINDS", "RewardSpec"]
+           "METHOD_KINDS", "RewardSpec", "GENERATION_KEYS", "MODEL_PATH_KEYS", "MODEL_LIST_KEYS", "read_yaml"]
 
 _LABEL = "sweep config"
 
@@ -122,15 +137,76 @@ class _Bootstrap:
     seed: int = DEFAULT_SEED
 
 
+def _check_number(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Any:
+    """A field check: None or a finite number in the interval from ``low`` to ``high``."""
+    text = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def check(value: Optional[float], path: str) -> None:
+        if value is None:
+            return
+        ok = math.isfinite(value) and (low < value if low_open else low <= value) and \
+            (value < high if high_open else value <= high)
+        if not ok:
+            raise ConfigError(path, f"must be a number in {text}, got {value!r}")
+
+    return check
+
+
+def _check_count(value: Optional[int], path: str) -> None:
+    if value is not None and value < 0:
+        raise ConfigError(path, f"must be an int >= 0, got {value!r}")
+
+
+def _checked(check: Any) -> Any:
+    return field(default=None, metadata={"check": check})
+
+
 @dataclass
 class _Decoding:
+    """``decoding``: the run's own keys (seed, batch_size) and the ``model.generate`` arguments a sweep passes
+    to every method (:data:`GENERATION_KEYS`)."""
+
     max_new_tokens: Optional[int] = _pos()
+    min_new_tokens: Optional[int] = _checked(_check_count)
     do_sample: Optional[bool] = None
-    temperature: Optional[float] = None
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
+    temperature: Optional[float] = _checked(_check_number(0, math.inf, low_open=True, high_open=True))
+    top_k: Optional[int] = _checked(_check_count)
+    top_p: Optional[float] = _checked(_check_number(0, 1, low_open=True))
+    min_p: Optional[float] = _checked(_check_number(0, 1))
+    typical_p: Optional[float] = _checked(_check_number(0, 1, low_open=True))
+    repetition_penalty: Optional[float] = _checked(_check_number(0, math.inf, low_open=True, high_open=True))
+    no_repeat_ngram_size: Optional[int] = _checked(_check_count)
+    bad_words_ids: Optional[list[list[int]]] = None
+    stop_strings: Optional[Union[str, list[str]]] = None
+    eos_token_id: Optional[Union[int, list[int]]] = None
+    pad_token_id: Optional[int] = None
     seed: Optional[int] = None
     batch_size: Optional[int] = _pos()
+
+
+#: the ``decoding`` keys that are ``model.generate``'s arguments (the rest are the run's: seed, batch_size)
+GENERATION_KEYS = tuple(f.name for f in dataclasses.fields(_Decoding) if f.name not in ("seed", "batch_size"))
+
+
+def _check_device(value: Optional[str], path: str) -> None:
+    """A field check: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ...)."""
+    if value is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ConfigError(path, f"must be a torch device such as cpu, cuda or cuda:1, got {value!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(path, f"{value!r}: CUDA is not available on this machine (torch {torch.__version__}); "
+                                    "set models.device: cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(path, f"{value!r}: this machine has {count} CUDA device(s)")
+    elif device.type != "cpu" and device.type != "mps":
+        raise ConfigError(path, f"must be cpu, cuda, cuda:N or mps, got {value!r}")
 
 
 _Path = Union[str, Path]
@@ -152,6 +228,12 @@ class _ModelPaths:
     value_models: Optional[list[_Path]] = None
     guide_tokenizer: Optional[_Path] = None
     dtype: Optional[str] = field(default=None, metadata={"check": check_dtype})
+    device: Optional[str] = field(default=None, metadata={"check": _check_device})
+
+
+#: the ``models`` keys that name one folder, and those that name a list of folders
+MODEL_PATH_KEYS = ("tokenizer", "base", "sft", "reference", "guide_tokenizer")
+MODEL_LIST_KEYS = ("policies", "backbones", "experts", "value_models")
 
 
 def _finite_list(value: list, path: str) -> None:
@@ -258,10 +340,10 @@ def _methods(raw: list) -> list[MethodSpec]:
 
 def _paths(models: dict, root: Path) -> dict:
     out = dict(models)
-    for key in ("tokenizer", "base", "sft", "reference", "guide_tokenizer"):
+    for key in MODEL_PATH_KEYS:
         if isinstance(out.get(key), str):
             out[key] = root / out[key]
-    for key in ("policies", "backbones", "experts", "value_models"):
+    for key in MODEL_LIST_KEYS:
         if out.get(key) is not None:
             out[key] = [root / p for p in out[key]]
     out.setdefault("tokenizer", out.get("base"))
@@ -282,6 +364,14 @@ def _preferences(raw: SweepFile, n: int) -> np.ndarray:
         raise ConfigError("preferences", str(exc)) from None
     if grid.ndim != 2 or grid.shape[1] != n:
         raise ConfigError("preferences", f"preferences must be [P, {n}] (one weight per reward)")
+    bad = off_simplex(grid)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ConfigError(key_path("preferences", row), f"{grid[row].tolist()} is not on the simplex (entries >= 0 "
+                                                         "summing to 1)")
+    if len({tuple(mu) for mu in grid.tolist()}) < 2:
+        raise ConfigError("preferences", "a sweep needs at least 2 distinct preference points (the front metrics "
+                                         f"compare points), got {grid.tolist()}")
     return grid
 
 
@@ -305,18 +395,35 @@ def _build(raw: SweepFile, base_dir: Path) -> SweepConfig:
     return cfg.with_seeds(raw.seeds)
 
 
-def load_sweep_config(source: Union[str, Path, dict], root: Union[str, Path, None] = None) -> SweepConfig:
+def read_yaml(file: Path) -> Any:
+    """The YAML in ``file``; a ConfigError naming it when it cannot be read or parsed."""
+    try:
+        return yaml.safe_load(file.read_text())
+    except OSError as exc:
+        raise ConfigError("", f"cannot read it ({exc.strerror or exc})", file) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"not valid YAML ({exc})", file) from None
+
+
+def load_sweep_config(source: Union[str, Path, dict], root: Union[str, Path, None] = None,
+                      substitute: Union[str, Path, dict, None] = None) -> SweepConfig:
     """A validated :class:`SweepConfig` from a YAML file or a dict (paths relative to the file, or ``root``).
+    ``substitute``: a substitute file (or its mapping) applied first (:mod:`mogen.evaluation.substitute`).
     Every error is a :class:`~mogen.configs.ConfigError` naming the key path (and the file)."""
     if isinstance(source, dict):
         raw, base_dir, file = source, Path(root or "."), None
     else:
         file = Path(source)
-        try:
-            raw = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError("", f"not valid YAML ({exc})", file) from None
+        raw = read_yaml(file)
         base_dir = Path(root or file.parent)
-    checked = parse_sweep_file(raw, file)
-    with config_errors(file, _LABEL):
-        return _build(checked, base_dir)
+    if substitute is None:
+        checked = parse_sweep_file(raw, file)
+        with config_errors(file, _LABEL):
+            return _build(checked, base_dir)
+    from .substitute import apply_substitutes
+
+    raw, applied = apply_substitutes(raw, substitute, config_file=file)
+    with applied.blame():  # an error in a value the substitute file set names that file and key
+        checked = parse_sweep_file(raw, file)
+        with config_errors(file, _LABEL):
+            return _build(checked, base_dir)

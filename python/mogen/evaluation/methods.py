@@ -33,10 +33,12 @@ Decode = Callable[[torch.Tensor, torch.Tensor, tuple, dict], torch.Tensor]
 
 
 class Decoder:
-    """``decode(ids, mask, mu, kwargs)`` -> ``[B, T + new]`` for one method."""
+    """``decode(ids, mask, mu, kwargs)`` -> ``[B, T + new]`` for one method (``mage``: the method's
+    :class:`~mogen.MAGE`, for ``bone_soup`` and ``mage``)."""
 
-    def __init__(self, decode: Decode) -> None:
+    def __init__(self, decode: Decode, mage: Optional[MAGE] = None) -> None:
         self.decode = decode
+        self.mage = mage
 
 
 class _Models:
@@ -46,7 +48,8 @@ class _Models:
         self.cfg = cfg
         self.paths = cfg.models
         self._folders = FolderCache(dtype=torch_dtype(self.paths.get("dtype", "float32"),
-                                                      what="sweep config: models.dtype"))
+                                                      what="sweep config: models.dtype"),
+                                    device=torch.device(self.paths.get("device", "cpu")))
 
     @property
     def device(self) -> Any:
@@ -69,6 +72,11 @@ class _Models:
 
     def tokenizer(self, path: Optional[Path]) -> Any:
         return None if path is None else self._folders.own_tokenizer(path, "sweep")
+
+    def guide_tokenizer(self, folders: list) -> Any:
+        """The guides' tokenizer: ``models.guide_tokenizer``, else the first guide folder's own (None: the guides
+        read the base's tokens); loaded once, so every method's guides share one vocabulary map."""
+        return self.tokenizer(self.paths.get("guide_tokenizer") or folders[0])
 
 
 def _generate(base: Any, tok: Any, guides: list, weights: Any, beta: float = 1.0, gamma: float = 1.0) -> Decode:
@@ -97,7 +105,7 @@ def _rewarded_soup(models: _Models, spec: MethodSpec, tok: Any) -> Decode:
 def _proxies(models: _Models, name: str) -> list:
     experts = models.need("experts", name)
     ref = models.load(models.need("reference", name))
-    gtok = models.tokenizer(models.paths.get("guide_tokenizer") or experts[0])
+    gtok = models.guide_tokenizer(experts)
     return [ProxyGuide(models.load(e), ref, tokenizer=gtok) for e in experts]
 
 
@@ -112,7 +120,7 @@ def mage_config(models: _Models, spec: MethodSpec) -> MAGEConfig:
         return MAGEConfig.parse({**defaults, **p})
 
 
-def _mage(models: _Models, spec: MethodSpec, tok: Any) -> Decode:
+def _mage(models: _Models, spec: MethodSpec, tok: Any) -> Decoder:
     cfg = mage_config(models, spec)
     guide = VARIANTS[cfg.variant].guide
     extra: dict = {}
@@ -120,9 +128,11 @@ def _mage(models: _Models, spec: MethodSpec, tok: Any) -> Decode:
         extra["value_models"] = models.need("value_models", spec.name)
     if guide == "proxy":
         extra.update(experts=models.need("experts", spec.name), reference=models.need("reference", spec.name))
+    folders = extra.get("value_models") or extra.get("experts")
     mage = MAGE(models.need("backbones", spec.name), tokenizer=tok, config=cfg,
-                guide_tokenizer=models.tokenizer(models.paths.get("guide_tokenizer")) or "auto", **extra)
-    return lambda ids, mask, mu, kwargs: mage.generate(ids, mask, preference=list(mu), **kwargs)
+                guide_tokenizer=models.guide_tokenizer(folders) if folders else None,
+                dtype=models.dtype, device=models.device, **extra)
+    return Decoder(lambda ids, mask, mu, kwargs: mage.generate(ids, mask, preference=list(mu), **kwargs), mage)
 
 
 def build_decoder(spec: MethodSpec, models: _Models) -> Decoder:
@@ -134,7 +144,7 @@ def build_decoder(spec: MethodSpec, models: _Models) -> Decoder:
     if kind == "rewarded_soup":
         return Decoder(_rewarded_soup(models, spec, tok))
     if kind in ("bone_soup", "mage"):
-        return Decoder(_mage(models, spec, tok))
+        return _mage(models, spec, tok)
     if kind == "mod":
         pol = [models.load(q) for q in models.need("policies", spec.name)]
         guides = [ProxyGuide(q, pol[0]) for q in pol[1:]]

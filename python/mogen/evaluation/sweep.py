@@ -7,6 +7,12 @@ records a fingerprint of what its texts depend on (prompts, samples, decoding
 settings and seed, models, the method's parameters): a point from a run with
 other settings is decoded again, never mixed into this run's table.
 
+Methods are decoded one after the other on ``models.device`` in
+``models.dtype``, each method's own models (a MAGE's live merged base) let go
+before the next method's load. Prompts are left-padded with the base
+tokenizer's pad token (its eos token when it has none, as Llama-3's), which
+also fills the rows that ended.
+
 A run decodes every missing point first, then scores: one reward at a time
 (a reward model is loaded once, after the decoding models are let go), each
 point's raw scores cached in its file under the reward's key
@@ -118,23 +124,46 @@ def point_file(folder: Path, method: str, mu: tuple, seed: int) -> Path:
     return folder / "points" / _slug(method) / f"{_point_key(mu)}_seed{seed}.json"
 
 
-def _decode_point(decoder: Any, tok: Any, cfg: SweepConfig, mu: tuple, seed: int) -> dict:
+def _pad_id(tok: Any, decoding: dict) -> int:
+    """The id that pads the prompts on the left and fills the rows that ended: ``decoding.pad_token_id``, else
+    the base tokenizer's pad token, else its eos token (Llama-3's tokenizer has no pad token)."""
+    for pad in (decoding.get("pad_token_id"), tok.pad_token_id, tok.eos_token_id):
+        if pad is not None:
+            return int(pad)
+    raise ValueError("sweep: the base tokenizer has neither a pad token nor an eos token; set decoding.pad_token_id")
+
+
+def _encode(tok: Any, texts: list, pad: int, special: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of ``texts``, left-padded with ``pad``."""
+    rows = tok(texts, add_special_tokens=special)["input_ids"]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        if r:
+            ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[b, width - len(r):] = 1
+    return ids, mask
+
+
+def _decode_point(decoder: Any, tok: Any, cfg: SweepConfig, mu: tuple, seed: int, device: Any = "cpu") -> dict:
     settings = dict(cfg.decoding)
     settings.pop("seed", None)
     batch = settings.pop("batch_size", 64)
+    pad = settings["pad_token_id"] = _pad_id(tok, settings)
     rows = [p for p in cfg.prompts for _ in range(cfg.samples)]
     inputs = chat_prompts(tok, rows) if cfg.chat_template else rows
     texts, tokens = [], 0
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     for start in range(0, len(rows), batch):
         chunk = inputs[start : start + batch]
         # A chat template writes the special tokens (bos) itself.
-        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=not cfg.chat_template)
+        ids, mask = _encode(tok, chunk, pad, special=not cfg.chat_template)
         extra = {"generator": gen} if settings.get("do_sample") else {}
-        out = decoder.decode(enc["input_ids"], enc["attention_mask"], mu, {**settings, **extra})
-        new = out[:, enc["input_ids"].shape[1]:]
-        tokens += int((new != tok.pad_token_id).sum())
+        out = decoder.decode(ids, mask, mu, {**settings, **extra})
+        new = out[:, ids.shape[1]:]
+        tokens += int((new != pad).sum())
         texts += tok.batch_decode(new, skip_special_tokens=True)
     seconds = time.perf_counter() - t0
     samples = [{"prompt": prompt, "response": text} for prompt, text in zip(rows, texts)]
@@ -190,14 +219,21 @@ def _free_memory() -> None:
 
 
 def run_sweep(config: Any, *, progress: bool = True, root: Optional[Path] = None, seeds: Optional[int] = None,
-              seed_offset: int = 0, command: Optional[str] = None) -> SweepResult:
+              seed_offset: int = 0, command: Optional[str] = None, substitute: Any = None) -> SweepResult:
     """Run (or resume) the sweep of ``config`` (a :class:`SweepConfig`, a YAML path or a dict).
 
     ``seeds`` (default: the config's) decoding seeds from ``decoding.seed + seed_offset`` on; every
     (method, preference) is decoded once per seed and the samples are pooled. ``command`` is recorded in
     ``metrics.md`` as the command that produced the run (default: this process's command line).
+    ``substitute``: a substitute file (or its mapping) for a YAML or dict config
+    (:mod:`mogen.evaluation.substitute`).
     """
-    cfg = config if isinstance(config, SweepConfig) else load_sweep_config(config, root)
+    if isinstance(config, SweepConfig):
+        if substitute is not None:
+            raise TypeError("run_sweep: substitute= applies to a YAML path or a dict config, not a loaded SweepConfig")
+        cfg = config
+    else:
+        cfg = load_sweep_config(config, root, substitute=substitute)
     if seeds is not None or seed_offset:
         cfg = cfg.with_seeds(seeds if seeds is not None else len(cfg.seeds), seed_offset)
     folder = Path(cfg.output)
@@ -221,11 +257,15 @@ def run_sweep(config: Any, *, progress: bool = True, root: Optional[Path] = None
     decoders: dict = {}
     for method, mu, seed, fingerprint in todo:
         if method.name not in decoders:
+            # todo is grouped by method: the previous method's models (a MAGE's live base, merged guides) go
+            # before this one's load, so that a run holds one method's own models at a time.
+            decoders.clear()
+            _free_memory()
             decoders[method.name] = build_decoder(method, models)
         tok = models.tokenizer(models.need("tokenizer", method.name))
         tok.padding_side = "left"
         bar.set_postfix_str(f"{method.name} {list(mu)} seed {seed}")
-        point = _decode_point(decoders[method.name], tok, cfg, mu, seed)
+        point = _decode_point(decoders[method.name], tok, cfg, mu, seed, device)
         point["method"], point["fingerprint"] = method.name, fingerprint
         path = point_file(folder, method.name, mu, seed)
         _write_atomic(path, point)
