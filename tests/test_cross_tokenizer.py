@@ -95,26 +95,46 @@ def test_window_modes_and_fallbacks():
     assert ctx.full_reencodes > 0
 
 
-def test_window_mode_of_a_prepend_normalizer_tokenizer():
-    """A sentencepiece-legacy style tokenizer (Prepend('▁') normalizer, no pre-tokenizer)."""
+def _prepend_tokenizer():
+    """A sentencepiece-legacy style tokenizer (Prepend('▁') normalizer, no pre-tokenizer, byte-level-free)."""
     from tokenizers import Tokenizer, models, normalizers, decoders
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "▁": 1}
-    for ch in "abcdefghijklmnopqrstuvwxyz":
+    for ch in "abcdefghijklmnopqrstuvwxyz<>|":
         vocab[ch] = len(vocab)
         vocab["▁" + ch] = len(vocab)
-    merges = [("▁", ch) for ch in "abcdefghijklmnopqrstuvwxyz"]
+    merges = [("▁", ch) for ch in "abcdefghijklmnopqrstuvwxyz<>|"]
     raw = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True))
     raw.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     raw.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
-    mode = window_mode(tok)
-    assert mode in ("drop", "full")
+    return PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+
+
+def test_window_mode_of_a_prepend_normalizer_tokenizer():
+    """A sentencepiece-legacy style tokenizer (Prepend('▁') normalizer, no pre-tokenizer)."""
+    tok = _prepend_tokenizer()
+    assert window_mode(tok) == "drop"
     ctx = GuideTokenContext(tok, "hello")
     for piece in [" wor", "ld", " and", " more text", "!"]:
         ctx.extend(piece)
         assert ctx.ids == expected_ids(tok, ctx.text)
+
+
+def test_prepend_normalizer_window_next_to_added_tokens():
+    """The Prepend normalizer runs on each piece of text between added tokens: after "<|end|>" the text
+    " b" reads "▁▁b", and a space right before one is a piece of its own ("a <|end|>": "▁a▁" then the
+    added token), so neither the space after an added token nor one before it can start a "drop" window."""
+    tok = _prepend_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|end|>"]})
+    tok.add_tokens(["<plain>"])
+    assert window_mode(tok) == "drop"
+    for pieces in ([" x<|end|>", " b", "c", " d"], [" x", " <|end|>", " b"], [" x", " <|e", "nd|> b", " c"],
+                   [" x<plain>", " b", " <plain>", " c"], ["<|end|>", " b", "<|end|> ", "c"]):
+        ctx = GuideTokenContext(tok, "a")
+        for piece in pieces:
+            ctx.extend(piece)
+            assert ctx.ids == expected_ids(tok, ctx.text), (pieces, ctx.text)
 
 
 # --------------------------------------------------------------------------- #

@@ -23,6 +23,12 @@ equal its encoding of the full text after every step. :func:`window_mode`
 checks this once per tokenizer on probe strings; a tokenizer that fails falls
 back to re-encoding the whole text each step (still exact, slower), and so does
 any step whose last word boundary lies more than ``max_lookbehind`` tokens back.
+Added tokens (``<|end|>``, ``</s>``, ...) split the text into pieces that are
+normalized and pre-tokenized one by one, so the window never starts right
+after one; and a tokenizer that prepends ``'▁'`` to every piece (``"drop"``, a
+``Prepend`` normalizer as in Phi-3's tokenizer.json) re-encodes everything when
+an added token starts right after the window's space, since that space is then
+a piece of its own.
 What the guide sees is ``bos-like prefix + encode(text)``; end-of-sequence
 tokens its tokenizer appends are not used.
 
@@ -71,6 +77,23 @@ def _is_boundary(text: str, p: int) -> bool:
 
 def _encode(tok: Any, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+_ADDED_CACHE: "weakref.WeakKeyDictionary[Any, frozenset]" = weakref.WeakKeyDictionary()
+
+
+def _added_ids(tokenizer: Any) -> frozenset:
+    """Ids of ``tokenizer``'s added tokens, which split text into separately normalized pieces (cached)."""
+    try:
+        return _ADDED_CACHE[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    ids = frozenset(int(i) for i in (getattr(tokenizer, "added_tokens_decoder", {}) or {}))
+    try:
+        _ADDED_CACHE[tokenizer] = ids
+    except TypeError:  # pragma: no cover - not weak-referenceable
+        pass
+    return ids
 
 
 def _encode_offsets(tok: Any, text: str) -> tuple[list[int], list[int]]:
@@ -230,6 +253,7 @@ class GuideTokenContext:
         if self.mode not in ("keep", "drop", "full"):
             raise ValueError(f"mode must be 'keep', 'drop' or 'full', got {mode!r}")
         self.max_lookbehind = int(max_lookbehind)
+        self._added = _added_ids(tokenizer)
         self.prefix: list[int] = special_prefix(tokenizer)
         self.text = text
         if self.mode == "full":
@@ -253,14 +277,17 @@ class GuideTokenContext:
         return len(self.prefix) + len(self._toks)
 
     def _window_start(self) -> Optional[int]:
-        """Index of the first token to re-encode, or None for "re-encode everything"."""
+        """Index of the first token to re-encode, or None for "re-encode everything".
+
+        The window starts at a token that begins at a boundary space and does not directly follow an added token.
+        """
         if self.mode == "full" or not self._toks:
             return None
         n = len(self._toks)
         lowest = max(1, n - self.max_lookbehind)
         for j in range(n - 1, lowest - 1, -1):
             p = self._starts[j]
-            if self._starts[j - 1] < p and _is_boundary(self.text, p):
+            if self._starts[j - 1] < p and _is_boundary(self.text, p) and self._toks[j - 1] not in self._added:
                 return j
         return None
 
@@ -276,14 +303,9 @@ class GuideTokenContext:
             return 0, []
         self.text += delta
         j = self._window_start()
-        if j is None:
-            self.full_reencodes += int(self.mode != "full")
-            if self.mode == "full":
-                new_toks, new_starts = _encode(self._tok, self.text), []
-            else:
-                new_toks, new_starts = _encode_offsets(self._tok, self.text)
-            j = 0
-        else:
+        new_toks: list[int] = []
+        new_starts: list[int] = []
+        if j is not None:
             p = self._starts[j]
             if self.mode == "keep":
                 new_toks, offs = _encode_offsets(self._tok, self.text[p:])
@@ -291,8 +313,17 @@ class GuideTokenContext:
             else:  # "drop": the tokenizer re-adds the boundary space itself
                 new_toks, offs = _encode_offsets(self._tok, self.text[p + 1 :])
                 new_starts = [p + 1 + s for s in offs]
-                if new_starts:
+                if new_toks and new_toks[0] in self._added:
+                    j = None  # the space before an added token is a piece of its own: not re-added
+                elif new_starts:
                     new_starts[0] = p
+        if j is None:
+            self.full_reencodes += int(self.mode != "full")
+            if self.mode == "full":
+                new_toks, new_starts = _encode(self._tok, self.text), []
+            else:
+                new_toks, new_starts = _encode_offsets(self._tok, self.text)
+            j = 0
         old = self._toks[j:]
         common = 0
         limit = min(len(old), len(new_toks))
