@@ -69,7 +69,8 @@ def coverage_body() -> list[str]:
 def decode_body() -> list[str]:
     lines = ["| base | guide | row-steps | guide term 0: partial character | guide term 0: after a token without "
              "text | chosen token unmapped | chosen token re-tokenized | exact | eos | byte runs rewritten | "
-             "beams rescored | largest score difference |", "|---|---|" + "---:|" * 10]
+             "guide ids retracted | full re-encodings | beams rescored | largest score difference |",
+             "|---|---|" + "---:|" * 12]
     total = Events()
     for pair in PAIRS:
         t0 = time.perf_counter()
@@ -77,7 +78,8 @@ def decode_body() -> list[str]:
         total.add(ev)
         beams, worst = search_vs_reference(pair)
         lines.append(f"| {pair[0]} | {pair[1]} | {ev.steps} | {ev.partial} | {ev.textless} | {ev.unmapped} | "
-                     f"{ev.merged} | {ev.exact} | {ev.eos} | {ev.rewritten} | {beams} | {worst:.1e} |")
+                     f"{ev.merged} | {ev.exact} | {ev.eos} | {ev.rewritten} | {ev.retracted} | {ev.full_reencodes} | "
+                     f"{beams} | {worst:.1e} |")
         print(f"{pair[0]} -> {pair[1]}: {ev}, {beams} beams ({time.perf_counter() - t0:.1f} s)", flush=True)
     share = lambda n: f"{100 * n / total.steps:.1f}%"  # noqa: E731
     lines += ["", f"Greedy `mogen.generate` equals the uncached reference token for token in every pair: "
@@ -92,7 +94,9 @@ def decode_body() -> list[str]:
               f"{share(total.partial)}, after a token without text {share(total.textless)}; the chosen token had "
               f"no guide counterpart {share(total.unmapped)}; the guide scored the chosen token as m(v) but then "
               f"read its text as other tokens {share(total.merged)}; exact {share(total.exact)}. Byte-fallback "
-              f"runs rewritten: {total.rewritten}."]
+              f"runs rewritten: {total.rewritten}. The guides' look-behind windows retracted {total.retracted} ids "
+              f"and fell back to re-encoding a whole text {total.full_reencodes} times (a boundary more than 32 "
+              "guide tokens back, or a Prepend-normalizer guide's space before an added token)."]
     return lines
 
 

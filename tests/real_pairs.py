@@ -257,6 +257,8 @@ class Events:
     eos: the chosen token was the base's eos, mapped (the row ends).
     Every row-step is one of partial, textless, unmapped, merged, exact, eos.
     rewritten (counted apart): a byte-fallback run turned invalid and text the guide had read was taken back.
+    retracted, full_reencodes (mogen's side, filled by :func:`generate_vs_reference`): guide ids the
+        look-behind window retracted, and steps where it re-encoded a row's whole text instead.
     """
 
     steps: int = 0
@@ -267,6 +269,8 @@ class Events:
     exact: int = 0
     eos: int = 0
     rewritten: int = 0
+    retracted: int = 0
+    full_reencodes: int = 0
 
     def add(self, other: "Events") -> None:
         for f in fields(self):
@@ -395,19 +399,24 @@ def prompt_rows(tok, indices: Sequence[int]) -> list[list[int]]:
 
 def generate_vs_reference(pair, indices: Sequence[int] = PROMPTS, steps: int = 12, factor: float = 3.0) -> Events:
     """Greedy ``mogen.generate`` on a left-padded batch against :func:`reference_generate`; asserts the same
-    tokens in every row and returns the reference's :class:`Events`."""
+    tokens in every row and returns the reference's :class:`Events`, with mogen's own window statistics."""
     import mogen
+    from mogen.decoding.generation import observe_steps
     from tiny_models import pad_rows
 
     bt, gt, base, guides = pair_models(*pair, factor=factor)
     rows = prompt_rows(bt, indices)
     ids, mask = pad_rows(rows, 0)
     weights = WEIGHTS[: len(rows)]
-    out = mogen.generate(base, ids, mask, guides=guides, tokenizer=bt, weights=weights, beta=2.0,
-                         max_new_tokens=steps, pad_token_id=0)
+    seen = {}
+    with observe_steps(lambda decoding, step: seen.update(group=decoding.cross[0])):
+        out = mogen.generate(base, ids, mask, guides=guides, tokenizer=bt, weights=weights, beta=2.0,
+                             max_new_tokens=steps, pad_token_id=0)
     events = Events()
     ref = reference_generate(base, bt, guides, rows, weights, steps, beta=2.0, eos=bt.eos_token_id, pad=0,
                              events=events)
+    events.retracted = seen["group"].retracted
+    events.full_reencodes = sum(c.full_reencodes for c in seen["group"].contexts)
     new = out[:, ids.shape[1]:].tolist()
     for b, (r, p) in enumerate(zip(ref, rows)):
         want = r[len(p):]
