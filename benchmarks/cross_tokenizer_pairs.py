@@ -95,8 +95,8 @@ def decode_body() -> list[str]:
               f"no guide counterpart {share(total.unmapped)}; the guide scored the chosen token as m(v) but then "
               f"read its text as other tokens {share(total.merged)}; exact {share(total.exact)}. Byte-fallback "
               f"runs rewritten: {total.rewritten}. The guides' look-behind windows retracted {total.retracted} ids "
-              f"and fell back to re-encoding a whole text {total.full_reencodes} times (a boundary more than 32 "
-              "guide tokens back, or a Prepend-normalizer guide's space before an added token)."]
+              f"and fell back to re-encoding a whole text {total.full_reencodes} times (still exact: no word boundary "
+              "within the last 32 guide tokens, as in Khmer, CJK and emoji runs without spaces)."]
     return lines
 
 
