@@ -44,7 +44,9 @@ def test_detokenizer_holds_back_partial_characters():
     det = IncrementalDetokenizer(bl, bl("x", add_special_tokens=False)["input_ids"])
     released, pending = [], []
     for t in ids:
-        released.append(det.push(t))
+        back, text = det.push(t)
+        assert back == 0
+        released.append(text)
         pending.append(det.pending)
     assert "".join(released) == "日本🙂"
     assert all(r == "" or "\ufffd" not in r for r in released)
@@ -55,8 +57,8 @@ def test_detokenizer_releases_invalid_bytes_as_replacement():
     bl = byte_level_tokenizer()
     lone = bl.convert_tokens_to_ids("Ģ")  # the byte 0x80 alone: never valid UTF-8
     det = IncrementalDetokenizer(bl, [bl.convert_tokens_to_ids("a")])
-    assert det.push(lone) == "" and det.pending
-    assert det.push(bl.convert_tokens_to_ids("b")) == "\ufffdb" and not det.pending
+    assert det.push(lone) == (0, "") and det.pending
+    assert det.push(bl.convert_tokens_to_ids("b")) == (0, "\ufffdb") and not det.pending
 
 
 @pytest.mark.parametrize("pair", ["bl->ms", "ms->bl", "bl->bl", "ms->ms"])
@@ -72,7 +74,7 @@ def test_context_equals_full_encoding_after_every_token(pair):
         ctx = GuideTokenContext(guide, det.prompt_text)  # a cut inside a character stays pending
         fed = list(ctx.ids)  # what a model fed by (retract, feed) would hold
         for t in ids[k:]:
-            retract, feed = ctx.extend(det.push(t))
+            retract, feed = ctx.edit(*det.push(t))
             assert not retract or feed, "a retraction always comes with ids to feed"
             del fed[len(fed) - retract:]
             fed += feed
@@ -95,26 +97,89 @@ def test_window_modes_and_fallbacks():
     assert ctx.full_reencodes > 0
 
 
-def test_window_mode_of_a_prepend_normalizer_tokenizer():
-    """A sentencepiece-legacy style tokenizer (Prepend('▁') normalizer, no pre-tokenizer)."""
+def _follow(base, guide, prompt_ids, new_ids):
+    """Push ``new_ids`` one by one through a detokenizer and a guide context, as a group does; after every
+    step check the guide's ids (as a model fed by (retract, feed) would hold them) against encoding the
+    complete text afresh, and that text against decoding every id so far. Returns the number of rewrites."""
+    det = IncrementalDetokenizer(base, prompt_ids)
+    ctx = GuideTokenContext(guide, det.prompt_text)
+    fed, ids, rewrites = list(ctx.ids), list(prompt_ids), 0
+    for t in new_ids:
+        ids.append(t)
+        back, text = det.push(t)
+        rewrites += back > 0
+        retract, feed = ctx.edit(back, text)
+        assert not retract or feed
+        del fed[len(fed) - retract:]
+        fed += feed
+        assert ctx.ids == fed == expected_ids(guide, ctx.text)
+        if not det.pending:
+            assert ctx.text == base.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return rewrites
+
+
+def test_byte_fallback_run_that_turns_invalid_is_rewritten():
+    """A ByteFallback decoder turns a whole run of byte tokens into U+FFFD, one per byte, as soon as any
+    byte of it is invalid: text already released from the run (a newline, a complete character) changes.
+    The detokenizer takes it back and the guide re-reads it, so the guide's text stays decode(ids)."""
+    ms, bl = metaspace_tokenizer(), byte_level_tokenizer()
+    b = {f"{x:02X}": ms.convert_tokens_to_ids(f"<0x{x:02X}>") for x in range(256)}
+    the, prompt = ms.convert_tokens_to_ids("\u2581the"), ms("the", add_special_tokens=False)["input_ids"]
+    cases = [
+        [b["0A"], b["E1"], the],  # "\n", then a lone lead byte: the run reads "\ufffd\ufffd"
+        [b["E6"], b["97"], b["A5"], b["80"], the],  # "日", then a stray continuation byte
+        [b["0A"], ms.bos_token_id, b["E6"], b["97"], b["A5"], b["80"], ms.eos_token_id, the],  # specials inside
+        [b["0A"], b["E6"], b["97"], b["A5"], the, b["0A"], b["80"]],  # a run released in two pieces
+    ]
+    assert ms.decode([the, b["0A"], b["E1"], the]) == "the\ufffd\ufffd the"  # the decoder's rule
+    rewrites = 0
+    for new in cases:
+        for guide in (bl, ms):
+            rewrites += _follow(ms, guide, prompt, new)
+            rewrites += _follow(ms, guide, prompt + new[:1], new[1:])  # the run starts in the prompt
+    assert rewrites >= 8
+
+
+def _prepend_tokenizer():
+    """A sentencepiece-legacy style tokenizer (Prepend('▁') normalizer, no pre-tokenizer, byte-level-free)."""
     from tokenizers import Tokenizer, models, normalizers, decoders
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "▁": 1}
-    for ch in "abcdefghijklmnopqrstuvwxyz":
+    for ch in "abcdefghijklmnopqrstuvwxyz<>|":
         vocab[ch] = len(vocab)
         vocab["▁" + ch] = len(vocab)
-    merges = [("▁", ch) for ch in "abcdefghijklmnopqrstuvwxyz"]
+    merges = [("▁", ch) for ch in "abcdefghijklmnopqrstuvwxyz<>|"]
     raw = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True))
     raw.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     raw.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
-    mode = window_mode(tok)
-    assert mode in ("drop", "full")
+    return PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+
+
+def test_window_mode_of_a_prepend_normalizer_tokenizer():
+    """A sentencepiece-legacy style tokenizer (Prepend('▁') normalizer, no pre-tokenizer)."""
+    tok = _prepend_tokenizer()
+    assert window_mode(tok) == "drop"
     ctx = GuideTokenContext(tok, "hello")
     for piece in [" wor", "ld", " and", " more text", "!"]:
         ctx.extend(piece)
         assert ctx.ids == expected_ids(tok, ctx.text)
+
+
+def test_prepend_normalizer_window_next_to_added_tokens():
+    """The Prepend normalizer runs on each piece of text between added tokens: after "<|end|>" the text
+    " b" reads "▁▁b", and a space right before one is a piece of its own ("a <|end|>": "▁a▁" then the
+    added token), so neither the space after an added token nor one before it can start a "drop" window."""
+    tok = _prepend_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|end|>"]})
+    tok.add_tokens(["<plain>"])
+    assert window_mode(tok) == "drop"
+    for pieces in ([" x<|end|>", " b", "c", " d"], [" x", " <|end|>", " b"], [" x", " <|e", "nd|> b", " c"],
+                   [" x<plain>", " b", " <plain>", " c"], ["<|end|>", " b", "<|end|> ", "c"]):
+        ctx = GuideTokenContext(tok, "a")
+        for piece in pieces:
+            ctx.extend(piece)
+            assert ctx.ids == expected_ids(tok, ctx.text), (pieces, ctx.text)
 
 
 # --------------------------------------------------------------------------- #
@@ -196,6 +261,42 @@ def test_guide_ids_equal_encoding_of_text_after_every_step(cross_models):
     # the run exercised retractions (masked cache columns) and partial characters
     assert sum(g.retracted for g in seen["decoding"].cross) > 10
     assert seen["stale"] > 0
+
+
+def test_guide_reads_decode_of_base_ids_when_a_byte_run_turns_invalid():
+    """End to end, a byte-fallback base: after every step each row's guide holds prefix + encode(text) for
+    text = decode(the row's ids so far) (up to a held-back partial character), also where a later byte
+    token turns earlier text of its run into U+FFFD (module docstring of mogen.decoding.retokenize)."""
+    ms, bl = metaspace_tokenizer(), byte_level_tokenizer()
+    byte = lambda x: ms.convert_tokens_to_ids(f"<0x{x:02X}>")  # noqa: E731
+    word = lambda w: ms.convert_tokens_to_ids("\u2581" + w)  # noqa: E731
+    scripts = [[byte(0x0A), byte(0xE1), word("the"), word("cat")],
+               [byte(0xE6), byte(0x97), byte(0xA5), byte(0x80), word("the"), byte(0x0A)],
+               [word("the"), byte(0x0A), byte(0x0A), byte(0x9F), word("cat"), word("the")]]
+    prompts = [ms(p, add_special_tokens=False)["input_ids"] for p in ["The cat", "A na", "x"]]
+    ids, mask = pad_rows(prompts, 0)
+    base = tiny_llama(len(ms), 0, hidden=16, layers=1)
+    guides = [proxy_guide(len(bl), 10, tokenizer=bl, hidden=16, layers=1)]
+    seen = []
+    hook = script_model(base, scripts)
+    try:
+        with observe_steps(lambda d, s: s >= 0 and seen.append(
+                [(c.text, c.ids, det.pending) for c, det in zip(d.cross[0].contexts, d.cross[0].detoks)])):
+            out = mogen.generate(base, ids, mask, guides=guides, tokenizer=ms, weights=[1.0], max_new_tokens=6)
+    finally:
+        hook.remove()
+    width = ids.shape[1]
+    assert [out[b, width: width + len(s)].tolist() for b, s in enumerate(scripts)] == [s[:6] for s in scripts]
+    checked = 0
+    for step, rows in enumerate(seen):
+        for b, (text, guide_ids, pending) in enumerate(rows):
+            if pending:
+                continue
+            row = [i for i, m in zip(out[b, : width + step + 1].tolist(), mask[b].tolist() + [1] * 9) if m]
+            assert text == ms.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False), (step, b)
+            assert guide_ids == expected_ids(bl, text)
+            checked += 1
+    assert checked >= 8
 
 
 def test_cross_tokenizer_matches_stepwise_reference(cross_models):

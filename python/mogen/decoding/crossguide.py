@@ -38,7 +38,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .models import LMRunner, RunnerRegistry, context_length
-from .retokenize import GuideTokenContext, IncrementalDetokenizer
+from .retokenize import NO_EDIT, GuideTokenContext, IncrementalDetokenizer, TextEdit, compose
 from .tally import TokenScoreFn
 
 __all__ = ["RetokenizingGroup", "TokenScoreFn"]
@@ -182,9 +182,12 @@ class RetokenizingGroup(RunnerRegistry):
         for b in range(batch):
             if not any(live[b]):
                 continue
-            delta = "".join(self.detoks[b].push(t) for t, x in zip(tokens[b], live[b]) if x)
-            if delta:
-                feeds[b], anchors[b] = self._extend_row(b, delta)
+            edit = NO_EDIT
+            for t, x in zip(tokens[b], live[b]):
+                if x:
+                    edit = compose(edit, self.detoks[b].push(t))
+            if edit != NO_EDIT:
+                feeds[b], anchors[b] = self._edit_row(b, edit)
             stale[b] = self.detoks[b].pending
         self._any_stale = any(stale)
         if self._any_stale:
@@ -192,9 +195,9 @@ class RetokenizingGroup(RunnerRegistry):
         if any(feeds):
             self._feed(feeds, anchors)
 
-    def _extend_row(self, b: int, delta: str) -> tuple[list[int], Optional[int]]:
-        """Re-tokenize row ``b`` after ``delta``: mask retracted columns; return ``(ids to feed, anchor column)``."""
-        retract, feed = self.contexts[b].extend(delta)
+    def _edit_row(self, b: int, edit: TextEdit) -> tuple[list[int], Optional[int]]:
+        """Re-tokenize row ``b`` after ``edit``: mask retracted columns; return ``(ids to feed, anchor column)``."""
+        retract, feed = self.contexts[b].edit(*edit)
         cols = self._cols[b]
         anchor = None
         if retract and self._trackers:

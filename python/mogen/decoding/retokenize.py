@@ -7,6 +7,14 @@ ids. After every base step the new *text* goes to the guide instead:
    It decodes only a short tail of ids and holds text back while it ends in an
    incomplete UTF-8 character (a byte-level token can carry one byte of "日"),
    so the guide never sees a replacement character that the next token fixes.
+   The released text is always ``decode(ids)`` of the row's ids up to that point
+   (``skip_special_tokens=True``, no clean-up). One decoder can change text it
+   already gave: sentencepiece-style ``ByteFallback`` decodes a run of byte
+   tokens (``'<0x0A>'``) as one UTF-8 string, and as ``U+FFFD`` once per byte
+   when the run is not valid UTF-8, so ``<0x0A>`` reads ``"\\n"`` until an
+   invalid byte token follows it and both read ``"\\ufffd\\ufffd"``. The
+   detokenizer keeps such a run in view and then takes the old text back
+   (:class:`TextEdit`).
 2. :class:`GuideTokenContext` keeps the guide ids of one row equal to the guide
    tokenizer's encoding of the full text. New text can change the last guide
    tokens ("▁ca" + "t" is "▁cat"), so it re-encodes a short look-behind window
@@ -17,12 +25,21 @@ Where the look-behind is exact
 ------------------------------
 The window starts at a guide token that begins with a single space after a
 non-space character. Tokenizers whose pre-tokenizer always splits there (GPT-2
-style byte-level BPE, Llama-3 style regexes, metaspace with ``split=True``) give
-the same ids for ``text[:p]`` and ``text[p:]`` as for ``text``, so the guide's ids
-equal its encoding of the full text after every step. :func:`window_mode`
-checks this once per tokenizer on probe strings; a tokenizer that fails falls
-back to re-encoding the whole text each step (still exact, slower), and so does
-any step whose last word boundary lies more than ``max_lookbehind`` tokens back.
+style byte-level BPE, Llama-3 style regexes, metaspace with ``split=True``), or
+whose merges never join across one (Llama-2's ``Metaspace(split=False)``: no
+token holds ``'▁'`` after another character), give the same ids for
+``text[:p]`` and ``text[p:]`` as for ``text``, so the guide's ids equal its
+encoding of the full text after every step. :func:`window_mode` checks this
+once per tokenizer on probe strings; a tokenizer that fails falls back to
+re-encoding the whole text each step (still exact, slower), and so does any
+step whose last word boundary lies more than ``max_lookbehind`` tokens back.
+Added tokens (``<|end|>``, ``</s>``, ...) split the text into pieces that are
+normalized and pre-tokenized one by one, so the window never starts right
+after one; and a tokenizer that prepends ``'▁'`` to every piece (``"drop"``, a
+``Prepend`` normalizer as in Phi-3's tokenizer.json) re-encodes everything when
+an added token starts right after the window's space, since that space is then
+a piece of its own. tests/test_real_pairs.py checks all this on seven real
+tokenizers.
 What the guide sees is ``bos-like prefix + encode(text)``; end-of-sequence
 tokens its tokenizer appends are not used.
 
@@ -47,10 +64,11 @@ a word in pieces that the guide, reading text, sees merged.
 from __future__ import annotations
 
 import copy
+import re
 import weakref
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
-__all__ = ["IncrementalDetokenizer", "GuideTokenContext", "window_mode", "special_prefix"]
+__all__ = ["IncrementalDetokenizer", "GuideTokenContext", "TextEdit", "compose", "window_mode", "special_prefix"]
 
 _REPLACEMENT = "\ufffd"
 
@@ -71,6 +89,76 @@ def _is_boundary(text: str, p: int) -> bool:
 
 def _encode(tok: Any, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+class TextEdit(NamedTuple):
+    """What one base token did to a row's text: take back the last ``back`` characters, then append ``text``.
+
+    ``back`` is 0 except where a ``ByteFallback`` decoder rewrites a run of byte tokens (module docstring).
+    """
+
+    back: int
+    text: str
+
+
+NO_EDIT = TextEdit(0, "")
+
+
+def compose(first: TextEdit, then: TextEdit) -> TextEdit:
+    """One edit doing ``first`` and then ``then``."""
+    if then.back <= len(first.text):
+        return TextEdit(first.back, first.text[: len(first.text) - then.back] + then.text)
+    return TextEdit(first.back + then.back - len(first.text), then.text)
+
+
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+class _TokenKinds:
+    """Per tokenizer: its byte tokens (``'<0xNN>'``, which a ``ByteFallback`` decoder joins into runs), the ids
+    ``skip_special_tokens`` drops (no text: they do not break a run) and its added tokens (which split text
+    into separately normalized pieces)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        added = dict(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+        self.added = frozenset(int(i) for i in added)
+        self.textless = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", []) or []) | frozenset(
+            int(i) for i, a in added.items() if getattr(a, "special", False))
+        byte_ids: set[int] = set()
+        try:
+            vocab = tokenizer.get_vocab()
+        except Exception:  # noqa: BLE001 - a tokenizer without a vocabulary has no byte tokens to join
+            vocab = {}
+        if all(f"<0x{b:02X}>" in vocab for b in range(256)):
+            byte_ids = {int(i) for t, i in vocab.items() if len(t) == 6 and _BYTE_TOKEN.fullmatch(t)}
+        self.byte = frozenset(byte_ids - self.added)
+
+
+_KINDS_CACHE: "weakref.WeakKeyDictionary[Any, _TokenKinds]" = weakref.WeakKeyDictionary()
+
+
+def _kinds(tokenizer: Any) -> _TokenKinds:
+    try:
+        return _KINDS_CACHE[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    kinds = _TokenKinds(tokenizer)
+    try:
+        _KINDS_CACHE[tokenizer] = kinds
+    except TypeError:  # pragma: no cover - not weak-referenceable
+        pass
+    return kinds
+
+
+def _run_anchor(ids: Sequence[int], pos: int, kinds: _TokenKinds) -> int:
+    """The largest ``s <= pos`` such that decoding ``ids[s:]`` sees whole every byte-token run that reaches into
+    ``ids[pos:]``: ``ids[s]`` has text and is not a byte token, or ``s`` is 0."""
+    if not kinds.byte:
+        return pos
+    s = pos
+    while s > 0 and (s >= len(ids) or ids[s] in kinds.byte or ids[s] in kinds.textless):
+        s -= 1
+    return s
 
 
 def _encode_offsets(tok: Any, text: str) -> tuple[list[int], list[int]]:
@@ -139,7 +227,10 @@ class IncrementalDetokenizer:
     spaces right) and returns the part past what was already released. Text
     ending in U+FFFD is held back until the next token completes the
     character; an invalid byte sequence is released as U+FFFD once any
-    following token decodes.
+    following token decodes. A run of ``ByteFallback`` byte tokens stays in
+    the decoded tail until a token with text ends it, so when a later byte
+    makes the run invalid the text it already released is taken back
+    (:class:`TextEdit`): the released text is always ``decode(ids)``.
 
     Args:
         tokenizer: the base model's tokenizer.
@@ -153,6 +244,7 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], context: int = 4) -> None:
         self._tok = tokenizer
+        self._kinds = _kinds(tokenizer)
         ids = [int(i) for i in prompt_ids]
         # A UTF-8 character spans at most 4 byte tokens: look that far back for
         # the end of the last complete character.
@@ -164,7 +256,7 @@ class IncrementalDetokenizer:
                 complete, text = cut, candidate
                 break
         self.prompt_text = text
-        start = max(complete - max(context, 0), 0)
+        start = _run_anchor(ids, max(complete - max(context, 0), 0), self._kinds)
         self._ids = ids[start:]
         self._prefix = 0
         self._read = complete - start
@@ -183,21 +275,26 @@ class IncrementalDetokenizer:
         """Whether some pushed ids have not been released as text yet."""
         return self._read < len(self._ids)
 
-    def push(self, token_id: int) -> str:
-        """Append one base token; return the newly complete text (maybe ``""``)."""
+    def push(self, token_id: int) -> TextEdit:
+        """Append one base token; return what it does to the released text (:data:`NO_EDIT` while held back)."""
         self._ids.append(int(token_id))
         before = self._decode(self._ids[self._prefix : self._read])
         after = self._decode(self._ids[self._prefix :])
-        if len(after) <= len(before) or after.endswith(_REPLACEMENT):
-            return ""
-        # ``after`` extends ``before`` for every ordinary decoder; one with a
-        # clean-up rule that rewrites earlier text still releases only new length.
-        delta = after[len(before) :]
+        if after == before or after.endswith(_REPLACEMENT):
+            return NO_EDIT
+        # ``after`` extends ``before`` for every ordinary decoder; where it rewrites
+        # part of it (a ByteFallback run turned invalid), the rest is taken back.
+        common = 0
+        limit = min(len(before), len(after))
+        while common < limit and before[common] == after[common]:
+            common += 1
         self._advance()
-        return delta
+        return TextEdit(len(before) - common, after[common:])
 
     def _advance(self) -> None:
-        self._prefix = self._read
+        # The next decode starts at the ids just released (context for the
+        # decoder), or earlier where a byte-token run began.
+        self._prefix = _run_anchor(self._ids, self._read, self._kinds)
         self._read = len(self._ids)
         # Keep the buffer short: nothing before the new prefix is decoded again.
         if self._prefix > 0:
@@ -230,6 +327,7 @@ class GuideTokenContext:
         if self.mode not in ("keep", "drop", "full"):
             raise ValueError(f"mode must be 'keep', 'drop' or 'full', got {mode!r}")
         self.max_lookbehind = int(max_lookbehind)
+        self._kinds = _kinds(tokenizer)
         self.prefix: list[int] = special_prefix(tokenizer)
         self.text = text
         if self.mode == "full":
@@ -252,38 +350,46 @@ class GuideTokenContext:
     def __len__(self) -> int:
         return len(self.prefix) + len(self._toks)
 
-    def _window_start(self) -> Optional[int]:
-        """Index of the first token to re-encode, or None for "re-encode everything"."""
+    def _window_start(self, limit: int) -> Optional[int]:
+        """Index of the first token to re-encode, or None for "re-encode everything".
+
+        The window starts at a token that begins at a boundary space at or before character ``limit`` (the
+        text before it is unchanged) and does not directly follow an added token.
+        """
         if self.mode == "full" or not self._toks:
             return None
         n = len(self._toks)
         lowest = max(1, n - self.max_lookbehind)
+        added = self._kinds.added
         for j in range(n - 1, lowest - 1, -1):
             p = self._starts[j]
-            if self._starts[j - 1] < p and _is_boundary(self.text, p):
+            if (p <= limit and self._starts[j - 1] < p and _is_boundary(self.text, p)
+                    and self._toks[j - 1] not in added):
                 return j
         return None
 
     def extend(self, delta: str) -> tuple[int, list[int]]:
-        """Append ``delta`` to the text.
+        """Append ``delta`` to the text; same as ``edit(0, delta)``."""
+        return self.edit(0, delta)
+
+    def edit(self, back: int, delta: str) -> tuple[int, list[int]]:
+        """Take the last ``back`` characters off the text, then append ``delta`` (a :class:`TextEdit`).
 
         Returns ``(retract, feed)``: drop the last ``retract`` ids (they no
         longer match the text's encoding), then feed ``feed``. ``feed`` is
         non-empty whenever ``retract`` is, so the caller always has fresh
         logits for the last id.
         """
-        if not delta:
+        if back < 0 or back > len(self.text):
+            raise ValueError(f"cannot take back {back} characters of a {len(self.text)}-character text")
+        if not back and not delta:
             return 0, []
-        self.text += delta
-        j = self._window_start()
-        if j is None:
-            self.full_reencodes += int(self.mode != "full")
-            if self.mode == "full":
-                new_toks, new_starts = _encode(self._tok, self.text), []
-            else:
-                new_toks, new_starts = _encode_offsets(self._tok, self.text)
-            j = 0
-        else:
+        unchanged = len(self.text) - back
+        self.text = self.text[:unchanged] + delta
+        j = self._window_start(unchanged)
+        new_toks: list[int] = []
+        new_starts: list[int] = []
+        if j is not None:
             p = self._starts[j]
             if self.mode == "keep":
                 new_toks, offs = _encode_offsets(self._tok, self.text[p:])
@@ -291,8 +397,17 @@ class GuideTokenContext:
             else:  # "drop": the tokenizer re-adds the boundary space itself
                 new_toks, offs = _encode_offsets(self._tok, self.text[p + 1 :])
                 new_starts = [p + 1 + s for s in offs]
-                if new_starts:
+                if new_toks and new_toks[0] in self._kinds.added:
+                    j = None  # the space before an added token is a piece of its own: not re-added
+                elif new_starts:
                     new_starts[0] = p
+        if j is None:
+            self.full_reencodes += int(self.mode != "full")
+            if self.mode == "full":
+                new_toks, new_starts = _encode(self._tok, self.text), []
+            else:
+                new_toks, new_starts = _encode_offsets(self._tok, self.text)
+            j = 0
         old = self._toks[j:]
         common = 0
         limit = min(len(old), len(new_toks))
