@@ -35,7 +35,6 @@ but eos and pad.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -52,6 +51,7 @@ from transformers.generation.logits_process import (
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
 from .argument_support import CALL_ARGUMENTS, FIELDS, REFUSED, SEARCH_CALL_ARGUMENTS, SEARCH_FIELDS, Support
+from .sampling import check_sampling_values
 
 __all__ = ["GenerationPlan", "plan_generation", "prepare_config", "prepare_search_config", "refuse_call_arguments"]
 
@@ -80,7 +80,6 @@ class GenerationPlan:
         eos, pad_token_id: the eos ids ``[E]`` (or None) and the pad id (or None).
         pad_finished: rows that stopped get the pad id (transformers does so when an eos criterion exists).
         full_row: whether the fused row is built every step.
-        repeat: ``num_return_sequences``.
         scores, logits, return_dict: what the call returns besides the sequences.
     """
 
@@ -94,7 +93,6 @@ class GenerationPlan:
     pad_token_id: Optional[int]
     pad_finished: bool
     full_row: bool
-    repeat: int
     scores: bool = False
     logits: bool = False
     return_dict: bool = False
@@ -166,7 +164,7 @@ def _refuse_fields(config: GenerationConfig, table: dict[str, Support] = FIELDS,
             if _differs(config, name, defaults):
                 raise ValueError(
                     f"{name}={getattr(config, name)!r}: mogen does not know this GenerationConfig field (newer "
-                    "transformers than mogen's table, decoding/arguments.py); drop it or use base.generate")
+                    "transformers than mogen's table, decoding/argument_support.py); drop it or use base.generate")
             continue
         if support.status == REFUSED and _differs(config, name, defaults):
             raise ValueError(f"{name}={getattr(config, name)!r} is not supported by {caller}: {support.how}")
@@ -208,8 +206,8 @@ def prepare_config(base: Any, generation_config: Optional[GenerationConfig], kwa
             f"unexpected keyword argument(s) {sorted(model_kwargs)}: neither mogen.generate's arguments nor "
             "GenerationConfig fields (mogen passes no extra kwargs to the models' forward)")
     _refuse_fields(config)
-    if config.do_sample:
-        _check_sampling(config)
+    if config.do_sample:  # values transformers would drop without a word (top_p=1.5 builds no warper)
+        check_sampling_values(config.temperature, config.top_k, config.top_p)
     return config, default_max, default_min
 
 
@@ -254,21 +252,6 @@ def prepare_search_config(kwargs: dict[str, Any], *, temperature: Any, top_k: An
             "GenerationConfig fields")
     _refuse_fields(config, SEARCH_FIELDS, "mogen.search", own=("do_sample",))
     return config, fields.get("min_length") is None
-
-
-def _check_sampling(config: GenerationConfig) -> None:
-    """Values transformers would drop without a word (``top_p=1.5`` builds no warper) are errors here."""
-    check_sampling_values(config.temperature, config.top_k, config.top_p)
-
-
-def check_sampling_values(t: Any, k: Any, p: Any) -> None:
-    """``temperature`` finite > 0, ``top_k`` None or an int >= 0, ``top_p`` in (0, 1] (None: unset)."""
-    if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-        raise ValueError(f"top_k must be None or an int >= 0, got {k!r}")
-    if p is not None and not (isinstance(p, (int, float)) and math.isfinite(p) and 0 < p <= 1):
-        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
 
 
 def _split_at_fusion(processors: LogitsProcessorList) -> tuple[list, list]:
@@ -354,7 +337,7 @@ def plan_generation(
         criteria=criteria, max_new_tokens=max(limit - length, 0), eos=None if eos is None else eos.to(device),
         pad_token_id=None if pad is None else int(pad.reshape(-1)[0]),
         pad_finished=any(hasattr(c, "eos_token_id") for c in criteria_all), full_row=selector is None,
-        repeat=int(config.num_return_sequences or 1), scores=scores, logits=logits,
+        scores=scores, logits=logits,
         return_dict=bool(config.return_dict_in_generate))
 
 

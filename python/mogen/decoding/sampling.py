@@ -15,14 +15,14 @@ materialised; top-p alone needs the full row and one sort.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from ..ops import sample as sample_indices
 from ..ops import top_p_mask as nucleus_keep
 
-__all__ = ["nucleus_keep", "filter_scores", "sample_indices", "TokenSelector"]
+__all__ = ["nucleus_keep", "filter_scores", "sample_indices", "check_sampling_values", "TokenSelector"]
 
 FullScores = Callable[[], torch.Tensor]
 TopKScores = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]
@@ -48,6 +48,16 @@ def filter_scores(scores: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
         mask = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
         out = out.masked_fill(mask, float("-inf"))
     return out
+
+
+def check_sampling_values(t: Any, k: Any, p: Any) -> None:
+    """``temperature`` finite > 0, ``top_k`` None or an int >= 0, ``top_p`` in (0, 1] (None: unset)."""
+    if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise ValueError(f"top_k must be None or an int >= 0, got {k!r}")
+    if p is not None and not (isinstance(p, (int, float)) and math.isfinite(p) and 0 < p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
 
 
 class TokenSelector:
@@ -78,22 +88,13 @@ class TokenSelector:
             raise TypeError(f"do_sample must be a bool, got {type(do_sample).__name__}")
         self.do_sample = do_sample
         self.vocab_size = int(vocab_size)
-        t = float(temperature)
-        if not math.isfinite(t) or t <= 0.0:
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        t, p = float(temperature), None if top_p is None else float(top_p)
+        check_sampling_values(t, top_k, p)
         self.inv_temperature = 1.0 / t
-        if top_k is not None:
-            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-                raise ValueError(f"top_k must be None or an int >= 0, got {top_k!r}")
-            if top_k == 0 or top_k >= self.vocab_size:
-                top_k = None
+        if top_k == 0 or (top_k is not None and top_k >= self.vocab_size):
+            top_k = None
         self.top_k = top_k
-        if top_p is not None:
-            p = float(top_p)
-            if not math.isfinite(p) or not 0.0 < p <= 1.0:
-                raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-            top_p = None if p >= 1.0 else p
-        self.top_p = top_p
+        self.top_p = None if p is None or p >= 1.0 else p
         if generator is not None:
             if not isinstance(generator, torch.Generator):
                 raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
