@@ -6,6 +6,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    """datasets writes its cache under the test's folder, not the user's (modules that read data files with
+    datasets use it for every test: ``pytestmark = pytest.mark.usefixtures("datasets_cache")``)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+
 
 def pytest_addoption(parser):
     parser.addoption("--architectures-results", action="store_true",

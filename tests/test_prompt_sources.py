@@ -18,6 +18,7 @@ from mogen.evaluation import load_sweep_config, run_sweep
 from tiny_models import metaspace_tokenizer, tiny_llama
 
 datasets = pytest.importorskip("datasets")
+pytestmark = pytest.mark.usefixtures("datasets_cache")
 
 ROWS = [{"question": f"question number {i} about the river", "id": i} for i in range(10)]
 CHAT = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}" \
@@ -26,12 +27,6 @@ BASE = {"output": "run", "rewards": ["tests_sweep_rewards:count_e", "tests_sweep
         "reference_point": [-1, -1], "preferences": [[1.0, 0.0], [0.0, 1.0]], "bootstrap": {"resamples": 20},
         "decoding": {"max_new_tokens": 4, "do_sample": False, "seed": 0},
         "models": {"base": "base"}, "methods": [{"name": "base", "kind": "base"}]}
-
-
-@pytest.fixture(autouse=True)
-def _datasets_cache(tmp_path, monkeypatch):
-    """datasets writes its cache under the test's folder, not the user's."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
 
 
 @pytest.fixture(scope="module")

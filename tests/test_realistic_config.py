@@ -28,6 +28,7 @@ from mogen.evaluation.substitute import config_paths
 from real_tokenizers import tokenizer_dir
 
 datasets = pytest.importorskip("datasets")
+pytestmark = pytest.mark.usefixtures("datasets_cache")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "hh_helpful_harmless.yaml"
@@ -106,12 +107,6 @@ def _value_model(seed: int, vocab: int):
     with torch.no_grad():
         model.lm_head.weight.mul_(50.0)  # untied below: the head alone, values of spread ~1
     return make_value_model(model, objectives=[f"objective{seed}"], reset_head=False)
-
-
-@pytest.fixture(autouse=True)
-def _datasets_cache(tmp_path, monkeypatch):
-    """datasets writes its cache under the test's folder, not the user's."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
 
 
 @pytest.fixture(scope="module")
