@@ -114,6 +114,11 @@ def test_mage_with_chunk_search(folders):
                           generator=torch.Generator().manual_seed(0))
     assert out.shape[0] == 2 and out.shape[1] > ids.shape[1] and torch.equal(out, again)
     assert len(mage.merges) == 2  # one base and one expert merge for the one preference
+    sampled = mage.generate(ids, mask, preference=[0.6, 0.4], max_new_tokens=6, do_sample=True,
+                            generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sampled, out)  # do_sample=True is what search does anyway
+    with pytest.raises(ValueError, match="do_sample=False is not supported by mogen.search"):
+        mage.generate(ids, mask, preference=[0.6, 0.4], max_new_tokens=6, do_sample=False)
 
 
 # --------------------------------------------------------------------------- #

@@ -268,12 +268,17 @@ def test_decoding_settings_are_checked(setup):
                               ("num_beams", 4, r"decoding.num_beams: unknown key\(s\) \['num_beams'\]")]:
         with pytest.raises(ValueError, match=match):
             load_sweep_config(dict(cfg, decoding={**cfg["decoding"], key: value}), root)
+    search = {"name": "search", "kind": "mpaw_search", "beam_width": 2}
+    with pytest.raises(ValueError, match="decoding.do_sample: false, but method 'search' is a chunk search"):
+        load_sweep_config(dict(cfg, decoding={**cfg["decoding"], "do_sample": False},
+                               methods=[*cfg["methods"], search]), root)
+    load_sweep_config(dict(cfg, methods=[*cfg["methods"], search]), root)  # sampled: fine
 
 
 def test_generation_keys_are_honoured_by_both_drivers():
     """Every model.generate argument a sweep's decoding takes is honoured by mogen.generate and mogen.search (a
-    chunk search method would otherwise fail after hours of decoding); search always samples (the sweep drops
-    do_sample for it)."""
+    chunk search method would otherwise fail after hours of decoding); search always samples (do_sample: false
+    with a search method is refused when the config loads)."""
     from mogen.decoding.argument_support import FIELDS, HONOURED, SEARCH_FIELDS
     from mogen.evaluation.config import GENERATION_KEYS
 

@@ -332,8 +332,7 @@ class MAGE:
     def _decode(self, ids: torch.Tensor, mask: torch.Tensor, mu: tuple, kwargs: dict) -> torch.Tensor:
         args = dict(guides=self._guides(), tokenizer=self.tokenizer, weights=self._weights(mu), beta=self.beta,
                     gamma=self.gamma, **kwargs)
-        if self.search is not None:  # search samples its chunks; it takes no do_sample
-            args.pop("do_sample", None)
+        if self.search is not None:  # do_sample=False reaches search's refusal, which names top_k=1
             return search(self.base, ids, mask, **dict(self.search), **args)
         return generate(self.base, ids, mask, **args)
 

@@ -338,6 +338,18 @@ def _methods(raw: list) -> list[MethodSpec]:
     return out
 
 
+def _check_sampling(decoding: dict, methods: list[MethodSpec]) -> None:
+    """``decoding.do_sample: false`` with a chunk search among the methods is refused now, not hours into a run:
+    a search always samples its chunks."""
+    if decoding.get("do_sample") is not False:
+        return
+    for m in methods:
+        if m.kind == "mpaw_search" or (m.kind == "mage" and m.params.get("search")):
+            raise ConfigError("decoding.do_sample", f"false, but method {m.name!r} is a chunk search, which always "
+                                                    "samples its chunks; leave do_sample out (each method then "
+                                                    "decodes as it does by default), or drop the method")
+
+
 def _paths(models: dict, root: Path) -> dict:
     out = dict(models)
     for key in MODEL_PATH_KEYS:
@@ -390,8 +402,10 @@ def _build(raw: SweepFile, base_dir: Path) -> SweepConfig:
     chat = isinstance(raw.prompts, PromptSource) and raw.prompts.chat_template
     if chat:
         check_chat_template(paths.get("tokenizer"))
+    methods = _methods(raw.methods)
+    _check_sampling(decoding, methods)
     cfg = SweepConfig(base_dir / raw.output, list(prompts), rewards, grid, raw.samples, ref, decoding, paths,
-                      _methods(raw.methods), resamples=boot.resamples, bootstrap_seed=boot.seed, chat_template=chat)
+                      methods, resamples=boot.resamples, bootstrap_seed=boot.seed, chat_template=chat)
     return cfg.with_seeds(raw.seeds)
 
 

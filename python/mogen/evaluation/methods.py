@@ -156,7 +156,6 @@ def build_decoder(spec: MethodSpec, models: _Models) -> Decoder:
     search_args = {k: p[k] for k in ("beam_width", "expansion", "chunk_length", "proposal") if k in p}
 
     def decode(ids, mask, mu, kwargs):
-        kwargs = {k: v for k, v in kwargs.items() if k != "do_sample"}
         return search(base, ids, mask, guides=guides, tokenizer=tok, weights=list(mu), beta=p.get("beta", 1.0),
                       **search_args, **kwargs)
 
