@@ -146,13 +146,21 @@ def run(device: torch.device, shapes: DecodeShapes) -> List[str]:
             rows.append({"batch": batch, "decoder": name, "ms/step": f"{t * 1e3:.2f}",
                          "tokens/s": f"{batch / t:.0f}", "vs base": f"{ratio:.2f}x{verdict}"})
     kernels = "compiled" if _backend.has_kernels_for(device) else "pure-PyTorch reference"
-    return [f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+    return [device_line(device),
             f"base: Llama-shaped, {n_params(base)} parameters; guides: 2 pairs of Qwen2-shaped models, "
             f"{n_params(guides[0].expert)} each; bf16, random weights built on the device in {built:.0f} s; "
             f"K1 (mogen.ops): {kernels}",
             f"prompt {shapes.prompt} tokens; step time = (t({shapes.long}) - t({shapes.short})) / "
             f"{shapes.long - shapes.short} new tokens, medians of {shapes.repeat}; goal: guided <= {GOAL}x base",
             "", *markdown_table(rows), "", f"({time.perf_counter() - t0:.0f} s in all.)"]
+
+
+def device_line(device: torch.device) -> str:
+    """The device, and on CUDA the GPU's name and driver, with torch's version and its CUDA's."""
+    from gpu_kernels import driver_version
+
+    gpu = f" ({torch.cuda.get_device_name(device)}, driver {driver_version()})" if device.type == "cuda" else ""
+    return f"device: {device}{gpu}; torch {torch.__version__}, CUDA {torch.version.cuda}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -73,3 +73,9 @@ def test_build_with_a_cpu_torch_is_skipped_with_setup_pys_reason():
     assert status == "skipped", why
     assert "MOGEN_FORCE_CUDA=1 but the CUDA kernels cannot be built: torch is a CPU build" in why
     assert "GPU_PY" in why
+
+
+def test_the_cuda_test_modules_are_found():
+    files = gpu_check.cuda_test_files()
+    assert {"tests/test_merge_cuda.py", "tests/test_fusion.py", "tests/test_value_scores.py"} <= set(files)
+    assert "tests/test_gpu_check.py" not in files

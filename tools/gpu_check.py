@@ -6,7 +6,7 @@ Steps, each reported as ``[step] ok``, ``[step] SKIPPED: why`` or ``[step] FAILE
                 installed packages against pyproject.toml's requirements;
 2. build        the extension with MOGEN_FORCE_CUDA=1 into build/gpu-check/lib (the
                 checkout's own mogen_ext/_C is left alone), then an import check;
-3. cuda-tests   ``pytest tests -m cuda`` against that build;
+3. cuda-tests   ``pytest -m cuda`` over the test modules with CUDA tests, against that build;
 4. kernels      benchmarks/gpu_kernels.py: K1, K2, K3 against the HBM roofline
                 -> benchmarks/results/gpu_kernels.md;
 5. decode       benchmarks/gpu_decode.py: a 7B-shaped base with two 0.5B-shaped guide
@@ -86,14 +86,15 @@ def sh(cmd: List[str], env: Dict[str, str], timeout: float, log: Path) -> Tuple[
     return rc, "".join(lines)
 
 
-def child_env(built: bool) -> Dict[str, str]:
-    """The environment of the steps' processes: the build under build/gpu-check first when there is one
-    (PYTHONSAFEPATH keeps ``python -m`` from putting the checkout, and its own mogen_ext, ahead of it),
-    else this checkout's python/ and mogen_ext as ``make test`` finds them."""
+def child_env(built: bool, module: bool = False) -> Dict[str, str]:
+    """The environment of the steps' processes: the build under build/gpu-check first when there is one,
+    else this checkout's python/ and mogen_ext as ``make test`` finds them. ``module``: for ``python -m``,
+    which would put the working directory (the checkout, with its own mogen_ext) ahead of the build
+    unless PYTHONSAFEPATH is set (a script keeps its own folder first, which the benchmarks need)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     paths = [str(LIB), str(ROOT / "python")] if built else [str(ROOT / "python"), str(ROOT)]
     env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    if built:
+    if built and module:
         env["PYTHONSAFEPATH"] = "1"
     return env
 
@@ -193,8 +194,8 @@ def step_build(facts: Facts, args: argparse.Namespace, timeout: float) -> Outcom
         return "failed", f"setup.py exited {rc}: {' / '.join(errors) or 'see the log'} (log: {BUILD / 'build.log'})"
     probe = ("import mogen_ext as m; assert m.has_cuda_kernels, m.load_error or 'built without CUDA kernels'; "
              "print(m.__file__, m.build_info().get('cuda_arch_list'))")
-    check = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=child_env(True), capture_output=True,
-                           text=True)
+    check = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=child_env(True, module=True),
+                           capture_output=True, text=True)
     if check.returncode != 0 or str(LIB) not in check.stdout:
         return "failed", f"the build does not import with its CUDA kernels: {(check.stderr or check.stdout)[-500:]}"
     facts.built = True
@@ -210,18 +211,28 @@ def no_gpu_reason(facts: Facts) -> Optional[str]:
     return None
 
 
+def cuda_test_files() -> List[str]:
+    """The test modules that hold CUDA tests (``pytest.mark.cuda`` or ``markers.requires_cuda_kernels``).
+
+    Why not all of tests/: pytest imports every module it collects before ``-m`` deselects, and a
+    GPU box's preinstalled Python may lack a package that only some CPU test module imports."""
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+                  if re.search(r"pytest\.mark\.cuda|requires_cuda_kernels", p.read_text()))
+
+
 def step_cuda_tests(facts: Facts, args: argparse.Namespace, timeout: float) -> Outcome:
-    """``pytest tests -m cuda`` on the build; without a GPU, only collected (they would all skip)."""
-    cmd = [sys.executable, "-m", "pytest", "tests", "-m", "cuda", "-p", "no:cacheprovider"]
+    """``pytest -m cuda`` over the CUDA test modules on the build; without a GPU, only collected."""
+    cmd = [sys.executable, "-m", "pytest", *cuda_test_files(), "-m", "cuda", "-p", "no:cacheprovider"]
     why = no_gpu_reason(facts)
     if why:
-        rc, out = sh(cmd + ["--collect-only", "-qq"], child_env(facts.built), timeout, BUILD / "cuda-tests.log")
+        rc, out = sh(cmd + ["--collect-only", "-qq"], child_env(facts.built, module=True), timeout,
+                     BUILD / "cuda-tests.log")
         counts = [int(n) for n in re.findall(r"^tests/\S+\.py: (\d+)$", out, re.M)]
         if rc != 0 or not counts:
             return "failed", f"collecting the CUDA tests failed (exit {rc}; log: {BUILD / 'cuda-tests.log'})"
         return "skipped", (f"{why}; the {sum(counts)} tests in {len(counts)} files that `pytest -m cuda` selects "
                            "were collected, not run")
-    rc, out = sh(cmd + ["-q", "-rs"], child_env(True), timeout, BUILD / "cuda-tests.log")
+    rc, out = sh(cmd + ["-q", "-rs"], child_env(True, module=True), timeout, BUILD / "cuda-tests.log")
     tail = [ln for ln in out.splitlines() if re.search(r"\d+ (passed|failed|error)", ln)]
     summary = tail[-1].strip("= ") if tail else "no pytest summary"
     if rc is None:
