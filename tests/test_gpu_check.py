@@ -4,6 +4,7 @@ rare GPU runs), and the orchestrator says what it skipped and exits as documente
 from __future__ import annotations
 
 import argparse
+import time
 import importlib.util
 import sys
 from pathlib import Path
@@ -79,3 +80,10 @@ def test_the_cuda_test_modules_are_found():
     files = gpu_check.cuda_test_files()
     assert {"tests/test_merge_cuda.py", "tests/test_fusion.py", "tests/test_value_scores.py"} <= set(files)
     assert "tests/test_gpu_check.py" not in files
+
+
+def test_a_step_past_its_time_is_killed_with_its_children(tmp_path):
+    t0 = time.monotonic()
+    rc, out = gpu_check.sh(["bash", "-c", "echo started; sleep 60 & sleep 60"], {}, 1.0, tmp_path / "log")
+    assert rc is None and out == "started\n"
+    assert time.monotonic() - t0 < 30

@@ -22,11 +22,14 @@ has not failed: the summary says what it skipped).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,19 +74,28 @@ def sh(cmd: List[str], env: Dict[str, str], timeout: float, log: Path) -> Tuple[
     (exit code, or None when it ran past ``timeout`` and was killed; the output)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     lines: List[str] = []
+    # Its own process group, so a timeout also ends what it started (ninja, nvcc, pytest's children).
     with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          bufsize=1) as proc, open(log, "w") as f:
-        deadline = time.monotonic() + timeout
-        assert proc.stdout is not None
-        for line in proc.stdout:  # streamed, so a long step shows progress
-            f.write(line)
-            lines.append(line)
-            print("    " + compact(line), end="", flush=True)
-            if time.monotonic() > deadline:
-                proc.kill()
-                return None, "".join(lines)
-        rc = proc.wait()
-    return rc, "".join(lines)
+                          bufsize=1, start_new_session=True) as proc, open(log, "w") as f:
+        fired = threading.Event()
+
+        def kill() -> None:
+            fired.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        watchdog = threading.Timer(timeout, kill)  # fires even while the step prints nothing
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # streamed, so a long step shows progress
+                f.write(line)
+                lines.append(line)
+                print("    " + compact(line), end="", flush=True)
+            rc = proc.wait()
+        finally:
+            watchdog.cancel()
+    return (None if fired.is_set() else rc), "".join(lines)
 
 
 def child_env(built: bool, module: bool = False) -> Dict[str, str]:
