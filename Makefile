@@ -11,6 +11,9 @@
 #   make readme      README's benchmark tables and At-a-glance figures, from benchmarks/results/
 #   make architectures  the architecture matrix: its tests, written to benchmarks/results/architectures.md
 #   make cuda-check  compile every .cu for sm_80 and sm_90 (works with a CPU torch)
+#   make gpu-check   on a GPU box, in under 8 minutes: the CUDA build, the CUDA tests, K1/K2/K3 against the
+#                    HBM roofline and a 7B-shaped guided decode step -> benchmarks/results/gpu_*.md
+#                    (GPU_PY=python3 to use a preinstalled CUDA torch; without a GPU it says what it skipped)
 #   make cmake       C++ dev loop: CMake + Ninja build, compile_commands.json
 
 PYTHON ?= python3
@@ -24,7 +27,7 @@ CU_SRCS := $(wildcard csrc/cuda/*.cu)
 EXT_SRCS := $(shell find csrc -type f) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: install demo sweep test tokenizers bench cuda-check cmake clean mergekit readme architectures
+.PHONY: install demo sweep test tokenizers bench cuda-check gpu-check cmake clean mergekit readme architectures
 
 $(VENV)/.deps: requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,6 +88,16 @@ cuda-check:
 	    -c $$f -o build/cuda-check/$$(basename $$f .cu)_sm$$a.o; \
 	done; done
 	@echo "cuda-check: $(words $(CU_SRCS)) file(s) compiled for sm_$(subst $() ,/sm_,$(CUDA_ARCHS))"
+
+# GPU_PY: a Python whose torch is a CUDA build; by default .venv's (set up first), else e.g. GPU_PY=python3
+# on a machine with torch preinstalled (nothing is installed then). tools/gpu_check.py builds into
+# build/gpu-check, leaving the checkout's own mogen_ext/_C alone. GPU_CHECK_ARGS=--require-gpu makes a
+# skipped step exit 3.
+GPU_PY ?= $(PY)
+GPU_CHECK_ARGS ?=
+gpu-check: $(if $(filter $(PY),$(GPU_PY)),$(VENV)/.deps)
+	@test -x "$(GPU_PY)" || command -v "$(GPU_PY)" >/dev/null || { echo "gpu-check: GPU_PY=$(GPU_PY) not found"; exit 1; }
+	$(if $(CUDA_HOME),CUDA_HOME=$(CUDA_HOME) )$(GPU_PY) tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 cmake: $(VENV)/.deps
 	cmake -S . -B build/cmake -G Ninja -DPython3_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release

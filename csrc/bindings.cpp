@@ -146,6 +146,17 @@ void merge_to_tensor(const std::vector<SourceSpec>& srcs, const std::vector<doub
   mogen::cpu::merge_spans(sources, coef, {d}, dst.numel());
 }
 
+// K3's kernel on tensors already on the GPU (the GPU benchmark's kernel-only timing).
+void merge_tensors(const std::vector<at::Tensor>& srcs, const std::vector<double>& coef, at::Tensor dst) {
+#ifdef MOGEN_WITH_CUDA
+  mogen::cuda::merge_tensors_on_device(srcs, coef, dst);
+#else
+  (void)srcs, (void)coef;
+  MOGEN_CHECK_ARG(false, "merge_tensors runs the CUDA kernel, and this build of mogen_ext has no CUDA kernels "
+                  "(the destination is on ", dst.device(), "); rebuild with MOGEN_FORCE_CUDA=1");
+#endif
+}
+
 py::list reader_tensors(const mogen::io::Reader& r) {
   py::list out;
   for (const auto& t : r.tensors()) out.append(py::make_tuple(t.name, t.dtype, t.shape, t.begin, t.end));
@@ -259,6 +270,10 @@ void bind_safetensors(py::module_& m) {
         "across calls), `chunk` (elements per staged chunk, 0 = automatic), `fail_at_chunk` (tests: throw before "
         "staging that chunk)",
         py::arg("sources"), py::arg("coef"), py::arg("dst"), py::arg("staging") = StagingPtr(), py::arg("chunk") = 0, py::arg("fail_at_chunk") = -1);
+  m.def("merge_tensors", &merge_tensors,
+        "K3's CUDA kernel alone: dst = sum_i coef[i] * sources[i], every tensor contiguous on dst's GPU, on the "
+        "current stream (no synchronisation)",
+        py::arg("sources"), py::arg("coef"), py::arg("dst"));
 }
 
 pybind11::dict build_info() {

@@ -62,6 +62,10 @@ struct MergeStaging {
 // (tests of the cleanup path; -1 in normal use).
 void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vector<double>& coef, at::Tensor& dst,
                            MergeStaging& staging, int64_t chunk = 0, int64_t fail_at_chunk = -1);
+// K3's kernel alone on tensors already on the GPU: dst = sum_i coef[i] * srcs[i], all
+// contiguous with dst.numel() elements on dst's device, on the current stream (no
+// staging, no synchronisation). What the GPU benchmark times against the HBM roofline.
+void merge_tensors_on_device(const std::vector<at::Tensor>& srcs, const std::vector<double>& coef, at::Tensor& dst);
 }  // namespace cuda
 #endif
 

@@ -23,6 +23,16 @@ def pytest_addoption(parser):
                      help="write benchmarks/results/architectures.md from tests/test_architectures.py's cells")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests skipped by ``markers.requires_cuda_kernels`` are CUDA tests: mark them ``cuda`` too, so
+    ``pytest -m cuda`` (``make gpu-check``) selects them without each file marking them twice."""
+    from markers import requires_cuda_kernels
+
+    for item in items:
+        if any(m == requires_cuda_kernels.mark for m in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.cuda)
+
+
 def pytest_sessionfinish(session, exitstatus):
     if not session.config.getoption("--architectures-results"):
         return

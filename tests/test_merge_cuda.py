@@ -112,3 +112,19 @@ def test_error_mid_merge_leaves_the_device_usable(three):
     _check(dst, *_want(sds, "model.big"), "model.big after an error")
     for ck in cks:
         ck.close()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_merge_tensors_on_device_matches_fp64(dtype):
+    """K3's kernel alone on device tensors (what the GPU benchmark times): mixed source dtypes, fp64 reference."""
+    g = torch.Generator().manual_seed(7)
+    host = [torch.randn(BIG, generator=g).to(dt) for dt in (torch.float32, torch.bfloat16, torch.float16)]
+    dst = torch.empty(BIG, dtype=dtype, device="cuda")
+    mogen_ext._C.merge_tensors([h.cuda() for h in host], COEF, dst)
+    torch.cuda.synchronize()
+    x = [h.double().numpy() for h in host]
+    want = sum(c * xi for c, xi in zip(COEF, x))
+    scale = sum(abs(c) * np.abs(xi) for c, xi in zip(COEF, x))
+    assert_matches_fp64(dst.cpu(), want, scale, f"merge_tensors -> {dtype}")
+    with pytest.raises((ValueError, RuntimeError), match=r"sources\[1\] must be a contiguous tensor of 300001"):
+        mogen_ext._C.merge_tensors([host[0].cuda(), host[1][:10].cuda()], COEF[:2], dst)

@@ -63,15 +63,17 @@ struct DrainOnExit {
   }
 };
 
-DType out_dtype_of(const at::Tensor& dst) {
-  switch (dst.scalar_type()) {
+DType dtype_of(const at::Tensor& t, const char* what) {
+  switch (t.scalar_type()) {
     case at::kFloat: return DType::kFloat32;
     case at::kBFloat16: return DType::kBFloat16;
     case at::kHalf: return DType::kFloat16;
-    default: MOGEN_CHECK_ARG(false, "the destination must be float32, bfloat16 or float16, got ", dst.scalar_type());
+    default: MOGEN_CHECK_ARG(false, what, " must be float32, bfloat16 or float16, got ", t.scalar_type());
   }
   return DType::kFloat32;
 }
+
+DType out_dtype_of(const at::Tensor& dst) { return dtype_of(dst, "the destination"); }
 
 // Elements per chunk: as many as kSlotBudget allows for one slot of every source,
 // within [kMinChunk, kMaxChunk], never more than the tensor holds.
@@ -175,6 +177,32 @@ void merge_spans_to_device(const std::vector<MergeSource>& srcs, const std::vect
     C10_CUDA_CHECK(cuda_impl::launch_merge(in, out + lo * out_isz, out_dtype, n, compute));
     C10_CUDA_CHECK(cudaEventRecord(done[s].e, compute));
   }
+}
+
+void merge_tensors_on_device(const std::vector<at::Tensor>& srcs, const std::vector<double>& coef, at::Tensor& dst) {
+  MOGEN_CHECK_ARG(dst.is_cuda() && dst.is_contiguous(), "the destination must be a contiguous CUDA tensor, got ",
+                  dst.device(), dst.is_contiguous() ? "" : " (not contiguous)");
+  const int32_t ns = static_cast<int32_t>(srcs.size());
+  MOGEN_CHECK_ARG(ns >= 1 && ns <= kMaxMergeInputs, "the CUDA merge takes 1 to ", kMaxMergeInputs,
+                  " sources, got ", ns);
+  MOGEN_CHECK_ARG(static_cast<int32_t>(coef.size()) == ns, "coefficients must be [N] = [", ns, "], got ",
+                  coef.size());
+  MergeInputs in;
+  in.num_inputs = ns;
+  for (int32_t i = 0; i < ns; ++i) {
+    const at::Tensor& s = srcs[i];
+    MOGEN_CHECK_ARG(s.device() == dst.device() && s.is_contiguous() && s.numel() == dst.numel(), "sources[", i,
+                    "] must be a contiguous tensor of ", dst.numel(), " elements on ", dst.device(), ", got ",
+                    s.numel(), " elements on ", s.device(), s.is_contiguous() ? "" : " (not contiguous)");
+    in.data[i] = s.data_ptr();
+    in.dtype[i] = dtype_of(s, "a source");
+    in.coef[i] = static_cast<float>(coef[i]);
+    in.coef_lo[i] = static_cast<float>(coef[i] - static_cast<double>(in.coef[i]));
+    in.coef64[i] = coef[i];
+  }
+  const c10::cuda::CUDAGuard guard(dst.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dst.get_device()).stream();
+  C10_CUDA_CHECK(cuda_impl::launch_merge(in, dst.data_ptr(), out_dtype_of(dst), dst.numel(), stream));
 }
 
 }  // namespace cuda
