@@ -26,7 +26,6 @@ from mogen.value import Example, train_value_model
 from mogen.value import dataset as value_dataset
 from mogen.value.data import encode_example
 from mogen.value.dataset import read_dataset, read_rows, sample_dataset, write_rows
-from mogen.value.train import batch_targets
 
 from tiny_models import char_tokenizer, metaspace_tokenizer, tiny_llama
 

@@ -5,7 +5,8 @@ token, the final eos included (MAGE eq. 16). :func:`sample_responses` draws
 responses to prompts from a policy with :func:`mogen.generate` (seeded,
 batched), noting which of them ended with eos, and :func:`score` calls the
 user's ``reward(prompt, response) -> float`` on each, refusing non-finite
-rewards with the text named. :func:`encode_example` finds the response's
+rewards with the text named; :func:`open_reward` opens any reward form (a
+function, an entry, a reward model) as one batch scorer. :func:`encode_example` finds the response's
 tokens as the value model will read them at decoding time, with the eos
 appended when the response ended.
 """

@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
+from ..provenance import command_line, commit
 from .data import Example, checked, open_reward, sample_responses
 
 __all__ = ["FORMATS", "META_FILE", "ValueDataset", "sample_dataset", "read_dataset", "shard_seed", "write_rows",
@@ -187,8 +188,6 @@ def sample_dataset(policy: Any, tokenizer: Any, prompts: Sequence[str], rewards:
     {name: ...}}`` as meta.json should record them (default: the model's folder, the rewards as given).
     ``rank`` / ``world`` (default: ``RANK`` / ``WORLD_SIZE`` of the environment): which shards this process writes.
     """
-    from ..provenance import command_line, commit
-
     _check_args(prompts, rewards, samples_per_prompt, batch_size, prompts_per_shard, format)
     folder = Path(output).expanduser()
     per_shard = prompts_per_shard or max(1, batch_size // samples_per_prompt)
