@@ -1,8 +1,8 @@
 """The ``mogen`` command line: ``mogen decode``, ``mogen search``, ``mogen demo``, ``mogen info``, ``mogen merge``,
-``mogen sweep``.
+``mogen sweep``, ``mogen value sample|train``.
 
 Subcommands are small functions, one module per command group (system: info and bench; demo; decode:
-decode and search, with loading; merge; sweep), each registering its parsers in ``build_parser``.
+decode and search, with loading; merge; sweep; value), each registering its parsers in ``build_parser``.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
-from . import decode, demo, merge, sweep, system
+from . import decode, demo, merge, sweep, system, value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mogen", description="Controllable multi-objective generation.")
     sub = parser.add_subparsers(dest="command", required=True)
-    # The order of the help listing: info, bench, demo, decode, search, merge, sweep.
-    for group in (system, demo, decode, merge, sweep):
+    # The order of the help listing: info, bench, demo, decode, search, merge, sweep, value.
+    for group in (system, demo, decode, merge, sweep, value):
         group.add_parsers(sub)
     return parser
 
@@ -29,7 +29,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        if args.command not in ("decode", "search", "sweep", "merge") or getattr(args, "debug", False):
+        if args.command not in ("decode", "search", "sweep", "merge", "value") or getattr(args, "debug", False):
             raise
         print(f"mogen {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2

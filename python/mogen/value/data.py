@@ -5,7 +5,8 @@ token, the final eos included (MAGE eq. 16). :func:`sample_responses` draws
 responses to prompts from a policy with :func:`mogen.generate` (seeded,
 batched), noting which of them ended with eos, and :func:`score` calls the
 user's ``reward(prompt, response) -> float`` on each, refusing non-finite
-rewards with the text named. :func:`encode_example` finds the response's
+rewards with the text named; :func:`open_reward` opens any reward form (a
+function, an entry, a reward model) as one batch scorer. :func:`encode_example` finds the response's
 tokens as the value model will read them at decoding time, with the eos
 appended when the response ended.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
@@ -22,7 +23,7 @@ from ..decoding import generate
 from ..decoding.models import output_device
 from ..decoding.retokenize import special_prefix
 
-__all__ = ["Example", "Reward", "checked", "sample_responses", "score", "encode_example", "spearman"]
+__all__ = ["Example", "Reward", "checked", "sample_responses", "score", "open_reward", "encode_example", "spearman"]
 
 #: a reward: ``reward(prompt, response) -> float`` (value training, sweeps)
 Reward = Callable[[str, str], float]
@@ -86,6 +87,41 @@ def checked(prompt: str, response: str, r: Any, ended: bool = True) -> Example:
 def score(responses: Sequence[tuple[str, str, bool]], reward: Reward) -> list[Example]:
     """``reward(prompt, response)`` of every ``(prompt, response, ended)``, checked by :func:`checked`."""
     return [checked(prompt, response, reward(prompt, response), ended) for prompt, response, ended in responses]
+
+
+#: ``scorer(pairs) -> rewards``: one checked reward per ``(prompt, response, ended)``
+Scorer = Callable[[Sequence[tuple[str, str, bool]]], list[float]]
+
+
+def open_reward(reward: Union[Reward, str, dict, Any], label: str = "train_value_model") -> Callable[..., Scorer]:
+    """``open(device, dtype) -> scorer`` for a reward: a function ``reward(prompt, response)`` (called once per
+    response), a ``"module:function"`` string or a reward entry mapping (:mod:`mogen.evaluation.rewards`; checked
+    now, so a bad entry fails before any sampling, as a ConfigError naming ``reward.<key>`` after ``label``), a
+    parsed :class:`~mogen.evaluation.rewards.RewardSpec`, or an object with a batch ``score(prompts, responses)``
+    (a loaded RewardModel). A reward model loads when opened, on ``device`` in ``dtype``."""
+    if isinstance(reward, (str, dict)):
+        # inside: mogen.evaluation imports mogen.mage, which imports this package.
+        from ..configs import config_errors
+        from ..evaluation.rewards import parse_reward
+
+        with config_errors(label=label):
+            reward = parse_reward(reward, "reward")
+    if callable(getattr(reward, "scorer", None)) and callable(getattr(reward, "normalise", None)):
+        spec = reward
+        return lambda device, dtype: _batch_scorer(spec.scorer(device=device, dtype=dtype), spec.normalise)
+    if callable(getattr(reward, "score", None)):
+        return lambda device, dtype: _batch_scorer(reward, float)
+    if not callable(reward):
+        raise TypeError(f"reward must be a function, 'module:function', a reward entry mapping or a RewardModel, "
+                        f"got {reward!r}")
+    return lambda device, dtype: lambda pairs: [e.reward for e in score(pairs, reward)]
+
+
+def _batch_scorer(scorer: Any, normalise: Callable[[float], float]) -> Scorer:
+    def run(pairs: Sequence[tuple[str, str, bool]]) -> list[float]:
+        raw = scorer.score([p for p, _, _ in pairs], [r for _, r, _ in pairs])
+        return [checked(p, r, normalise(v), ended).reward for (p, r, ended), v in zip(pairs, raw)]
+    return run
 
 
 def encode_example(tokenizer: Any, prompt: str, response: str, ended: bool = True) -> tuple[list[int], int]:

@@ -1,4 +1,4 @@
-"""Training explicit value models (MAGE eq. 16).
+"""Training explicit value models (MAGE eq. 16): the one-call API, on ``transformers.Trainer``.
 
 :func:`train_value_model` builds a value model from a causal LM (its head
 replaced by a zero-initialised value head, :func:`~mogen.value_format.make_value_model`),
@@ -9,14 +9,19 @@ model, :mod:`mogen.evaluation.rewards`), and fits, for every response ``y`` of p
     L = 1/2 * mean_t (Q(x, y<t)[y_t] - (r - offset) / scale)^2
 
 over every token ``y_t`` of the response, the final eos included (a response
-cut at ``max_new_tokens`` has no eos; its last token is the last target).
-That is eq. 16 averaged over the response's tokens, so long and short
-responses weigh the same; ``offset`` / ``scale`` are the mean and standard
-deviation of the training rewards, stored in the model's ``mogen_value_model``
-entry. The head starts at zero, so a head row that no target ever reached
-keeps ``Q = 0``: the average training reward, neither favoured nor penalised;
-:attr:`ValueTrainingResult.untrained_rows` says how many there are. Seeded and
-deterministic on CPU for a fixed thread count.
+cut at ``max_new_tokens`` has no eos; its last token is the last target),
+averaged over the rows of each optimizer step (:mod:`mogen.value.targets`,
+:mod:`mogen.value.trainer`). That is eq. 16 averaged over the response's
+tokens, so long and short responses weigh the same; ``offset`` / ``scale``
+are the mean and standard deviation of the training rewards, stored in the
+model's ``mogen_value_model`` entry. The head starts at zero, so a head row
+that no target ever reached keeps ``Q = 0``: the average training reward,
+neither favoured nor penalised; :attr:`ValueTrainingResult.untrained_rows`
+says how many there are. Seeded and deterministic on CPU for a fixed thread count.
+
+:func:`fit_examples` is the training step alone, on prepared examples (what
+``mogen value train`` runs on a dataset of :mod:`mogen.value.dataset`), under
+any launcher Trainer supports.
 """
 
 from __future__ import annotations
@@ -25,20 +30,25 @@ import copy
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
-from tqdm.auto import tqdm
 
 from ..decoding.loading import load_causal_lm
-from ..numerics import GRAD_CLIP_NORM, REWARD_STD_MIN
-from .data import Example, Reward, checked, encode_example, sample_responses, score, spearman
+from ..numerics import REWARD_STD_MIN
 from ..value_format import make_value_model
+from .data import Example, Reward, checked, encode_example, open_reward, sample_responses
+from .targets import batch_targets, last_positions, q_taken
 
-__all__ = ["train_value_model", "ValueTrainingResult", "predict_final_values"]
+# transformers' Trainer (and accelerate, which it needs) is imported inside the functions that train:
+# `import mogen` should not pay for it.
+
+__all__ = ["train_value_model", "fit_examples", "split_examples", "ValueTrainingResult", "predict_final_values",
+           "batch_targets", "save_value_model"]
 
 
 @dataclass
@@ -63,30 +73,6 @@ class ValueTrainingResult:
         return self.untrained_rows / self.head_rows if self.head_rows else 0.0
 
 
-def batch_targets(rows: Sequence[tuple[list[int], int, float]], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """One training batch from ``(ids, n_prompt, target)`` rows (:func:`~mogen.value.data.encode_example`).
-
-    Returns ``ids [B, T]`` (right-padded with ``pad_id``), ``predict [B, T - 1]``
-    and ``target [B, 1]``: ``predict[b, t]`` is True where position ``t``'s
-    output is scored at token ``t + 1``, which is every response token (the eos
-    included) and no prompt token or padding.
-    """
-    width = max(len(ids) for ids, _, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    predict = torch.zeros(len(rows), width - 1, dtype=torch.bool)
-    target = torch.zeros(len(rows), 1)
-    for b, (row, n_prompt, r) in enumerate(rows):
-        ids[b, : len(row)] = torch.tensor(row)
-        predict[b, n_prompt - 1 : len(row) - 1] = True
-        target[b, 0] = r
-    return ids, predict, target
-
-
-def _batches(encoded: list[tuple[list[int], int, float]], batch_size: int, pad_id: int, order: list[int]):
-    for start in range(0, len(order), batch_size):
-        yield batch_targets([encoded[i] for i in order[start : start + batch_size]], pad_id)
-
-
 def _encode(tokenizer: Any, examples: Sequence[Example], targets: Sequence[float]) -> list:
     return [(*encode_example(tokenizer, e.prompt, e.response, e.ended), t) for e, t in zip(examples, targets)]
 
@@ -95,12 +81,6 @@ def _untrained_rows(encoded: list, head_rows: int) -> int:
     """How many of the head's rows no response token (eos included) ever targets."""
     reached = {t for ids, n_prompt, _ in encoded for t in ids[n_prompt:]}
     return head_rows - len({t for t in reached if 0 <= t < head_rows})
-
-
-def _q_taken(model: Any, ids: torch.Tensor) -> torch.Tensor:
-    """``Q(x, y<t)[y_t]`` for every position ``t >= 1``: ``[B, T - 1]`` (right padding needs no mask)."""
-    values = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-    return values.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2)
 
 
 def predict_final_values(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int = 32) -> list[float]:
@@ -112,10 +92,10 @@ def predict_final_values(model: Any, tokenizer: Any, examples: Sequence[Example]
     out: list[float] = []
     device = next(model.parameters()).device
     with torch.no_grad():
-        for ids, predict, _ in _batches(encoded, batch_size, pad, list(range(len(encoded)))):
-            q = _q_taken(model, ids.to(device)).cpu()
-            last = predict.long().cumsum(1).argmax(1)  # the last response position of each row
-            out.extend((q[torch.arange(len(q)), last] * scale + offset).tolist())
+        for start in range(0, len(encoded), batch_size):
+            ids, predict, _ = batch_targets(encoded[start : start + batch_size], pad)
+            q = q_taken(model, ids.to(device)).cpu()
+            out.extend((q[torch.arange(len(q)), last_positions(predict)] * scale + offset).tolist())
     return out
 
 
@@ -144,6 +124,7 @@ def train_value_model(
     seed: int = 0,
     save_to: Union[str, Path, None] = None,
     progress: bool = True,
+    training_args: Any = None,
 ) -> ValueTrainingResult:
     """Train a value model (MAGE eq. 16) and optionally save it in mogen's value-model format.
 
@@ -163,39 +144,33 @@ def train_value_model(
             ``(prompt, response, reward)`` triples (the response ended with
             eos) or ``(prompt, response, reward, ended)``, or :class:`Example`.
         objectives: names stored in the model's ``mogen_value_model`` entry.
-        epochs, lr, batch_size: AdamW over every parameter.
+        epochs, lr, batch_size: AdamW over every parameter, at a constant rate, gradients clipped.
         heldout: fraction of examples kept out of training to report the
             Spearman correlation of the final-token prediction with the reward.
-        seed: sampling, split and batch order.
+        seed: sampling, split and row order (the Trainer's seed too, unless ``training_args`` sets one).
         save_to: folder to write (model and tokenizer), renamed into place when complete.
-        progress: a progress bar with the loss.
+        progress: Trainer's progress bar.
+        training_args: ``transformers.TrainingArguments``, used as they are (``epochs``, ``lr`` and
+            ``batch_size`` are then theirs), or a mapping of their fields over these defaults:
+            ``num_train_epochs=epochs``, ``learning_rate=lr``, ``per_device_*_batch_size=batch_size``,
+            ``seed=seed``, a temporary ``output_dir``, and :data:`~mogen.value.trainer.TRAINING_DEFAULTS`.
 
     Raises:
         ValueError: neither (prompts, reward) nor data, non-finite rewards
         (naming the text), bad sizes; a bad reward entry is a
-        :class:`~mogen.configs.ConfigError` naming its key (``reward.label``).
+        :class:`~mogen.configs.ConfigError` naming its key (``reward.label``), as is
+        a ``training_args`` key TrainingArguments does not take (``training_args.<key>``).
     """
     t0 = time.perf_counter()
     examples = _examples(model, tokenizer, prompts, reward, data, policy, samples_per_prompt, max_new_tokens, top_p,
                          seed)
-    train, held = _split(examples, heldout, seed)
-    rewards = [e.reward for e in train]
-    offset = sum(rewards) / len(rewards)
-    std = math.sqrt(sum((r - offset) ** 2 for r in rewards) / len(rewards))
-    scale = std if std > REWARD_STD_MIN else 1.0
-    value = make_value_model(copy.deepcopy(_load(model)), objectives=objectives, reward_scale=scale,
-                             reward_offset=offset)
-    encoded = _encode(tokenizer, train, [(e.reward - offset) / scale for e in train])
-    losses = _fit(value, tokenizer, encoded, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                  progress=progress)
-    value.eval()
-    result = ValueTrainingResult(value, losses, offset, scale, None, len(train), len(held))
-    result.head_rows = int(value.get_output_embeddings().weight.shape[0])
-    result.untrained_rows = _untrained_rows(encoded, result.head_rows)
-    if held:
-        result.heldout_spearman = spearman(predict_final_values(value, tokenizer, held), [e.reward for e in held])
-    if save_to is not None:
-        result.path = _save(value, tokenizer, Path(save_to))
+    train, held = split_examples(examples, heldout, seed)
+    with tempfile.TemporaryDirectory(prefix="mogen-value-") as scratch:
+        defaults = {"num_train_epochs": epochs, "learning_rate": lr, "per_device_train_batch_size": batch_size,
+                    "per_device_eval_batch_size": batch_size, "seed": seed, "disable_tqdm": not progress,
+                    "output_dir": scratch}
+        result = fit_examples(model, tokenizer, train, held, training_args=training_args, defaults=defaults,
+                              objectives=objectives, shuffle_seed=seed + 1, save_to=save_to, progress=progress)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -211,40 +186,18 @@ def _examples(model, tokenizer, prompts, reward, data, policy, samples_per_promp
         raise ValueError("prompts is empty")
     if isinstance(samples_per_prompt, bool) or not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be an int >= 1, got {samples_per_prompt!r}")
-    batch = _batch_reward(reward)
+    opener = open_reward(reward)  # a bad reward fails before the sampling
     source = _load(policy if policy is not None else model)
     pairs = sample_responses(source, tokenizer, list(prompts), samples_per_prompt=samples_per_prompt,
                              max_new_tokens=max_new_tokens, seed=seed, top_p=top_p)
-    if batch is None:
-        return score(pairs, reward)
     param = next(source.parameters())
-    scorer, normalise = batch(param.device, param.dtype)  # a reward model loads where the policy is
-    raw = scorer.score([p for p, _, _ in pairs], [r for _, r, _ in pairs])
-    return [checked(p, r, normalise(v), ended) for (p, r, ended), v in zip(pairs, raw)]
+    rewards = opener(param.device, param.dtype)(pairs)  # a reward model loads where the policy is
+    return [Example(p, r, v, bool(ended)) for (p, r, ended), v in zip(pairs, rewards)]
 
 
-def _batch_reward(reward: Any) -> Optional[Callable]:
-    """None for a plain function (called once per response, as it always was); else
-    ``open(device, dtype) -> (scorer, normalise)``, ``scorer.score(prompts, responses)`` giving raw scores:
-    for an entry (``"module:function"``, a mapping) its checked spec, checked now; for an object with a batch
-    ``score`` (a RewardModel) the object itself."""
-    if isinstance(reward, (str, dict)):
-        # inside: mogen.evaluation imports mogen.mage, which imports this package.
-        from ..configs import config_errors
-        from ..evaluation.rewards import parse_reward
-
-        with config_errors(label="train_value_model"):
-            spec = parse_reward(reward, "reward")
-        return lambda device, dtype: (spec.scorer(device=device, dtype=dtype), spec.normalise)
-    if callable(getattr(reward, "score", None)):
-        return lambda device, dtype: (reward, float)
-    if not callable(reward):
-        raise TypeError(f"reward must be a function, 'module:function', a reward entry mapping or a RewardModel, "
-                        f"got {reward!r}")
-    return None
-
-
-def _split(examples: list[Example], heldout: float, seed: int) -> tuple[list[Example], list[Example]]:
+def split_examples(examples: Sequence[Example], heldout: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """``(train, held)``: ``round(heldout * n)`` examples held out, chosen by ``randperm(n)`` seeded with ``seed``
+    (the same on every rank)."""
     if not 0.0 <= heldout < 1.0:
         raise ValueError(f"heldout must be in [0, 1), got {heldout}")
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -255,45 +208,82 @@ def _split(examples: list[Example], heldout: float, seed: int) -> tuple[list[Exa
     return train, held
 
 
-def _fit(value: Any, tokenizer: Any, encoded: list, *, epochs: int, lr: float, batch_size: int, seed: int,
-         progress: bool) -> list[float]:
+def reward_normalisation(train: Sequence[Example]) -> tuple[float, float]:
+    """``(offset, scale)``: the mean and standard deviation of the training rewards (scale 1 when they are all
+    equal)."""
+    rewards = [e.reward for e in train]
+    offset = sum(rewards) / len(rewards)
+    std = math.sqrt(sum((r - offset) ** 2 for r in rewards) / len(rewards))
+    return offset, (std if std > REWARD_STD_MIN else 1.0)
+
+
+def fit_examples(model: Union[str, Path, Any], tokenizer: Any, train: Sequence[Example], held: Sequence[Example], *,
+                 training_args: Any, defaults: dict, objectives: Sequence[str], shuffle_seed: int,
+                 save_to: Union[str, Path, None] = None, progress: bool = True) -> ValueTrainingResult:
+    """Train a value model from ``model`` on ``train`` with :class:`~mogen.value.trainer.ValueTrainer`; ``held``
+    is its eval dataset (Spearman of the final-token value with the reward). ``training_args``: as
+    :func:`train_value_model` takes them, over ``defaults``. Every rank of a distributed run calls this with the
+    same examples; the main process alone writes ``save_to``. ``result.model`` is the trained model as this
+    process holds it (a shard under FSDP / ZeRO-3: read the saved folder)."""
+    trainer_mod = trainer_module()
+    args = trainer_mod.training_arguments(training_args, defaults)
+    offset, scale = reward_normalisation(train)
+    value = make_value_model(copy.deepcopy(_load(model)), objectives=objectives, reward_scale=scale,
+                             reward_offset=offset)
+    encoded = _encode(tokenizer, train, [(e.reward - offset) / scale for e in train])
+    held_rows = _encode(tokenizer, held, [(e.reward - offset) / scale for e in held])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(value.parameters()).device
-    opt = torch.optim.AdamW(value.parameters(), lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed + 1)
-    steps = epochs * math.ceil(len(encoded) / batch_size)
-    bar = tqdm(total=steps, desc="value model", disable=not progress, leave=False)
-    value.train()
-    losses = []
-    for _ in range(epochs):
-        order = torch.randperm(len(encoded), generator=gen).tolist()
-        total, count = 0.0, 0
-        for ids, predict, target in _batches(encoded, batch_size, pad, order):
-            q = _q_taken(value, ids.to(device))
-            err = (q - target.to(device)).masked_fill(~predict.to(device), 0.0)
-            per_row = 0.5 * (err ** 2).sum(1) / predict.sum(1).clamp(min=1).to(device)
-            loss = per_row.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(value.parameters(), GRAD_CLIP_NORM)
-            opt.step()
-            value_of_loss = loss.item()
-            total, count = total + value_of_loss * len(ids), count + len(ids)
-            bar.update(1)
-            bar.set_postfix(loss=f"{value_of_loss:.4f}")
-        losses.append(total / count)
-    bar.close()
-    return losses
+    trainer = trainer_mod.ValueTrainer(
+        model=value, args=args, train_dataset=trainer_mod.ValueRows(encoded),
+        eval_dataset=trainer_mod.ValueRows(held_rows) if held_rows else None,
+        data_collator=trainer_mod.RowCollator(pad), shuffle_seed=shuffle_seed)
+    # No processing_class: Trainer would rewrite the model config's pad / bos / eos ids from the tokenizer.
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # without a bar, Trainer prints every log line
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    value = trainer.accelerator.unwrap_model(trainer.model).eval()
+    result = ValueTrainingResult(value, list(trainer.epoch_losses), offset, scale, None, len(train), len(held))
+    result.head_rows = int(value.get_output_embeddings().weight.shape[0])
+    result.untrained_rows = _untrained_rows(encoded, result.head_rows)
+    if held_rows:
+        result.heldout_spearman = float(trainer.evaluate()["eval_spearman"])
+    if save_to is not None:
+        result.path = save_value_model(trainer, tokenizer, Path(save_to))
+    return result
 
 
-def _save(model: Any, tokenizer: Any, target: Path) -> Path:
-    target = target.expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+def trainer_module() -> Any:
+    """:mod:`mogen.value.trainer`, or an ImportError naming the extra that brings what it needs."""
+    try:
+        from . import trainer
+    except ImportError as exc:
+        raise ImportError(f"value training runs on transformers' Trainer, which needs the `accelerate` package "
+                          f"({exc}): pip install 'mogen[train]'") from exc
+    return trainer
+
+
+def save_value_model(trainer: Any, tokenizer: Any, target: Path) -> Path:
+    """Write the trained model and its tokenizer to ``target``, the main process alone: every rank takes part in
+    gathering the weights (``trainer.save_model``: FSDP, ZeRO-3) into a temporary folder beside ``target``,
+    which is renamed into place when complete (an existing ``target`` is replaced)."""
+    from accelerate.utils import broadcast_object_list
+
+    acc = trainer.accelerator
+    target = target.expanduser().absolute()
+    where = broadcast_object_list([target.parent / f".{target.name}.tmp-{os.getpid()}"])  # the main's pid
+    tmp = Path(where[0])
+    if acc.is_main_process:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    acc.wait_for_everyone()
     return target
