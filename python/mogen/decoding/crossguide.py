@@ -39,7 +39,7 @@ import torch
 
 from .models import LMRunner, RunnerRegistry, context_length
 from .retokenize import NO_EDIT, GuideTokenContext, IncrementalDetokenizer, TextEdit, compose
-from .tally import TokenScoreFn
+from .tally import TokenScoreFn, score_columns
 
 __all__ = ["RetokenizingGroup", "TokenScoreFn"]
 
@@ -131,11 +131,10 @@ class RetokenizingGroup(RunnerRegistry):
         batch, width = ids.shape
         contrib = torch.zeros(batch, width, dtype=torch.float64, device=self.device)
         if width > 1:
-            nxt = ids[:, 1:].to(self.device)
+            both = (mask[:, 1:] * mask[:, :-1]).bool()  # a real id after a real id: padding is never scored
             for b in range(batch):  # row by row: [T, V] at a time, not [B, T, V]
-                contrib[b, 1:] = fn(out[b, :-1], nxt[b])
-            both = (mask[:, 1:] * mask[:, :-1]).to(self.device, torch.float64)
-            contrib[:, 1:] *= both
+                rows = slice(b, b + 1)
+                contrib[rows, 1:] = score_columns(fn, out[rows, :-1], ids[rows, 1:], both[rows])
         return contrib
 
     def track(self, runner_index: int, fn: TokenScoreFn) -> int:
@@ -256,9 +255,11 @@ class RetokenizingGroup(RunnerRegistry):
         An anchor (an id fed again) keeps the score of its old column: the
         output before it was not kept, and its context has not changed.
         """
-        batch, width = ids.shape
-        flat = fn(out[:, :-1].reshape(batch * width, -1), ids.to(self.device).reshape(-1)).view(batch, width)
-        flat = flat * new_mask.to(self.device, torch.float64)
+        needed = new_mask.bool()
+        for b, col in enumerate(anchors):
+            if col is not None:
+                needed[b, 0] = False  # an anchor keeps its old score (below)
+        flat = score_columns(fn, out[:, :-1], ids, needed)
         for b, col in enumerate(anchors):
             if col is not None:
                 flat[b, 0] = 0.0 if col == _FIRST else self._contrib[slot][b, col]
