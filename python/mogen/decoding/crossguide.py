@@ -83,6 +83,11 @@ class RetokenizingGroup(RunnerRegistry):
         self._trackers: list[tuple[int, TokenScoreFn]] = []  # (runner index, score fn) per slot
         self._contrib: list[torch.Tensor] = []  # per slot: float64 [B, columns], aligned with _mask
 
+    @property
+    def _anchored(self) -> bool:
+        """Whether a retraction re-feeds the last kept id, so the first new id is scored in its context."""
+        return bool(self._trackers)
+
     def _on_add(self, runner: LMRunner) -> None:
         runner.window_by_position()  # the cache has holes: sliding windows must count positions, not columns
         limit = context_length(runner.model)
@@ -199,7 +204,7 @@ class RetokenizingGroup(RunnerRegistry):
         retract, feed = self.contexts[b].edit(*edit)
         cols = self._cols[b]
         anchor = None
-        if retract and self._trackers:
+        if retract and self._anchored:
             if len(cols) > retract:
                 # Scoring needs the output after the last kept id: feed that id again.
                 anchor = cols[len(cols) - retract - 1]
@@ -212,8 +217,12 @@ class RetokenizingGroup(RunnerRegistry):
         self.retracted += retract
         return feed, anchor
 
-    def _feed(self, feeds: list[list[int]], anchors: list[Optional[int]]) -> None:
-        """One forward per model over every row's new ids (rows without any pad the step with masked columns)."""
+    def _feed(self, feeds: list[list[int]], anchors: list[Optional[int]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One forward per model over every row's new ids (rows without any pad the step with masked columns).
+
+        Returns the ids fed ``[B, width]`` and per model its outputs: ``[B, width, D]``, or ``[B, 1 + width, D]``
+        with the output before the first id in front when the group is anchored.
+        """
         batch = len(feeds)
         width = max(len(f) for f in feeds)
         start = self._mask.shape[1]
@@ -240,13 +249,14 @@ class RetokenizingGroup(RunnerRegistry):
         outs = []
         for k, runner in enumerate(self.runners):
             outs.append(runner.forward(ids, self._mask, positions, keep=width).to(self.device))
-            if self._trackers:
+            if self._anchored:
                 outs[-1] = torch.cat([self._last[k].unsqueeze(1), outs[-1]], dim=1)  # [B, 1 + width, D]
-            new = outs[-1][rows, last + int(bool(self._trackers))]
+            new = outs[-1][rows, last + int(self._anchored)]
             self._last[k] = new if everyone else torch.where(keep_old, self._last[k], new)
         for slot, (k, fn) in enumerate(self._trackers):
             self._contrib[slot] = torch.cat([self._contrib[slot], self._scores(outs[k], fn, ids, new_mask, anchors,
                                                                                slot)], dim=1)
+        return ids, outs
 
     def _scores(self, out: torch.Tensor, fn: TokenScoreFn, ids: torch.Tensor, new_mask: torch.Tensor,
                 anchors: list[Optional[int]], slot: int) -> torch.Tensor:
