@@ -95,7 +95,8 @@ def test_generate_candidate_scores_equal_reference(pair):
     with observe_steps(observe):
         mogen.generate(base, ids, mask, guides=guides, tokenizer=bt, weights=WEIGHTS, beta=1.5, gamma=0.8,
                        max_new_tokens=8, pad_token_id=0, logits_processor=[rec])
-    assert forwards == [8] * 5  # one per step and model (two proxy pairs, a value model): the chosen candidate's forward advanced the guide
+    # one forward per step and model (two proxy pairs, a value model): the chosen candidate's forward advanced the guide
+    assert forwards == [8] * 5
     tally = check_calls(rec.calls, base, bt, guides, rows, ids.shape[1], WEIGHTS, K, beta=1.5, gamma=0.8,
                         tally=Tally())
     counts = _groups(seen)[0].counts
