@@ -16,11 +16,12 @@ import torch
 
 from ..vocab import build_vocab_map
 from .checks import normal_tensor
-from .guides import Guide, logits_width, shares_tokenizer
+from .guides import Guide, logits_width, reads_candidates, shares_tokenizer
 from .kinds import guide_kind
 from .models import LMRunner
 from .runners import RunnerSet
 from .terms import Fusion
+from .textterms import TEXT_KINDS
 from .weights import as_guide_list, resolve_weights
 
 __all__ = ["Guidance", "bind_guides"]
@@ -66,7 +67,8 @@ class _Binder:
         self.models[name] = model
         if shared:
             self.lockstep[name] = model
-        return self.runners.add(LMRunner(model, width, name, output), None if shared else g.tokenizer, name)
+        return self.runners.add(LMRunner(model, width, name, output), None if shared else g.tokenizer, name,
+                                candidates=reads_candidates(g, shared))
 
     def check_width(self, model: Any, need: int, name: str, what: str) -> None:
         """A model reading the base's ids has (at least, or exactly) the base's vocabulary."""
@@ -94,6 +96,8 @@ def bind_guides(guides: Any, weights: Any, *, batch: Optional[int], tokenizer: A
             )
     w, nonzero = resolve_weights(weights, guide_list, batch)
     kinds = [guide_kind(g) for g in guide_list]
+    kinds = [TEXT_KINDS.get(kind, kind) if reads_candidates(g, same) else kind
+             for g, kind, same in zip(guide_list, kinds, shared)]
     active = [i for i, (g, a) in enumerate(zip(guide_list, nonzero))
               if a and kinds[i].runs(g, beta=beta, gamma=gamma)]
     w = w[..., active]
@@ -101,7 +105,8 @@ def bind_guides(guides: Any, weights: Any, *, batch: Optional[int], tokenizer: A
     terms = [kinds[i].bind(binder, i, column, guide_list[i], shared[i]) for column, i in enumerate(active)]
     ks = sorted({t.top_k for t in terms if t.top_k is not None})
     if len(ks) > 1:
-        raise ValueError(f"value guides in top-k mode must share one top_k in a call, got top_k values {ks}")
+        raise ValueError("guides scored at candidates (value guides with top_k, guides with cross_vocab='text') must "
+                         f"share one top_k in a call, got top_k values {ks}")
     fusion = Fusion(terms, normal_tensor(w, device), beta=beta, gamma=gamma,
                     value_top_k=ks[0] if ks else None)
     return Guidance(guide_list, active, binder.runners, fusion, binder.lockstep, binder.models)

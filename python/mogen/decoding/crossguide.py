@@ -39,7 +39,7 @@ import torch
 
 from .models import LMRunner, RunnerRegistry, context_length
 from .retokenize import NO_EDIT, GuideTokenContext, IncrementalDetokenizer, TextEdit, compose
-from .tally import TokenScoreFn
+from .tally import TokenScoreFn, score_columns
 
 __all__ = ["RetokenizingGroup", "TokenScoreFn"]
 
@@ -82,6 +82,11 @@ class RetokenizingGroup(RunnerRegistry):
         self.retracted = 0  # ids masked out after re-tokenization (statistics)
         self._trackers: list[tuple[int, TokenScoreFn]] = []  # (runner index, score fn) per slot
         self._contrib: list[torch.Tensor] = []  # per slot: float64 [B, columns], aligned with _mask
+
+    @property
+    def _anchored(self) -> bool:
+        """Whether a retraction re-feeds the last kept id, so the first new id is scored in its context."""
+        return bool(self._trackers)
 
     def _on_add(self, runner: LMRunner) -> None:
         runner.window_by_position()  # the cache has holes: sliding windows must count positions, not columns
@@ -131,11 +136,10 @@ class RetokenizingGroup(RunnerRegistry):
         batch, width = ids.shape
         contrib = torch.zeros(batch, width, dtype=torch.float64, device=self.device)
         if width > 1:
-            nxt = ids[:, 1:].to(self.device)
+            both = (mask[:, 1:] * mask[:, :-1]).bool()  # a real id after a real id: padding is never scored
             for b in range(batch):  # row by row: [T, V] at a time, not [B, T, V]
-                contrib[b, 1:] = fn(out[b, :-1], nxt[b])
-            both = (mask[:, 1:] * mask[:, :-1]).to(self.device, torch.float64)
-            contrib[:, 1:] *= both
+                rows = slice(b, b + 1)
+                contrib[rows, 1:] = score_columns(fn, out[rows, :-1], ids[rows, 1:], both[rows])
         return contrib
 
     def track(self, runner_index: int, fn: TokenScoreFn) -> int:
@@ -200,7 +204,7 @@ class RetokenizingGroup(RunnerRegistry):
         retract, feed = self.contexts[b].edit(*edit)
         cols = self._cols[b]
         anchor = None
-        if retract and self._trackers:
+        if retract and self._anchored:
             if len(cols) > retract:
                 # Scoring needs the output after the last kept id: feed that id again.
                 anchor = cols[len(cols) - retract - 1]
@@ -213,8 +217,12 @@ class RetokenizingGroup(RunnerRegistry):
         self.retracted += retract
         return feed, anchor
 
-    def _feed(self, feeds: list[list[int]], anchors: list[Optional[int]]) -> None:
-        """One forward per model over every row's new ids (rows without any pad the step with masked columns)."""
+    def _feed(self, feeds: list[list[int]], anchors: list[Optional[int]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One forward per model over every row's new ids (rows without any pad the step with masked columns).
+
+        Returns the ids fed ``[B, width]`` and per model its outputs: ``[B, width, D]``, or ``[B, 1 + width, D]``
+        with the output before the first id in front when the group is anchored.
+        """
         batch = len(feeds)
         width = max(len(f) for f in feeds)
         start = self._mask.shape[1]
@@ -241,13 +249,14 @@ class RetokenizingGroup(RunnerRegistry):
         outs = []
         for k, runner in enumerate(self.runners):
             outs.append(runner.forward(ids, self._mask, positions, keep=width).to(self.device))
-            if self._trackers:
+            if self._anchored:
                 outs[-1] = torch.cat([self._last[k].unsqueeze(1), outs[-1]], dim=1)  # [B, 1 + width, D]
-            new = outs[-1][rows, last + int(bool(self._trackers))]
+            new = outs[-1][rows, last + int(self._anchored)]
             self._last[k] = new if everyone else torch.where(keep_old, self._last[k], new)
         for slot, (k, fn) in enumerate(self._trackers):
             self._contrib[slot] = torch.cat([self._contrib[slot], self._scores(outs[k], fn, ids, new_mask, anchors,
                                                                                slot)], dim=1)
+        return ids, outs
 
     def _scores(self, out: torch.Tensor, fn: TokenScoreFn, ids: torch.Tensor, new_mask: torch.Tensor,
                 anchors: list[Optional[int]], slot: int) -> torch.Tensor:
@@ -256,9 +265,11 @@ class RetokenizingGroup(RunnerRegistry):
         An anchor (an id fed again) keeps the score of its old column: the
         output before it was not kept, and its context has not changed.
         """
-        batch, width = ids.shape
-        flat = fn(out[:, :-1].reshape(batch * width, -1), ids.to(self.device).reshape(-1)).view(batch, width)
-        flat = flat * new_mask.to(self.device, torch.float64)
+        needed = new_mask.bool()
+        for b, col in enumerate(anchors):
+            if col is not None:
+                needed[b, 0] = False  # an anchor keeps its old score (below)
+        flat = score_columns(fn, out[:, :-1], ids, needed)
         for b, col in enumerate(anchors):
             if col is not None:
                 flat[b, 0] = 0.0 if col == _FIRST else self._contrib[slot][b, col]

@@ -18,6 +18,13 @@ its head gives ``Q(x, y<t)[v]``, the expected reward if ``v`` comes next, and
 weighted ensemble of value models). With ``top_k=k`` only the ``k`` best
 candidates of the rest of the score are valued (kernel K2) and every other
 token is out.
+
+A guide with its own tokenizer gives its opinion on base tokens in one of two
+ways (``cross_vocab``): ``"map"`` through a vocabulary map (a base token with a
+same-bytes guide token gets the guide's score of it, every other one 0), or
+``"text"``: the base's ``top_k`` best candidates of the rest of the score are
+each scored by the guide on the text they append, in the guide's own
+tokenization (:mod:`mogen.decoding.textcandidates`), and every other token is out.
 """
 
 from __future__ import annotations
@@ -32,7 +39,11 @@ import torch
 from ..value_format import plain_linear_head, read_value_entry
 from .loading import load_causal_lm, own_tokenizer
 
-__all__ = ["ProxyGuide", "ValueGuide", "Guide", "shares_tokenizer", "logits_width"]
+__all__ = ["ProxyGuide", "ValueGuide", "Guide", "shares_tokenizer", "logits_width", "reads_candidates",
+           "CROSS_VOCAB", "TEXT_TOP_K"]
+
+CROSS_VOCAB = ("map", "text")
+TEXT_TOP_K = 20  # candidates per row a cross_vocab="text" guide scores when top_k is not given
 
 
 def _is_causal_lm(model: Any) -> bool:
@@ -63,6 +74,20 @@ def _check_tokenizer(tokenizer: Any, name: str) -> None:
         raise TypeError(f"{name} must be a transformers tokenizer, got {type(tokenizer).__name__}")
 
 
+def _check_cross_vocab(cross_vocab: Any, tokenizer: Any, top_k: Any, name: str) -> Optional[int]:
+    """The candidate count of a guide scored at candidates (None for ``"map"`` without ``top_k``)."""
+    if cross_vocab not in CROSS_VOCAB:
+        raise ValueError(f"{name}.cross_vocab must be one of {CROSS_VOCAB}, got {cross_vocab!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"{name}.top_k must be None or an int >= 1, got {top_k!r}")
+    if cross_vocab == "text":
+        if tokenizer is None:
+            raise ValueError(f"{name}.cross_vocab='text' scores candidates in the guide's own tokenization: pass "
+                             f"{name.split('.')[0]}(..., tokenizer=<the guide's tokenizer>)")
+        return TEXT_TOP_K if top_k is None else top_k
+    return top_k
+
+
 class ProxyGuide:
     """An expert / reference pair of causal LMs that share one tokenizer.
 
@@ -77,16 +102,31 @@ class ProxyGuide:
             the base model's. A guide with its own tokenizer follows the
             generated *text* (see :mod:`mogen.decoding.retokenize`).
         temperature: ``t_i`` applied to expert and reference logits (> 0).
+        cross_vocab: with its own tokenizer, how the guide scores base tokens:
+            ``"map"`` (through the vocabulary map) or ``"text"`` (the base's
+            ``top_k`` candidates, each by the log-probability of the text it
+            appends; every other token is out). Ignored when the guide shares
+            the base's tokenizer (it then scores every token exactly).
+        top_k: candidates per row with ``cross_vocab="text"`` (default 20).
+
+    Raises:
+        ValueError: a bad ``temperature``, ``cross_vocab``, ``top_k``; ``top_k`` with ``cross_vocab="map"``;
+        ``cross_vocab="text"`` without ``tokenizer``.
     """
 
     def __init__(self, expert: Any, reference: Any, weight: float = 1.0, *, tokenizer: Any = None,
-                 temperature: float = 1.0) -> None:
+                 temperature: float = 1.0, cross_vocab: str = "map", top_k: Optional[int] = None) -> None:
         for name, model in (("expert", expert), ("reference", reference)):
             _check_model(model, f"ProxyGuide.{name}")
         t = float(temperature)
         if not math.isfinite(t) or t <= 0.0:
             raise ValueError(f"ProxyGuide.temperature must be a finite number > 0, got {temperature}")
         _check_tokenizer(tokenizer, "ProxyGuide.tokenizer")
+        self.top_k = _check_cross_vocab(cross_vocab, tokenizer, top_k, "ProxyGuide")
+        if cross_vocab == "map" and top_k is not None:
+            raise ValueError("ProxyGuide.top_k counts the candidates of cross_vocab='text'; with cross_vocab='map' "
+                             "a proxy guide scores every token (leave top_k None)")
+        self.cross_vocab = cross_vocab
         self.expert = expert
         self.reference = reference
         self.weight = _check_weight(weight, "ProxyGuide.weight")
@@ -96,7 +136,8 @@ class ProxyGuide:
     def __repr__(self) -> str:
         tok = "base's" if self.tokenizer is None else type(self.tokenizer).__name__
         return (f"ProxyGuide(expert={type(self.expert).__name__}, reference={type(self.reference).__name__}, "
-                f"weight={self.weight}, tokenizer={tok}, temperature={self.temperature})")
+                f"weight={self.weight}, tokenizer={tok}, temperature={self.temperature}"
+                + (f", cross_vocab='text', top_k={self.top_k})" if self.cross_vocab == "text" else ")"))
 
 
 class ValueGuide:
@@ -113,26 +154,32 @@ class ValueGuide:
         top_k: None values every token with the full head (MAGE eq. 25
             exactly). ``k`` runs the backbone only and values the ``k`` best
             candidates of the rest of the fused score with kernel K2; every
-            other token is out (``-inf``). Needs a plain linear head.
+            other token is out (``-inf``). Needs a plain linear head (except
+            with ``cross_vocab="text"``, where it defaults to 20).
+        cross_vocab: with its own tokenizer, ``"map"`` (``Q`` of the mapped
+            guide token) or ``"text"``: each of the ``top_k`` candidates gets
+            the value at the last guide token of the text it appends.
 
     Raises:
         ValueError: ``top_k`` < 1, a head whose width differs from
-        ``len(tokenizer)``, a head that is not a plain linear layer in top-k mode.
+        ``len(tokenizer)``, a head that is not a plain linear layer in top-k mode,
+        a bad ``cross_vocab``, ``cross_vocab="text"`` without ``tokenizer``.
     """
 
     def __init__(self, model: Any, weight: float = 1.0, *, tokenizer: Any = None,
-                 top_k: Optional[int] = None) -> None:
+                 top_k: Optional[int] = None, cross_vocab: str = "map") -> None:
         _check_model(model, "ValueGuide.model")
         _check_tokenizer(tokenizer, "ValueGuide.tokenizer")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"ValueGuide.top_k must be None or an int >= 1, got {top_k!r}")
+        plain_head_needed = top_k is not None and cross_vocab == "map"
+        top_k = _check_cross_vocab(cross_vocab, tokenizer, top_k, "ValueGuide")
         if tokenizer is not None and logits_width(model) != len(tokenizer):
             raise ValueError(
                 f"ValueGuide.model has a value head of {logits_width(model)} entries but its tokenizer has "
                 f"{len(tokenizer)} tokens; a value head has one entry per token of its tokenizer"
             )
-        if top_k is not None:
+        if plain_head_needed:
             plain_linear_head(model)
+        self.cross_vocab = cross_vocab
         self.model = model
         self.weight = _check_weight(weight, "ValueGuide.weight")
         self.tokenizer = tokenizer
@@ -140,7 +187,8 @@ class ValueGuide:
 
     @classmethod
     def from_pretrained(cls, path: Any, weight: float = 1.0, *, tokenizer: Any = "auto", top_k: Optional[int] = None,
-                        dtype: Optional[torch.dtype] = None, device: Any = "cpu") -> "ValueGuide":
+                        dtype: Optional[torch.dtype] = None, device: Any = "cpu",
+                        cross_vocab: str = "map") -> "ValueGuide":
         """Load a value model folder (``config.json`` with a ``mogen_value_model`` entry).
 
         ``tokenizer="auto"`` loads the folder's tokenizer when it has one (the
@@ -150,11 +198,12 @@ class ValueGuide:
         model = load_causal_lm(path, dtype=dtype, device=device, what="value model")
         if isinstance(tokenizer, str) and tokenizer == "auto":
             tokenizer = own_tokenizer(path, "value model")
-        return cls(model, weight, tokenizer=tokenizer, top_k=top_k)
+        return cls(model, weight, tokenizer=tokenizer, top_k=top_k, cross_vocab=cross_vocab)
 
     def __repr__(self) -> str:
         tok = "base's" if self.tokenizer is None else type(self.tokenizer).__name__
         mode = "full head" if self.top_k is None else f"top_k={self.top_k}"
+        mode += ", cross_vocab='text'" if self.cross_vocab == "text" else ""
         return f"ValueGuide(model={type(self.model).__name__}, weight={self.weight}, tokenizer={tok}, {mode})"
 
 
@@ -205,6 +254,12 @@ def shares_tokenizer(base_tokenizer: Any, guide_tokenizer: Any) -> bool:
         return False
     a, b = _serialized(base_tokenizer), _serialized(guide_tokenizer)
     return a is not None and a == b
+
+
+def reads_candidates(guide: Any, shared: bool) -> bool:
+    """Whether ``guide`` scores the base's candidates on the text they append (``cross_vocab="text"`` and a
+    tokenizer of its own: ``shared`` False)."""
+    return not shared and getattr(guide, "cross_vocab", "map") == "text"
 
 
 def logits_width(model: Any) -> int:

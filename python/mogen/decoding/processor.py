@@ -5,9 +5,9 @@ processor replaces the base's scores by the fused score of docs/design.md sectio
 
     s(v) = log_softmax(scores)(v) + beta * sum_i w_i * (log p_ei(v) - log p_ri(v)),
 
-running each guide's expert and reference with their own KV caches. Only
-guides that share the base's tokenizer can work here (the processor sees ids,
-never text); use :func:`mogen.generate` for guides with their own tokenizer.
+running each guide's expert and reference with their own KV caches. Guides
+with their own tokenizer read the text of the ids it is called with (pass the
+base's ``tokenizer``), as in :func:`mogen.generate`.
 """
 
 from __future__ import annotations
@@ -34,14 +34,13 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
     """Weighted guides inside ``transformers``' ``generate``.
 
     Args:
-        guides: :class:`mogen.ProxyGuide` / :class:`mogen.ValueGuide` or a list;
-            each must share the base's tokenizer (``tokenizer=None``, or one
-            identical to ``tokenizer``).
+        guides: :class:`mogen.ProxyGuide` / :class:`mogen.ValueGuide` or a list.
         weights: ``[M]`` or ``[B, M]`` (per row); default the guides' weights.
         beta: scale of the proxy guides' log-ratios.
         gamma: scale of the value guides' ``Q``.
-        tokenizer: the base's tokenizer, only to accept guides that name an
-            identical tokenizer.
+        tokenizer: the base's tokenizer; required when a guide has its own
+            (the fused scores then cover its ``len(tokenizer)`` ids, padded
+            LM-head rows get ``-inf``).
         pad_token_id: with left-padded prompts, the pad id, so the guides mask
             the leading padding the same way the base does. Alternatively
             call :meth:`set_attention_mask` before ``generate``.
@@ -66,11 +65,12 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
     ) -> None:
         self.guides = as_guide_list(guides)
         for i, g in enumerate(self.guides):
-            if not shares_tokenizer(tokenizer, g.tokenizer):
+            if tokenizer is None and not shares_tokenizer(tokenizer, g.tokenizer):
                 raise ValueError(
-                    f"guides[{i}] has its own tokenizer; MultiObjectiveLogitsProcessor only takes guides that share "
-                    "the base's tokenizer (it sees token ids, not text). Use mogen.generate(..., tokenizer=...) instead"
+                    f"guides[{i}] has its own tokenizer: pass MultiObjectiveLogitsProcessor(..., tokenizer=<the base "
+                    "model's tokenizer>) so the guide can read the generated text"
                 )
+        self._reads_text = any(not shares_tokenizer(tokenizer, g.tokenizer) for g in self.guides)
         self.beta = finite_number(beta, "beta")
         self.gamma = finite_number(gamma, "gamma")
         self._weights_cpu, _ = resolve_weights(weights, self.guides, None)
@@ -149,7 +149,9 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Fused scores ``[B, V]`` (float32, log-probability scale) for ``scores [B, V]``."""
-        vocab = scores.shape[-1]
+        width = scores.shape[-1]
+        # Guides reading text score the tokenizer's ids; rows of a padded LM head have no text.
+        vocab = min(width, len(self.tokenizer)) if self._reads_text else width
         index = None if self._continues(input_ids) or self._session is None else self._reordered(input_ids)
         if index is not None:  # beams were selected: follow them by index instead of prefilling again
             assert self._session is not None
@@ -163,4 +165,8 @@ class MultiObjectiveLogitsProcessor(LogitsProcessor):
         fusion = self._session.fusion
         if fusion.empty:
             return torch.log_softmax(scores.float(), dim=-1)
-        return fusion.step(scores).full()
+        if vocab == width:
+            return fusion.step(scores).full()
+        fused = torch.full(scores.shape, float("-inf"), dtype=torch.float32, device=scores.device)
+        fused[:, :vocab] = fusion.step(scores[:, :vocab]).full()
+        return fused

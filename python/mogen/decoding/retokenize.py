@@ -335,6 +335,7 @@ class GuideTokenContext:
         else:
             self._toks, self._starts = _encode_offsets(tokenizer, text)
         self.full_reencodes = 0  # steps that fell back to re-encoding everything
+        self.last_new = 0  # ids the last edit added or changed: the trailing ids that differ from before it
 
     def clone(self) -> "GuideTokenContext":
         """An independent copy (the tokenizer is shared)."""
@@ -382,6 +383,7 @@ class GuideTokenContext:
         """
         if back < 0 or back > len(self.text):
             raise ValueError(f"cannot take back {back} characters of a {len(self.text)}-character text")
+        self.last_new = 0
         if not back and not delta:
             return 0, []
         unchanged = len(self.text) - back
@@ -417,6 +419,7 @@ class GuideTokenContext:
         if keep == len(self._toks) and common == len(new_toks):
             return 0, []
         merged = self._toks[:keep] + new_toks[common:]
+        self.last_new = len(merged) - keep
         if self.mode != "full":
             self._starts = self._starts[:keep] + new_starts[common:]
         feed_from = keep

@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 import torch
 
 from .crossguide import RetokenizingGroup
+from .textcandidates import CandidateGroup
 from .guides import shares_tokenizer
 from .models import LMRunner, RunnerRegistry
 from .tally import TokenScoreFn, TokenTally
@@ -108,15 +109,17 @@ class RunnerSet:
         self.lockstep = LockstepGroup(device)
         self.cross: list[RetokenizingGroup] = []
 
-    def add(self, runner: LMRunner, tokenizer: Any = None, name: str = "") -> RunnerRef:
-        """Register a runner reading the base's ids (``tokenizer`` None or the base's) or text through ``tokenizer``."""
+    def add(self, runner: LMRunner, tokenizer: Any = None, name: str = "", *, candidates: bool = False) -> RunnerRef:
+        """Register a runner reading the base's ids (``tokenizer`` None or the base's) or text through ``tokenizer``
+        (``candidates``: also each step's candidates, :class:`~mogen.decoding.textcandidates.CandidateGroup`)."""
         if shares_tokenizer(self.base_tokenizer, tokenizer):
             group: Any = self.lockstep
         else:
+            kind = CandidateGroup if candidates else RetokenizingGroup
             # Identical tokenizers (e.g. loaded once per guide folder) share a group.
-            group = next((c for c in self.cross if shares_tokenizer(c.tokenizer, tokenizer)), None)
+            group = next((c for c in self.cross if type(c) is kind and shares_tokenizer(c.tokenizer, tokenizer)), None)
             if group is None:
-                group = RetokenizingGroup(tokenizer, self.base_tokenizer, self.device, name)
+                group = kind(tokenizer, self.base_tokenizer, self.device, name)
                 self.cross.append(group)
         return group, group.add(runner)
 

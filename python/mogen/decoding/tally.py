@@ -21,10 +21,24 @@ import torch
 
 from .. import ops
 
-__all__ = ["LogProb", "HeadValue", "HiddenValue", "TokenTally", "TokenScoreFn"]
+__all__ = ["LogProb", "HeadValue", "HiddenValue", "TokenTally", "TokenScoreFn", "score_columns"]
 
 #: ``fn(outputs [N, D], ids [N]) -> float64 [N]``: what a model gives token ``ids[n]`` from the output before it.
 TokenScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def score_columns(fn: TokenScoreFn, before: torch.Tensor, ids: torch.Tensor, needed: torch.Tensor) -> torch.Tensor:
+    """float64 ``[B, W]``: ``fn(before[b, w], ids[b, w])`` where ``needed [B, W]`` (bool) is set, 0 elsewhere.
+
+    ``before [B, W, D]`` holds the output before each id. Only the needed columns reach ``fn``: a
+    log-probability costs a pass over the whole vocabulary per column, and padded or anchor columns
+    would waste it.
+    """
+    out = torch.zeros(ids.shape, dtype=torch.float64, device=before.device)
+    rows, cols = needed.to(before.device).nonzero(as_tuple=True)
+    if rows.numel():
+        out[rows, cols] = fn(before[rows, cols], ids.to(before.device)[rows, cols])
+    return out
 
 
 class LogProb:

@@ -113,7 +113,7 @@ class ValueTerm(GuideTerm):
         if shared:  # own tokenizers were checked by ValueGuide itself
             binder.check_width(guide.model, need, name, "a value head")
         head = None
-        if guide.top_k is not None:
+        if guide.top_k is not None and getattr(guide, "cross_vocab", "map") == "map":  # "text": shared, so exact
             weight, bias = plain_linear_head(guide.model, name)
             head = (weight, bias)
         run = binder.runner(guide.model, need, name, guide, shared, "logits" if head is None else "hidden")

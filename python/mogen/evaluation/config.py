@@ -31,7 +31,7 @@
       dtype: float32                    # every model's dtype, the reward models' too
     methods:
       - {name: Rewarded Soup, kind: rewarded_soup}
-      - {name: MPAW, kind: mpaw, beta: 1.0}
+      - {name: MPAW, kind: mpaw, beta: 1.0}   # cross_vocab: text, text_top_k: 20 (guides with their own tokenizer)
       - {name: MAGE-E-M, kind: mage, variant: E-M, gamma: 5.0}
 
 Decoding: ``max_new_tokens``, ``min_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``,
@@ -105,9 +105,22 @@ def _pos(default: Any = None) -> Any:
     return field(default=default, metadata={"check": _check_positive})
 
 
+def _check_cross_vocab(value: Optional[str], path: str) -> None:
+    from ..decoding.guides import CROSS_VOCAB
+
+    if value is not None and value not in CROSS_VOCAB:
+        raise ConfigError(path, f"must be one of {list(CROSS_VOCAB)}, got {value!r}", label=_LABEL)
+
+
+def _cross_vocab() -> Any:
+    return field(default=None, metadata={"check": _check_cross_vocab})
+
+
 @dataclass
 class _MpawParams:
     beta: Optional[float] = None
+    cross_vocab: Optional[str] = _cross_vocab()  # guides with their own tokenizer: ProxyGuide(cross_vocab=...)
+    text_top_k: Optional[int] = _pos()  # their candidates with cross_vocab: text (ProxyGuide's top_k)
 
 
 @dataclass
@@ -117,6 +130,8 @@ class _SearchParams:
     expansion: Optional[int] = _pos()
     chunk_length: Optional[int] = _pos()
     proposal: Any = None
+    cross_vocab: Optional[str] = _cross_vocab()
+    text_top_k: Optional[int] = _pos()
 
 
 #: method kind -> the parameters it takes (besides name and kind); mage and bone_soup's are MAGEConfig's

@@ -102,11 +102,15 @@ def _rewarded_soup(models: _Models, spec: MethodSpec, tok: Any) -> Decode:
     return decode
 
 
-def _proxies(models: _Models, name: str) -> list:
+def _proxies(models: _Models, name: str, params: dict) -> list:
+    """The experts with their reference; ``cross_vocab`` / ``text_top_k`` from the method's parameters when the
+    guides have their own tokenizer (ignored otherwise: they then read the base's ids)."""
     experts = models.need("experts", name)
     ref = models.load(models.need("reference", name))
     gtok = models.guide_tokenizer(experts)
-    return [ProxyGuide(models.load(e), ref, tokenizer=gtok) for e in experts]
+    text = gtok is not None and params.get("cross_vocab") == "text"
+    extra = dict(cross_vocab="text", top_k=params.get("text_top_k")) if text else {}
+    return [ProxyGuide(models.load(e), ref, tokenizer=gtok, **extra) for e in experts]
 
 
 def mage_config(models: _Models, spec: MethodSpec) -> MAGEConfig:
@@ -150,7 +154,7 @@ def build_decoder(spec: MethodSpec, models: _Models) -> Decoder:
         guides = [ProxyGuide(q, pol[0]) for q in pol[1:]]
         return Decoder(_generate(pol[0], tok, guides, lambda mu: list(mu[1:])))
     base = models.load(models.need("base", spec.name))
-    guides = _proxies(models, spec.name)
+    guides = _proxies(models, spec.name, p)
     if kind == "mpaw":
         return Decoder(_generate(base, tok, guides, lambda mu: list(mu), beta=p.get("beta", 1.0)))
     search_args = {k: p[k] for k in ("beam_width", "expansion", "chunk_length", "proposal") if k in p}

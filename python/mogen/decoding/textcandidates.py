@@ -1,0 +1,288 @@
+"""Text-level candidate scoring: a guide's opinion on each base candidate, in the guide's own tokenization.
+
+A guide with ``cross_vocab="text"`` scores the base's ``k`` best candidates of a
+step (the rest of the fused score decides which; docs/design.md section 1) by
+the text each one appends. For row ``b`` with guide ids ``A`` (the encoding of
+the text read so far) and candidate ``v``, let ``A'`` be the encoding of that
+text with ``v``'s text appended, as the look-behind re-tokenizer produces it
+(:class:`~mogen.decoding.retokenize.GuideTokenContext`), and ``c`` the length of
+the longest common prefix of ``A`` and ``A'``: ids ``A[c:]`` are retracted and
+``A'[c:]`` are new. Then
+
+- a proxy model's score is ``log p(A'[c:] | A'[:c]) = sum_{i >= c} log p(A'[i] | A'[:i])``
+  (an id with nothing before it, at the start of a guide without a start token,
+  scores 0, as at prefill);
+- a value model's score is the head's output before ``A'[-1]`` at ``A'[-1]``
+  (:class:`~mogen.decoding.tally.HeadValue` / ``HiddenValue``: the value of the
+  state reached).
+
+How (:class:`CandidateGroup`, one per guide tokenizer):
+
+- *fork*: each row's cache, text state and mask are copied ``k`` times (a row
+  gather, as beam selection does: the prompt is never run again); copy
+  ``(b, j)`` reads candidate ``ids[b, j]`` exactly as the group reads a chosen
+  token (:meth:`~mogen.decoding.crossguide.RetokenizingGroup.push_many`), and a
+  retraction re-feeds the last kept id (the *anchor*) so ``A'[c]`` is scored
+  from the output after ``A'[c - 1]``;
+- one forward per model scores all ``B * k`` copies at once;
+- *commit*: the token chosen for row ``b`` selects its copy, whose cache
+  already holds the new ids: the step costs no second forward. A row whose
+  token was not a scored candidate (eos forced by a processor, a finished row)
+  gets its state from before the fork and reads the token normally.
+
+A candidate without text of its own (a special token), or whose text ends
+inside a multi-byte character, is not forked: its term falls back to the
+vocabulary map (:mod:`mogen.decoding.textterms`), as does a value term whose
+candidate adds no guide id. :attr:`CandidateGroup.counts` keeps how often each
+case happened.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .crossguide import _FIRST, RetokenizingGroup
+from .retokenize import NO_EDIT, _kinds
+from .tally import TokenScoreFn, score_columns
+
+__all__ = ["CandidateGroup", "CandidateScores"]
+
+HOW = ("sum", "last")
+
+
+@dataclass
+class CandidateScores:
+    """One request's scores of a step's candidates: ``values`` float64 ``[B, k]`` and ``valid`` bool ``[B, k]``
+    (False: no text-level score, the term falls back to the vocabulary map)."""
+
+    values: torch.Tensor
+    valid: torch.Tensor
+
+
+@dataclass
+class _Fork:
+    """A step's forked state: the candidates ``ids [B, k]`` (CPU), which copies read theirs (``read``), the
+    retractions of each copy, the scores, and the group's state before the fork (restored for rows whose
+    token was not a read candidate)."""
+
+    ids: torch.Tensor
+    read: list[bool]
+    retracted: list[int]
+    scores: list[CandidateScores]
+    before: dict[str, Any]
+
+
+class CandidateGroup(RetokenizingGroup):
+    """A :class:`~mogen.decoding.crossguide.RetokenizingGroup` that also scores each step's candidates.
+
+    Register what to score with :meth:`request` before the prefill; :meth:`candidate_scores` forks and scores,
+    :meth:`push_many` commits the chosen tokens. Between the two, :meth:`output` and :meth:`stale_rows`
+    still describe the rows before the fork (the vocabulary-map fallback reads them).
+    """
+
+    _STATE = ("detoks", "contexts", "_cols", "_mask", "_stale", "_any_stale", "_last", "_contrib", "retracted")
+
+    def __init__(self, tokenizer: Any, base_tokenizer: Any, device: torch.device, name: str,
+                 max_lookbehind: int = 32) -> None:
+        super().__init__(tokenizer, base_tokenizer, device, name, max_lookbehind)
+        self._requests: list[tuple[int, TokenScoreFn, str]] = []
+        self._request_keys: dict[tuple, int] = {}
+        self._fork: Optional[_Fork] = None
+        self._special = _kinds(base_tokenizer).textless
+        #: candidates scored on their text ("text"; "retracting": those that retract guide ids), and fallbacks
+        #: to the map: "special" (no text), "partial" (text ends inside a character, or none), "no_new_id" (a
+        #: value request whose candidate adds no guide id)
+        self.counts: Counter = Counter()
+
+    @property
+    def _anchored(self) -> bool:
+        return True  # a retracting candidate's first new id is scored in its context
+
+    def request(self, runner_index: int, fn: TokenScoreFn, how: str, key: tuple) -> int:
+        """Score every candidate with runner ``runner_index``: ``how="sum"`` adds ``fn`` over the new ids,
+        ``"last"`` takes ``fn`` at the last id. ``key`` names ``fn`` so equal requests share a slot."""
+        if how not in HOW:
+            raise ValueError(f"how must be one of {HOW}, got {how!r}")
+        full = (runner_index, how, *key)
+        if full not in self._request_keys:
+            self._request_keys[full] = len(self._requests)
+            self._requests.append((runner_index, fn, how))
+        return self._request_keys[full]
+
+    def prefill(self, prompt_ids: Sequence[Sequence[int]]) -> None:
+        self._fork = None
+        super().prefill(prompt_ids)
+
+    def output(self, index: int) -> torch.Tensor:
+        """As :meth:`RetokenizingGroup.output`, for the rows before the fork while one is open."""
+        with self._unforked():
+            return super().output(index)
+
+    def stale_rows(self) -> Optional[torch.Tensor]:
+        with self._unforked():
+            return super().stale_rows()
+
+    def _unforked(self) -> "_Swap":
+        return _Swap(self, None if self._fork is None else self._fork.before)
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def candidate_scores(self, ids: torch.Tensor) -> list[CandidateScores]:
+        """Per request (in :meth:`request` order), the scores of candidates ``ids [B, k]`` (module docstring).
+
+        Forks the rows; a second call with the same ids returns the same scores.
+        """
+        host = ids.detach().to("cpu", torch.long)
+        if self._fork is not None:
+            if torch.equal(self._fork.ids, host):
+                return self._fork.scores
+            self._settle(None)
+        batch, k = host.shape
+        before = self._snapshot()
+        RetokenizingGroup.reorder(self, torch.arange(batch).repeat_interleave(k))
+        feeds, anchors, read, retracted, new = self._read_candidates(host.reshape(-1).tolist())
+        zeros = torch.zeros(batch, k, dtype=torch.float64, device=self.device)
+        read_t = torch.tensor(read, dtype=torch.bool, device=self.device).view(batch, k)
+        # Before any forward: a copy whose text adds no guide id has log-probability 0 and no last id.
+        scores = [CandidateScores(zeros, read_t if how == "sum" else torch.zeros_like(read_t))
+                  for _, _, how in self._requests]
+        if any(feeds):
+            fed, outs = self._feed(feeds, anchors)
+            lengths = [len(f) for f in feeds]
+            for req, score in zip(self._requests, scores):
+                values, valid = self._request_scores(req, fed, outs, lengths, new, anchors)
+                score.values = values.view(batch, k)
+                if req[2] == "last":
+                    score.valid = valid.view(batch, k)
+        for req, score in zip(self._requests, scores):
+            if req[2] == "last":
+                self.counts["no_new_id"] += int((read_t & ~score.valid).sum())
+        self._fork = _Fork(host, read, retracted, scores, before)
+        return scores
+
+    def _read_candidates(self, flat: list[int]) -> tuple[list[list[int]], list[Optional[int]], list[bool],
+                                                         list[int], list[int]]:
+        """Copy ``r`` reads candidate ``flat[r]``: its ids to feed, anchor, whether it read text, its retracted
+        ids and its new ids (those of the candidate's encoding that differ from before)."""
+        rows = len(flat)
+        feeds: list[list[int]] = [[] for _ in range(rows)]
+        anchors: list[Optional[int]] = [None] * rows
+        read, retracted, new = [False] * rows, [0] * rows, [0] * rows
+        for r, v in enumerate(flat):
+            edit = self.detoks[r].push(v)
+            if edit == NO_EDIT:  # no text, or it ends inside a character: the map scores it
+                self.counts["special" if v in self._special else "partial"] += 1
+                continue
+            was = self.retracted
+            feeds[r], anchors[r] = self._edit_row(r, edit)
+            read[r], retracted[r], new[r] = True, self.retracted - was, self.contexts[r].last_new
+            self.counts["text"] += 1
+            self.counts["retracting"] += retracted[r] > 0
+        return feeds, anchors, read, retracted, new
+
+    def _request_scores(self, request: tuple[int, TokenScoreFn, str], fed: torch.Tensor, outs: list[torch.Tensor],
+                        lengths: list[int], new: list[int],
+                        anchors: list[Optional[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """float64 ``[R]`` values of one request over the ``R`` copies, and bool ``[R]``: whether the copy has
+        a last new id (what a ``"last"`` request needs).
+
+        ``outs[runner] [R, 1 + width, D]`` holds before fed id ``i`` the output at ``i``; the new ids are the
+        last ``new[r]`` of copy ``r``'s ``lengths[r]`` fed ids.
+        """
+        runner, fn, how = request
+        rows, width = fed.shape
+        needed = torch.zeros(rows, width, dtype=torch.bool)
+        for r, (n, m) in enumerate(zip(lengths, new)):
+            if m == 0:
+                continue
+            first = n - m
+            if first == 0 and anchors[r] == _FIRST:
+                first = 1  # the guide's first id: nothing before it scores it (0, as at prefill)
+            if how == "sum":
+                needed[r, first:n] = True
+            elif first < n:
+                needed[r, n - 1] = True
+        values = score_columns(fn, outs[runner][:, :-1], fed, needed).sum(dim=1)
+        return values, needed.any(dim=1).to(self.device)
+
+    def push_many(self, tokens: Sequence[Sequence[int]], live: Sequence[Sequence[bool]]) -> None:
+        """As :meth:`RetokenizingGroup.push_many`; after :meth:`candidate_scores`, a row whose one token was a
+        candidate that read text takes that copy (no forward), the others read their tokens as usual."""
+        if self._fork is None:
+            super().push_many(tokens, live)
+            return
+        single = all(len(t) == 1 for t in tokens)
+        chosen = [t[0] if single and x[0] else None for t, x in zip(tokens, live)]
+        taken = self._settle(chosen)
+        rest = [[x and not taken[b] for x in xs] for b, xs in enumerate(live)]
+        if any(any(xs) for xs in rest):
+            super().push_many(tokens, rest)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self._settle(None)
+        super().reorder(index)
+
+    def _settle(self, chosen: Optional[list[Optional[int]]]) -> list[bool]:
+        """Close the fork: row ``b`` takes the copy that read ``chosen[b]`` when there is one, else its state
+        from before the fork (with the fork's columns masked). Returns which rows took a copy."""
+        fork = self._fork
+        if fork is None:
+            return [False] * len(self.contexts)
+        self._fork = None
+        batch, k = fork.ids.shape
+        taken: list[Optional[int]] = [None] * batch
+        for b in range(batch):
+            for j in range(k):
+                if chosen is not None and fork.read[b * k + j] and chosen[b] == int(fork.ids[b, j]):
+                    taken[b] = j
+                    break
+        RetokenizingGroup.reorder(self, torch.tensor([b * k + (j or 0) for b, j in enumerate(taken)]))
+        self._restore(fork, taken)
+        self.retracted = fork.before["retracted"] + sum(
+            fork.retracted[b * k + j] for b, j in enumerate(taken) if j is not None)
+        return [j is not None for j in taken]
+
+    def _restore(self, fork: _Fork, taken: list[Optional[int]]) -> None:
+        """Rows that took no copy get back their state from before the fork; no row is stale after a step."""
+        before = fork.before
+        old = before["_mask"].shape[1]
+        for b, j in enumerate(taken):
+            if j is not None:
+                continue
+            self.detoks[b], self.contexts[b] = before["detoks"][b], before["contexts"][b]
+            self._cols[b] = list(before["_cols"][b])
+            self._mask[b, :old] = before["_mask"][b]
+            self._mask[b, old:] = 0
+            for n, last in enumerate(before["_last"]):
+                self._last[n][b] = last[b]
+            for n, contrib in enumerate(before["_contrib"]):
+                self._contrib[n][b, :old] = contrib[b]
+                self._contrib[n][b, old:] = 0
+        # As RetokenizingGroup.push_many marks them: rows that read text now are not stale, rows that read
+        # their token below get their own flag there.
+        self._stale = torch.zeros(len(taken), dtype=torch.bool)
+        self._any_stale = False
+
+
+class _Swap:
+    """Within the block, the group's state is ``state`` (the rows before a fork); None changes nothing."""
+
+    def __init__(self, group: CandidateGroup, state: Optional[dict[str, Any]]) -> None:
+        self.group, self.state = group, state
+        self.saved: Optional[dict[str, Any]] = None
+
+    def __enter__(self) -> None:
+        if self.state is not None:
+            self.saved = self.group._snapshot()
+            for name, value in self.state.items():
+                setattr(self.group, name, value)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.saved is not None:
+            for name, value in self.saved.items():
+                setattr(self.group, name, value)
