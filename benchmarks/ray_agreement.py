@@ -8,7 +8,8 @@ mean rewards, the metrics table with its intervals; not the decoding times or th
 Prints each command, its time and the verdict; exits 1 when the runs differ. Runs already in OUT resume.
 
 ``--samples`` / ``--points`` / ``--methods`` make it smaller (the demo's defaults otherwise: 8 samples per
-prompt, 11 preferences, every method); ``--seeds K`` decodes K seeds.
+prompt, 11 preferences, every method); ``--seeds K`` decodes K seeds; ``--torch-threads N`` runs the Ray
+actors with N torch threads (does the thread count change the texts on this machine?).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def _configs(out: Path, args: argparse.Namespace) -> dict:
         kw = {k: v for k, v in (("samples", args.samples), ("points", args.points)) if v is not None}
         cfg = demo_sweep_config(models, out / name, methods=methods, **kw)
         cfg["seeds"] = args.seeds
+        if name == "ray" and args.torch_threads:
+            cfg["resources"] = {"torch_threads": args.torch_threads}
         files[name] = out / f"{name}.yaml"
         files[name].write_text(yaml.safe_dump(cfg, sort_keys=False))
     return files
@@ -55,6 +58,8 @@ def main(argv: list) -> int:
     p.add_argument("--points", type=int, default=None, help="preference points (demo: 11)")
     p.add_argument("--methods", type=int, default=None, help="the first N of the demo's methods (demo: all 11)")
     p.add_argument("--seeds", type=int, default=1, help="decoding seeds (default 1)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="the Ray run's resources.torch_threads (default: this process's torch threads)")
     p.add_argument("--address", default=None, help="a Ray cluster's address (default: a new local instance)")
     args = p.parse_args(argv)
     from mogen.evaluation.report import texts_and_figures

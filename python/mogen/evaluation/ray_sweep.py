@@ -18,9 +18,9 @@ then raises :class:`PointsFailed` listing each failed point and its error, with 
 (they need every point).
 
 Each point is seeded on its own, so the texts do not depend on which actor decodes which point, or in what
-order. The actors run torch with the driver's CPU thread count (``resources.torch_threads`` to change it), as
-CPU arithmetic with other thread counts may differ in the last bits and flip sampled tokens; on a cluster of
-other machines (other CPUs, GPUs) the texts may differ as they would for a serial run on that machine.
+order. Unless the config says otherwise, the actors run torch with the driver's CPU thread count, and reserve
+as many CPUs (:func:`threads_and_cpus`), so they compute as a serial run on the driver's machine does; on
+other machines (other CPUs, GPUs) the texts may differ, as a serial run's would there.
 """
 
 from __future__ import annotations
@@ -84,14 +84,23 @@ class _MethodWorker:
         return os.getpid()
 
 
+def threads_and_cpus(resources: dict) -> tuple[int, float]:
+    """``(torch threads, CPUs reserved)`` of an actor with ``resources``: ``torch_threads``, else as many as its
+    ``num_cpus`` (at least 1), else the driver's ``torch.get_num_threads()``; and ``num_cpus``, else as many as
+    its threads, so that actors running several threads each do not share cores they were not given."""
+    cpus = resources.get("num_cpus")
+    threads = resources.get("torch_threads") or (max(1, int(cpus)) if cpus is not None else torch.get_num_threads())
+    return threads, float(threads) if cpus is None else cpus
+
+
 def _actor_options(method: MethodSpec, retries: int, points: int) -> dict:
     """Ray options of an actor of ``method`` that will decode up to ``points`` points."""
     res = {**RESOURCE_DEFAULTS, **method.resources}
-    options = {"num_cpus": res["num_cpus"], "num_gpus": res["num_gpus"],
+    options = {"num_cpus": threads_and_cpus(res)[1], "num_gpus": res["num_gpus"],
                # Each attempt of each point may kill the worker once: enough restarts for every retry, bounded,
                # so that a worker that dies while loading its models does not restart forever.
                "max_restarts": (retries + 1) * points, "max_task_retries": retries}
-    if "memory" in method.resources:
+    if "memory" in res:
         options["memory"] = res["memory"]
     return options
 
@@ -146,7 +155,7 @@ def _actors(ray: Any, cfg: SweepConfig, queues: dict, retries: int) -> list:
         method = queue[0].method
         # The workers need no rewards (the driver scores); reward functions may live in modules they lack.
         lean = dataclasses.replace(cfg, rewards=[], methods=[method])
-        threads = method.resources.get("torch_threads", torch.get_num_threads())
+        threads = threads_and_cpus(method.resources)[0]
         count = min(method.resources.get("actors", RESOURCE_DEFAULTS["actors"]), len(queue))
         options = _actor_options(method, retries, len(queue))
         out += [(worker.options(**options).remote(lean, method, threads), name) for _ in range(count)]
@@ -179,8 +188,7 @@ def _run(ray: Any, cfg: SweepConfig, todo: list, store: Callable, retries: int, 
             point = ray.get(ref)
         except ray.exceptions.RayError as exc:
             failures.append((item, _reason(exc)))
-            tqdm.write(f"sweep --ray: {item.label()} failed: {failures[-1][1]}",
-                       file=sys.stderr)
+            tqdm.write(f"sweep --ray: {item.label()} failed: {failures[-1][1]}", file=sys.stderr)
         else:
             store(item, point)
             bar.set_postfix_str(item.label())

@@ -8,11 +8,14 @@
       - {name: MPAW, kind: mpaw, resources: {num_gpus: 0.5, actors: 2}}   # this method's, over the top level's
 
 Each method's points are decoded by ``actors`` Ray actors (default 1), each holding the method's models and
-reserving ``num_cpus`` (default 1), ``num_gpus`` (default 0) and ``memory`` (bytes, default none) while it
-lives. ``torch_threads`` sets torch's CPU threads in each actor; by default the driver's
-``torch.get_num_threads()``, since CPU arithmetic with another thread count may differ in the last bits and
-flip sampled tokens (Ray itself starts workers with one). A method's keys override the top level's, key by key.
-The keys are read only by a Ray run; they are not part of a point's fingerprint.
+reserving ``num_cpus``, ``num_gpus`` (default 0) and ``memory`` (bytes, default none) while it lives. An actor
+runs torch with ``torch_threads`` CPU threads; by default as many as its ``num_cpus``, else the driver's
+``torch.get_num_threads()``, and it reserves as many CPUs as it runs threads when ``num_cpus`` is not given.
+So by default an actor computes as a serial run of the driver's machine does (CPU arithmetic with another
+thread count may differ in the last bits and flip sampled tokens; Ray itself starts workers with one thread),
+and actors do not crowd onto shared cores (torch threads that share cores slow each other down several
+times). A method's keys override the top level's, key by key. The keys are read only by a Ray run; they are
+not part of a point's fingerprint.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ __all__ = ["Resources", "parse_resources", "DEFAULT_RETRIES", "RESOURCE_DEFAULTS
 DEFAULT_RETRIES = 2
 
 #: What an actor reserves when the config does not say.
-RESOURCE_DEFAULTS = {"num_cpus": 1.0, "num_gpus": 0.0, "actors": 1}
+RESOURCE_DEFAULTS = {"num_gpus": 0.0, "actors": 1}
 
 
 def _check_amount(value: Optional[float], path: str) -> None:

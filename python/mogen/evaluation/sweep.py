@@ -13,6 +13,11 @@ before the next method's load. Prompts are left-padded with the base
 tokenizer's pad token (its eos token when it has none, as Llama-3's), which
 also fills the rows that ended.
 
+With ``ray=`` (``mogen sweep --ray``) the missing points are decoded by Ray
+actors instead, one or more per method (:mod:`mogen.evaluation.ray_sweep`),
+and filed by this module's code as they arrive: the same point files, the
+same fingerprints, the same texts.
+
 A run decodes every missing point first, then scores: one reward at a time
 (a reward model is loaded once, after the decoding models are let go), each
 point's raw scores cached in its file under the reward's key
