@@ -136,7 +136,9 @@ def test_a_point_that_keeps_failing_is_reported_and_the_others_finish(setup, ray
         run_sweep(run, root=root, progress=False, ray=True, max_retries=1)
     assert [(item.label(), error) for item, error in info.value.failures] == [
         ("Rewarded Soup at [1.0, 0.0] seed 0", f"RuntimeError: injected failure at {key}")]
-    assert [k for k, _ in attempts(ray_instance)[before:]].count(key) == 2  # the first try and one retry
+    logged = attempts(ray_instance)[before:]
+    assert [k for k, _ in logged].count(key) == 2  # the first try and one retry
+    assert {t for _, t in logged} == {torch.get_num_threads()}  # torch_threads, not Ray's num_cpus
     folder = root / "failing"
     assert _points(folder) == 5 and not (folder / "metrics.md").exists()  # the others written; no reports
     (ray_instance / f"{key}.raise").unlink()
