@@ -69,7 +69,8 @@ class _MethodWorker:
     """One method's decoder in a Ray actor (made remote by :func:`decode_on_ray`, since Ray is optional)."""
 
     def __init__(self, cfg: SweepConfig, method: MethodSpec, threads: int) -> None:
-        torch.set_num_threads(threads)  # Ray starts workers with 1; the texts must not depend on it
+        # Ray sets OMP_NUM_THREADS to the reserved CPUs (1 when fewer): the config's count, not Ray's, decides.
+        torch.set_num_threads(threads)
         self.cfg = cfg
         self.models = _Models(cfg)
         self.decoder = build_decoder(method, self.models)
@@ -80,7 +81,7 @@ class _MethodWorker:
         return _decode_point(self.decoder, self.tok, self.cfg, mu, seed, self.models.device)
 
     def pid(self) -> int:
-        """This actor's process id (for logs, and for tests that kill it)."""
+        """This actor's process id; the driver calls it to learn that a restarted actor is back."""
         return os.getpid()
 
 
