@@ -76,7 +76,8 @@ def test_sweep_errors_name_path_and_file(tmp_path, change, path, message):
 def test_sweep_config_round_trips(tmp_path):
     checked = parse_sweep_file(SWEEP)
     assert isinstance(checked, SweepFile) and parse(SweepFile, to_dict(checked)) == checked
-    assert to_dict(checked) == {**SWEEP, "preferences": 11, "samples": 1, "seeds": 1}  # the defaults filled in
+    assert to_dict(checked) == {**SWEEP, "preferences": 11, "samples": 1, "seeds": 1,  # the defaults filled in
+                                "max_retries": 2}
     cfg = load_sweep_config(_write(tmp_path, "sweep.yaml", to_dict(checked)))
     assert cfg.output == tmp_path / "runs" and cfg.models["experts"] == [tmp_path / "ea", tmp_path / "eb"]
     assert cfg.resamples == 10 and cfg.bootstrap_seed == 1 and cfg.decoding == {"max_new_tokens": 4, "seed": 0}

@@ -19,10 +19,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         from ..demo.sweep import run_demo_sweep
 
         run_demo_sweep(**({"samples": args.samples} if args.samples else {}), objectives=args.objectives,
-                       **({"seeds": args.seeds} if args.seeds else {}), seed_offset=args.seed_offset)
+                       **({"seeds": args.seeds} if args.seeds else {}), seed_offset=args.seed_offset, ray=args.ray)
         return 0
     if args.objectives != 2:
         print("mogen demo: --objectives 3 is for the embedded comparison (--sweep)", file=sys.stderr)
+        return 2
+    if args.ray is not None:
+        print("mogen demo: --ray is for the embedded comparison (--sweep)", file=sys.stderr)
         return 2
     if args.search:
         from ..demo import load_demo_models
@@ -70,6 +73,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="with --sweep: decoding seeds, samples pooled over them (default mogen.demo.sweep.DEMO_SEEDS)")
     p.add_argument("--seed-offset", type=int, default=0,
                    help="with --sweep: the first decoding seed (seeds are offset, offset + 1, ...)")
+    p.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
+                   help="with --sweep: decode the points on Ray, a new local instance or the cluster at ADDRESS "
+                        "(as mogen sweep --ray; pip install 'mogen[ray]')")
     p.add_argument("--beta", type=float, default=1.0, help="scale of the proxy guides' log-ratios")
     p.add_argument("--gamma", type=float, default=None,
                    help="scale of the value guides' values (default: mogen.demo.run.DEMO_GAMMA)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 # The command's subsystem (transformers and decoding, the merge engine, the sweep's plotting) is imported
 # inside its command so that `mogen --help` and the other commands do not pay for it.
@@ -10,9 +11,14 @@ import argparse
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..evaluation import run_sweep
+    from ..evaluation.ray_sweep import PointsFailed  # needs no Ray: that is imported by a --ray run only
 
-    res = run_sweep(args.config, progress=not args.quiet, seeds=args.seeds, seed_offset=args.seed_offset,
-                    substitute=args.substitute)
+    try:
+        res = run_sweep(args.config, progress=not args.quiet, seeds=args.seeds, seed_offset=args.seed_offset,
+                        substitute=args.substitute, ray=args.ray, max_retries=args.max_retries)
+    except PointsFailed as exc:
+        print(f"mogen sweep: error: {exc}", file=sys.stderr)  # one line per failed point, as it is
+        return 1
     print(f"mogen sweep: {res.decoded} point(s) decoded, {res.skipped} already done, {res.scored} text(s) scored "
           f"(each reward counted); reports in {res.folder}")
     print((res.folder / "metrics.md").read_text())
@@ -39,4 +45,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "config's seeds, else 1)")
     p.add_argument("--seed-offset", type=int, default=0,
                    help="added to the config's decoding seed: the seeds are seed + offset, seed + offset + 1, ...")
+    p.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
+                   help="decode the points as Ray tasks (pip install 'mogen[ray]'): an actor per method holds its "
+                        "models, with the config's `resources`; ADDRESS is a Ray cluster's (`auto`: the one "
+                        "started on this machine with `ray start`), none: ray.init()'s default, a new local "
+                        "instance unless RAY_ADDRESS is set")
+    p.add_argument("--max-retries", type=int, default=None, metavar="N",
+                   help="with --ray: retries of a point that failed (an exception, a worker that died) before it "
+                        "is reported (default: the config's max_retries, else 2)")
     p.set_defaults(func=_cmd_sweep)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, Optional, Sequence, TextIO, Union
 
 from ..evaluation import run_sweep
 from . import corpus as demo_corpus
@@ -97,15 +97,17 @@ def demo_sweep_config(path: Path, output: Path, *, samples: int = DEMO_SAMPLES, 
 
 
 def run_demo_sweep(*, samples: int = DEMO_SAMPLES, seeds: int = DEMO_SEEDS, seed_offset: int = 0, record: bool = True,
-                   stream: TextIO = sys.stdout, objectives: int = 2, rewards: Optional[Sequence[Any]] = None) -> Path:
+                   stream: TextIO = sys.stdout, objectives: int = 2, rewards: Optional[Sequence[Any]] = None,
+                   ray: Union[bool, str, None] = None) -> Path:
     """Run (or resume) the embedded comparison with 2 or 3 objectives (building the demo models of that
     variant if needed); print and (from a checkout) record the table, the targets' checks (two objectives:
     :func:`mogen.demo.checks.target_lines`) and the plot. ``rewards``: reward entries instead of the demo's
-    (the module docstring); such a run is only printed."""
+    (the module docstring); such a run is only printed. ``ray``: decode the points on Ray
+    (:func:`mogen.evaluation.run_sweep`'s ``ray``; the same texts and table)."""
     models = load_demo_models(DemoConfig(objectives=objectives), log=lambda line: print(line, file=stream, flush=True))
     output = cache_root() / "sweep" / models.path.name
     res = run_sweep(demo_sweep_config(models.path, output, samples=samples, objectives=objectives, rewards=rewards),
-                    seeds=seeds, seed_offset=seed_offset)
+                    seeds=seeds, seed_offset=seed_offset, ray=ray)
     table = (output / "metrics.md").read_text()
     if objectives == 2 and rewards is None:
         table += "\n" + "\n".join(target_lines(output, res.table)) + "\n"

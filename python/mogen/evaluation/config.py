@@ -32,7 +32,9 @@
     methods:
       - {name: Rewarded Soup, kind: rewarded_soup}
       - {name: MPAW, kind: mpaw, beta: 1.0}   # cross_vocab: text, text_top_k: 20 (guides with their own tokenizer)
-      - {name: MAGE-E-M, kind: mage, variant: E-M, gamma: 5.0}
+      - {name: MAGE-E-M, kind: mage, variant: E-M, gamma: 5.0, resources: {num_gpus: 1}}
+    resources: {num_gpus: 1, num_cpus: 4}   # a Ray run's (--ray) workers, per method: mogen.evaluation.resources
+    max_retries: 2                      # a Ray run's retries of a failed point
 
 Decoding: ``max_new_tokens``, ``min_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``,
 ``typical_p``, ``repetition_penalty``, ``no_repeat_ngram_size``, ``bad_words_ids``, ``stop_strings``,
@@ -76,12 +78,13 @@ from typing import Any, Optional, Union
 import numpy as np
 import yaml
 
-from ..configs import ConfigError, check_dtype, config_errors, key_path, parse, unknown_keys
+from ..configs import ConfigError, check_dtype, config_errors, key_path, parse, to_dict, unknown_keys
 from ..mage import BONE_SOUP_KEYS, MAGE_KEYS, MAGEConfig
 from ..numerics import off_simplex
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from .grid import preference_grid
 from .prompts import PromptSource, check_chat_template, read_prompts
+from .resources import DEFAULT_RETRIES, Resources, parse_resources
 from .rewards import RewardSpec, import_reward, parse_reward
 
 __all__ = ["SweepConfig", "SweepFile", "MethodSpec", "load_sweep_config", "parse_sweep_file", "import_reward",
@@ -271,6 +274,8 @@ class SweepFile:
     seeds: int = _pos(1)
     bootstrap: Optional[_Bootstrap] = None
     decoding: Optional[_Decoding] = None
+    resources: Optional[Resources] = None
+    max_retries: int = field(default=DEFAULT_RETRIES, metadata={"check": _check_count})
 
 
 #: the keys of each level, from the schema
@@ -282,11 +287,13 @@ _DECODING_KEYS = tuple(f.name for f in dataclasses.fields(_Decoding))
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One row of the comparison: a name, a kind of :data:`METHOD_KINDS`, its parameters."""
+    """One row of the comparison: a name, a kind of :data:`METHOD_KINDS`, its parameters and what its Ray
+    workers reserve (:mod:`mogen.evaluation.resources`; the top level's keys with the method's over them)."""
 
     name: str
     kind: str
     params: dict = field(default_factory=dict)
+    resources: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -306,6 +313,7 @@ class SweepConfig:
     resamples: int = DEFAULT_RESAMPLES  # bootstrap replicates behind every interval
     bootstrap_seed: int = DEFAULT_SEED
     chat_template: bool = False  # decode each prompt through the base tokenizer's chat template
+    max_retries: int = DEFAULT_RETRIES  # a Ray run's retries of a failed point
 
     @property
     def objectives(self) -> int:
@@ -331,16 +339,17 @@ def _method(m: Any, where: str) -> MethodSpec:
         raise ConfigError(key_path(where, "kind"), f"unknown kind {kind!r}; known: {list(METHOD_KINDS)}")
     if not isinstance(m["name"], str):
         raise ConfigError(key_path(where, "name"), f"expected a string, got {m['name']!r}")
-    params = {k: v for k, v in m.items() if k not in ("name", "kind")}
+    params = {k: v for k, v in m.items() if k not in ("name", "kind", "resources")}
     unknown_keys(params, METHOD_KINDS[kind], where, f" for kind {kind!r}")
     if kind in ("mage", "bone_soup"):
         parse(MAGEConfig, {"variant": "none", **params}, where)
     elif kind in _KIND_SCHEMAS:
         parse(_KIND_SCHEMAS[kind], params, where)
-    return MethodSpec(m["name"], kind, params)
+    return MethodSpec(m["name"], kind, params, parse_resources(m.get("resources"), key_path(where, "resources")))
 
 
-def _methods(raw: list) -> list[MethodSpec]:
+def _methods(raw: list, resources: dict) -> list[MethodSpec]:
+    """The ``methods`` entries, each with the top level's ``resources`` under its own."""
     if not raw:
         raise ConfigError("methods", "must be a non-empty list of {name, kind, ...}")
     out, names = [], set()
@@ -349,7 +358,7 @@ def _methods(raw: list) -> list[MethodSpec]:
         if spec.name in names:
             raise ConfigError(key_path(key_path("methods", i), "name"), f"two methods are named {spec.name!r}")
         names.add(spec.name)
-        out.append(spec)
+        out.append(dataclasses.replace(spec, resources={**resources, **spec.resources}))
     return out
 
 
@@ -417,10 +426,11 @@ def _build(raw: SweepFile, base_dir: Path) -> SweepConfig:
     chat = isinstance(raw.prompts, PromptSource) and raw.prompts.chat_template
     if chat:
         check_chat_template(paths.get("tokenizer"))
-    methods = _methods(raw.methods)
+    methods = _methods(raw.methods, to_dict(raw.resources) or {})
     _check_sampling(decoding, methods)
     cfg = SweepConfig(base_dir / raw.output, list(prompts), rewards, grid, raw.samples, ref, decoding, paths,
-                      methods, resamples=boot.resamples, bootstrap_seed=boot.seed, chat_template=chat)
+                      methods, resamples=boot.resamples, bootstrap_seed=boot.seed, chat_template=chat,
+                      max_retries=raw.max_retries)
     return cfg.with_seeds(raw.seeds)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -24,7 +25,7 @@ from ..provenance import provenance_lines
 from .bootstrap import TAILS, Interval, interval, replicate_metrics
 from .plot import plot_front
 
-__all__ = ["write_reports", "method_metrics", "quality_metrics", "MethodRun", "load_method_run", "METRIC_COLUMNS"]
+__all__ = ["write_reports", "texts_and_figures", "method_metrics", "quality_metrics", "MethodRun", "load_method_run", "METRIC_COLUMNS"]
 
 #: The columns of metrics.md that carry a bootstrap interval, in order; tokens/s follows them.
 METRIC_COLUMNS = ("HV", "IP", "sparsity", "spacing", "front", "controllability")
@@ -148,3 +149,15 @@ def write_reports(cfg: Any, folder: Path, points: list, command: Optional[str] =
     plot_front(folder / "pareto.png", [r.name for r in runs], prefs, {r.name: r.means for r in runs}, bars,
                reward_names)
     return rows
+
+
+def texts_and_figures(folder: Path) -> dict:
+    """What two runs of one sweep with the same texts must share, whatever ran them (serial, on Ray, another
+    command line): ``samples.jsonl``; ``means.csv`` without its last column (seconds); ``metrics.md`` from its
+    reference-point line on (the provenance lines before it name the command, the commit and the date) with
+    the tokens/s cells (decoding time) written ``-``."""
+    folder = Path(folder)
+    means = [line.rsplit(",", 1)[0] for line in (folder / "means.csv").read_text().splitlines()]
+    md = (folder / "metrics.md").read_text()
+    md = re.sub(r"\| [0-9]+ \|$", "| - |", md[md.index("Reference point for HV"):], flags=re.M)
+    return {"samples.jsonl": (folder / "samples.jsonl").read_text(), "means.csv": "\n".join(means), "metrics.md": md}

@@ -13,6 +13,11 @@ before the next method's load. Prompts are left-padded with the base
 tokenizer's pad token (its eos token when it has none, as Llama-3's), which
 also fills the rows that ended.
 
+With ``ray=`` (``mogen sweep --ray``) the missing points are decoded by Ray
+actors instead, one or more per method (:mod:`mogen.evaluation.ray_sweep`),
+and filed by this module's code as they arrive: the same point files, the
+same fingerprints, the same texts.
+
 A run decodes every missing point first, then scores: one reward at a time
 (a reward model is loaded once, after the decoding models are let go), each
 point's raw scores cached in its file under the reward's key
@@ -41,7 +46,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -51,7 +56,7 @@ from .prompts import chat_prompts
 from .methods import _Models, build_decoder
 from .report import write_reports
 
-__all__ = ["run_sweep", "SweepResult"]
+__all__ = ["run_sweep", "SweepResult", "Pending", "point_file", "store_point", "method_tokenizer", "preferences"]
 
 
 class SweepResult:
@@ -218,16 +223,8 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_sweep(config: Any, *, progress: bool = True, root: Optional[Path] = None, seeds: Optional[int] = None,
-              seed_offset: int = 0, command: Optional[str] = None, substitute: Any = None) -> SweepResult:
-    """Run (or resume) the sweep of ``config`` (a :class:`SweepConfig`, a YAML path or a dict).
-
-    ``seeds`` (default: the config's) decoding seeds from ``decoding.seed + seed_offset`` on; every
-    (method, preference) is decoded once per seed and the samples are pooled. ``command`` is recorded in
-    ``metrics.md`` as the command that produced the run (default: this process's command line).
-    ``substitute``: a substitute file (or its mapping) for a YAML or dict config
-    (:mod:`mogen.evaluation.substitute`).
-    """
+def _load(config: Any, root: Optional[Path], substitute: Any, seeds: Optional[int], seed_offset: int) -> SweepConfig:
+    """The checked config of ``run_sweep``'s arguments, with its seeds."""
     if isinstance(config, SweepConfig):
         if substitute is not None:
             raise TypeError("run_sweep: substitute= applies to a YAML path or a dict config, not a loaded SweepConfig")
@@ -236,47 +233,118 @@ def run_sweep(config: Any, *, progress: bool = True, root: Optional[Path] = None
         cfg = load_sweep_config(config, root, substitute=substitute)
     if seeds is not None or seed_offset:
         cfg = cfg.with_seeds(seeds if seeds is not None else len(cfg.seeds), seed_offset)
-    folder = Path(cfg.output)
-    models = _Models(cfg)
-    device, dtype = models.device, models.dtype
-    prefs = [tuple(float(x) for x in mu) for mu in cfg.preferences]
+    return cfg
+
+
+class Pending(NamedTuple):
+    """A point to decode: the method, the preference, the decoding seed and the fingerprint its file records."""
+
+    method: MethodSpec
+    mu: tuple
+    seed: int
+    fingerprint: str
+
+    def label(self) -> str:
+        return f"{self.method.name} at {list(self.mu)} seed {self.seed}"
+
+
+def _plan(cfg: SweepConfig, folder: Path) -> tuple[dict, list]:
+    """``(points, todo)``: the finished points in ``folder`` (path -> point) and the :class:`Pending` points,
+    grouped by method."""
     points: dict = {}
     todo = []
     for m in cfg.methods:
         for seed in cfg.seeds:
             fingerprint, legacy = _fingerprint(cfg, m, seed), _legacy_fingerprint(cfg, m, seed)
-            for mu in prefs:
+            for mu in preferences(cfg):
                 path = point_file(folder, m.name, mu, seed)
                 point = _read_point(path, fingerprint, legacy, cfg)
                 if point is None:
-                    todo.append((m, mu, seed, fingerprint))
+                    todo.append(Pending(m, mu, seed, fingerprint))
                 else:
                     points[path] = point
-    skipped = len(points)
+    return points, todo
+
+
+def preferences(cfg: SweepConfig) -> list:
+    """The config's preference points as tuples of floats (the points' keys)."""
+    return [tuple(float(x) for x in mu) for mu in cfg.preferences]
+
+
+def store_point(folder: Path, points: dict, item: Pending, point: dict) -> None:
+    """Files the decoded ``point`` of ``item`` (atomically) and adds it to ``points``."""
+    point["method"], point["fingerprint"] = item.method.name, item.fingerprint
+    path = point_file(folder, item.method.name, item.mu, item.seed)
+    _write_atomic(path, point)
+    points[path] = point
+
+
+def method_tokenizer(models: _Models, method: MethodSpec) -> Any:
+    """The base tokenizer a method's prompts are encoded with (left padding)."""
+    tok = models.tokenizer(models.need("tokenizer", method.name))
+    tok.padding_side = "left"
+    return tok
+
+
+def _decode_here(cfg: SweepConfig, models: _Models, todo: list, store: Callable, progress: bool) -> None:
+    """Decodes ``todo`` in this process, one method's models at a time."""
     bar = tqdm(total=len(todo), desc="sweep", disable=not progress or not todo)
     decoders: dict = {}
-    for method, mu, seed, fingerprint in todo:
+    for item in todo:
+        method = item.method
         if method.name not in decoders:
             # todo is grouped by method: the previous method's models (a MAGE's live base, merged guides) go
             # before this one's load, so that a run holds one method's own models at a time.
             decoders.clear()
             _free_memory()
             decoders[method.name] = build_decoder(method, models)
-        tok = models.tokenizer(models.need("tokenizer", method.name))
-        tok.padding_side = "left"
-        bar.set_postfix_str(f"{method.name} {list(mu)} seed {seed}")
-        point = _decode_point(decoders[method.name], tok, cfg, mu, seed, device)
-        point["method"], point["fingerprint"] = method.name, fingerprint
-        path = point_file(folder, method.name, mu, seed)
-        _write_atomic(path, point)
-        points[path] = point
+        bar.set_postfix_str(f"{method.name} {list(item.mu)} seed {item.seed}")
+        store(item, _decode_point(decoders[method.name], method_tokenizer(models, method), cfg, item.mu,
+                                  item.seed, models.device))
         bar.update(1)
     bar.close()
     decoders.clear()
+
+
+def run_sweep(config: Any, *, progress: bool = True, root: Optional[Path] = None, seeds: Optional[int] = None,
+              seed_offset: int = 0, command: Optional[str] = None, substitute: Any = None,
+              ray: Union[bool, str, None] = None, max_retries: Optional[int] = None) -> SweepResult:
+    """Run (or resume) the sweep of ``config`` (a :class:`SweepConfig`, a YAML path or a dict).
+
+    ``seeds`` (default: the config's) decoding seeds from ``decoding.seed + seed_offset`` on; every
+    (method, preference) is decoded once per seed and the samples are pooled. ``command`` is recorded in
+    ``metrics.md`` as the command that produced the run (default: this process's command line).
+    ``substitute``: a substitute file (or its mapping) for a YAML or dict config
+    (:mod:`mogen.evaluation.substitute`).
+
+    ``ray``: decode the points as Ray tasks (:mod:`mogen.evaluation.ray_sweep`): True for ``ray.init()``'s
+    default (the Ray instance this process is connected to, else ``RAY_ADDRESS``'s, else a new local one), or
+    a cluster address. ``max_retries`` (default: the config's) retries of a point that failed there; points
+    that still fail raise :class:`~mogen.evaluation.ray_sweep.PointsFailed` once the rest are written.
+    """
+    cfg = _load(config, root, substitute, seeds, seed_offset)
+    if ray:
+        from .ray_sweep import decode_on_ray, import_ray
+
+        import_ray()  # before any work: a missing extra is the first thing said
+    folder = Path(cfg.output)
+    points, todo = _plan(cfg, folder)
+    skipped = len(points)
+    models = _Models(cfg)
+    device, dtype = models.device, models.dtype
+
+    def store(item: Pending, point: dict) -> None:
+        store_point(folder, points, item, point)
+
+    if ray:
+        retries = cfg.max_retries if max_retries is None else max_retries
+        decode_on_ray(cfg, todo, store, address=ray, max_retries=retries, progress=progress)
+    else:
+        _decode_here(cfg, models, todo, store, progress)
     del models
     _free_memory()
     scored = _score_points(cfg, points, device=device, dtype=dtype, progress=progress)
-    files = [(m.name, [[point_file(folder, m.name, mu, seed) for seed in cfg.seeds] for mu in prefs])
+    files = [(m.name, [[point_file(folder, m.name, mu, seed) for seed in cfg.seeds] for mu in preferences(cfg)])
              for m in cfg.methods]
     table = write_reports(cfg, folder, files, command=command)
     return SweepResult(folder, len(todo), skipped, table, scored)
