@@ -99,14 +99,15 @@ def test_text_vs_map_lines(tmp_path):
     prefs = np.array([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]])
     good, weak = [[0.1, 0.3], [0.2, 0.2], [0.3, 0.1]], [[0.1, 0.2], [0.15, 0.15], [0.2, 0.1]]
     rows = {"MPAW token-level (map)": (weak, [600.0, 500.0]), "MPAW token-level (text)": (good, [200.0, 250.0]),
-            "MAGE-I (map)": (good, [400.0, 400.0]), "MAGE-I (text)": (good, [100.0, 100.0])}
+            "MAGE-I (map)": (good, [400.0, 400.0]), "MAGE-I (text)": (good, [100.0, 100.0]),
+            "MAGE-I (text, beta 0.5)": (weak, [100.0, 100.0])}
     table, arrays = [], {}
     for name, (r, tps) in rows.items():
         row = method_metrics(prefs, np.asarray(r), [0.0, 0.0], 300 * len(tps), 300 / np.mean(tps) * len(tps))
         table.append((name, row))
         arrays[f"{name}/tokens_per_second"] = np.asarray(tps)
         # replicates spread around the point value: the MAGE-I pair ties within noise
-        arrays[f"{name}/HV"] = row["HV"] + np.linspace(-0.01, 0.01, 10) * (name.startswith("MAGE") and "text" in name)
+        arrays[f"{name}/HV"] = row["HV"] + np.linspace(-0.01, 0.01, 10) * (name == "MAGE-I (text)")
         arrays[f"{name}/controllability"] = np.full(10, row["controllability"])
     np.savez(tmp_path / "bootstrap.npz", **arrays)
     text = "\n".join(text_vs_map_lines(tmp_path, table))
@@ -116,3 +117,5 @@ def test_text_vs_map_lines(tmp_path):
     assert "time per token 2.44 [2.00, 3.00]x over 2 seed(s)" in text  # 550 / 225; per seed 600 / 200, 500 / 250
     assert "- MAGE-I (text) vs MAGE-I (map): HV 0.0600 vs 0.0600, paired difference 0.0000 [-0.0095, 0.0095] " \
            "(text >= map: within noise)" in text
+    assert "- MAGE-I (text, beta 0.5) vs MAGE-I (map): HV 0.0325 vs 0.0600, paired difference -0.0275 " \
+           "[-0.0275, -0.0275] (text >= map: not met)" in text

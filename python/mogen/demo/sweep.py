@@ -56,13 +56,17 @@ DEMO_METHODS: list[dict] = [
 
 
 #: The rows of the cross-family comparison (issue 20): the guides' two ways of scoring base tokens
-#: (``cross_vocab``; ``"text"`` with its default 20 candidates per row), base only as the floor.
+#: (``cross_vocab``; ``"text"`` with its default 20 candidates per row), base only as the floor. The last row
+#: is a diagnostic, not a tuned method: a text term sums the guide's log-ratio over every guide token a
+#: candidate adds (a whole word where the map scores one shared piece), so at one ``beta`` it steers harder;
+#: MAGE-I's Stage-1 base already steers, and halving ``beta`` shows what that extra strength does to its front.
 CROSS_METHODS: list[dict] = [
     {"name": "base only", "kind": "base"},
     {"name": "MPAW token-level (map)", "kind": "mpaw", "cross_vocab": "map"},
     {"name": "MPAW token-level (text)", "kind": "mpaw", "cross_vocab": "text"},
     {"name": "MAGE-I (map)", "kind": "mage", "variant": "I", "cross_vocab": "map"},
     {"name": "MAGE-I (text)", "kind": "mage", "variant": "I", "cross_vocab": "text"},
+    {"name": "MAGE-I (text, beta 0.5)", "kind": "mage", "variant": "I", "cross_vocab": "text", "beta": 0.5},
 ]
 
 #: Preference points per objective count (the ``preferences`` of the sweep config): 11 for two objectives
