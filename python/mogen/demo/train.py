@@ -79,7 +79,8 @@ DEMO_VERSION = 4
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes and schedules of the demo models (the cache key hashes all of it; ``objectives`` only when not 2)."""
+    """Sizes and schedules of the demo models (the cache key hashes all of it; ``objectives`` only when not 2,
+    ``guide_family`` only when not ``"metaspace"``)."""
 
     corpus_size: int = 4000
     topic_size: int = 1500
