@@ -4,6 +4,8 @@
 #   make demo        the embedded demo
 #   make sweep       the embedded comparisons of every method, two and three objectives (metrics with
 #                    bootstrap intervals, plots; SWEEP_ARGS="--seed-offset 100" for other seeds)
+#   make sweep-cross the cross-family comparison: guides whose tokenizer maps 29% of the base's vocabulary,
+#                    cross_vocab map vs text -> benchmarks/results/pareto_demo_cross.{md,png}
 #   make test        the whole test suite (does `make tokenizers`' fetch first when its cache is missing)
 #   make tokenizers  real tokenizers for the tests (llama.cpp's vocab GGUFs from PyPI, converted by
 #                    transformers) into .mogen-cache/tokenizers; a no-op when cached
@@ -27,7 +29,7 @@ CU_SRCS := $(wildcard csrc/cuda/*.cu)
 EXT_SRCS := $(shell find csrc -type f) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: install demo sweep test tokenizers bench cuda-check gpu-check cmake clean mergekit readme architectures
+.PHONY: install demo sweep sweep-cross test tokenizers bench cuda-check gpu-check cmake clean mergekit readme architectures
 
 $(VENV)/.deps: requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +51,10 @@ SWEEP_ARGS ?=
 sweep: install
 	$(PY) -m mogen.cli demo --sweep $(SWEEP_ARGS)
 	$(PY) -m mogen.cli demo --sweep --objectives 3 $(SWEEP_ARGS)
+
+# The cross-family comparison (issue 20): cross_vocab map vs text with guides of another tokenizer family.
+sweep-cross: install
+	$(PY) -m mogen.cli demo --sweep --cross-family $(SWEEP_ARGS)
 
 # tools/fetch_tokenizers.py: a no-op when the cache is there; exit 3 when the package index cannot be reached.
 tokenizers: $(VENV)/.deps

@@ -34,8 +34,8 @@ def test_two_topic_texts_and_cache_key_are_unchanged():
     assert _sha(c.neutral_prompts(96, seed=0)) == "29c70d646ab2b6460dd8038361dd7d23024a32ce06037934114dd69f73fbb2c4"
     first = "at dawn our group painted the crowded factory while the lobby opened near the market."
     assert c.corpus(3, seed=0)[0] == first
-    # the default config hashes exactly what it hashed before the `objectives` field existed
-    before = {k: v for k, v in dataclasses.asdict(DemoConfig()).items() if k != "objectives"}
+    # the default config hashes exactly what it hashed before the `objectives` and `guide_family` fields existed
+    before = {k: v for k, v in dataclasses.asdict(DemoConfig()).items() if k not in ("objectives", "guide_family")}
     blob = json.dumps({"version": DEMO_VERSION, **before}, sort_keys=True)
     assert DemoConfig().key() == hashlib.sha256(blob.encode()).hexdigest()[:12]
     assert DemoConfig(objectives=3).key() != DemoConfig().key()

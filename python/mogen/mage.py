@@ -39,6 +39,7 @@ import torch
 from .configs import ConfigError, config_errors, parse
 from .decoding import ProxyGuide, ValueGuide, generate, search
 from .decoding.checks import check_prompt
+from .decoding.guides import CROSS_VOCAB
 from .decoding.loading import load_causal_lm, own_tokenizer
 from .merging import bone_soup_coefficients, merge_into
 from .numerics import off_simplex
@@ -84,6 +85,11 @@ def _variant(value: str, path: str) -> None:
         raise ConfigError(path, f"variant must be one of {list(VARIANTS)}, got {value!r}")
 
 
+def _cross_vocab(value: str, path: str) -> None:
+    if value not in CROSS_VOCAB:
+        raise ConfigError(path, f"cross_vocab must be one of {list(CROSS_VOCAB)}, got {value!r}")
+
+
 def _finite(value: float, path: str) -> None:
     if not math.isfinite(value):
         raise ConfigError(path, f"must be finite, got {value!r}")
@@ -112,6 +118,8 @@ class MAGEConfig:
     beta: float = _num(1.0)
     gamma: float = _num(1.0)
     value_top_k: Optional[int] = field(default=None, metadata={"check": _positive})
+    cross_vocab: str = field(default="map", metadata={"check": _cross_vocab})
+    text_top_k: Optional[int] = field(default=None, metadata={"check": _positive})
     search: Optional[dict] = None
 
     @classmethod
@@ -189,12 +197,17 @@ class MAGE:
             guide folder's when it has one, else the guides share the base's.
         beta, gamma: scales of proxy and value guidance.
         value_top_k: value only the k best candidates (K2) instead of the full head.
+        cross_vocab, text_top_k: how guides with their own tokenizer score the base's tokens (the guides'
+            ``cross_vocab``): ``"map"``, through the vocabulary map; ``"text"``, each of the base's
+            ``text_top_k`` best candidates (default: value guides ``value_top_k``, else 20) by the text
+            it appends.
+            Ignored when the guides share the base's tokenizer.
         search: ``dict(beam_width=b, expansion=c, chunk_length=l, ...)`` to decode
             with chunk-level beam search instead of token-level fusion.
         dtype, device: of every loaded model.
         config: a :class:`MAGEConfig` (or a mapping of its keys) holding variant, bone_beta, alpha, sft,
-            expert_beta, expert_alpha, beta, gamma, value_top_k and search; those given as keywords
-            override it.
+            expert_beta, expert_alpha, beta, gamma, value_top_k, cross_vocab, text_top_k and search; those
+            given as keywords override it.
     """
 
     def __init__(self, backbones: Sequence[PathLike], *, tokenizer: Any, config: Optional[MAGEConfig] = None,
@@ -213,6 +226,7 @@ class MAGE:
         self.expert_beta, self.expert_alpha = cfg.expert_beta, cfg.expert_alpha
         self.reference = Path(reference) if reference is not None else None
         self.beta, self.gamma, self.value_top_k, self.search = cfg.beta, cfg.gamma, cfg.value_top_k, cfg.search
+        self.cross_vocab, self.text_top_k = cfg.cross_vocab, cfg.text_top_k
         self.dtype, self.device = dtype, device
         self.guide_folders = self._guide_folders(value_models, experts, reference)
         self.guide_tokenizer = self._guide_tokenizer(guide_tokenizer)
@@ -272,10 +286,15 @@ class MAGE:
 
     def _guides(self) -> list:
         tok = self.guide_tokenizer
+        # "text" needs the guides' own tokenizer; guides reading the base's ids have no map to bypass.
+        text = tok is not None and self.cross_vocab == "text"
         if self.kind.guide == "value":
-            return [ValueGuide(m, tokenizer=tok, top_k=self.value_top_k) for m in self._loaded["models"]]
+            top_k = self.text_top_k if text and self.text_top_k is not None else self.value_top_k
+            mode = dict(cross_vocab="text") if text else {}
+            return [ValueGuide(m, tokenizer=tok, top_k=top_k, **mode) for m in self._loaded["models"]]
         if self.kind.guide == "proxy":
-            return [ProxyGuide(m, self._loaded["reference"], tokenizer=tok) for m in self._loaded["models"]]
+            mode = dict(cross_vocab="text", top_k=self.text_top_k) if text else {}
+            return [ProxyGuide(m, self._loaded["reference"], tokenizer=tok, **mode) for m in self._loaded["models"]]
         return []
 
     # -- stage 1 and the merged guide -----------------------------------------------

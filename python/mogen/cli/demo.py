@@ -18,15 +18,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.sweep:
         from ..demo.sweep import run_demo_sweep
 
+        if args.cross_family and args.objectives != 2:
+            print("mogen demo: --cross-family is a two-objective comparison", file=sys.stderr)
+            return 2
         run_demo_sweep(**({"samples": args.samples} if args.samples else {}), objectives=args.objectives,
-                       **({"seeds": args.seeds} if args.seeds else {}), seed_offset=args.seed_offset, ray=args.ray)
+                       **({"seeds": args.seeds} if args.seeds else {}), seed_offset=args.seed_offset,
+                       guide_family="cross" if args.cross_family else "metaspace", ray=args.ray)
         return 0
-    if args.objectives != 2:
-        print("mogen demo: --objectives 3 is for the embedded comparison (--sweep)", file=sys.stderr)
-        return 2
-    if args.ray is not None:
-        print("mogen demo: --ray is for the embedded comparison (--sweep)", file=sys.stderr)
-        return 2
+    for flag, given in (("--objectives 3", args.objectives != 2), ("--cross-family", args.cross_family),
+                        ("--ray", args.ray is not None)):
+        if given:
+            print(f"mogen demo: {flag} is for the embedded comparison (--sweep)", file=sys.stderr)
+            return 2
     if args.search:
         from ..demo import load_demo_models
         from ..demo.compare import compare_search, print_comparison, record_comparison
@@ -67,6 +70,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="run the embedded comparison of every method over 11 preferences (make sweep)")
     p.add_argument("--objectives", type=int, choices=(2, 3), default=2,
                    help="with --sweep: 3 runs the three-objective variant (nature, city, ocean) over 15 preferences")
+    p.add_argument("--cross-family", action="store_true",
+                   help="with --sweep: the cross-family comparison (guides whose tokenizer covers ~29%% of the base's "
+                        "vocabulary; MPAW token-level and MAGE-I with cross_vocab map and text)")
     p.add_argument("--samples", type=int, default=None,
                    help="samples per prompt and weighting (default 4; --sweep: mogen.demo.sweep.DEMO_SAMPLES per seed)")
     p.add_argument("--seeds", type=int, default=None,

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..evaluation.bootstrap import Interval, interval
 
-__all__ = ["target_lines"]
+__all__ = ["target_lines", "text_vs_map_lines", "TEXT_VS_MAP"]
 
 #: Rows whose controllability must reach 0.95.
 _CONTROLLED = ("MPAW token-level", "MAGE-E", "MAGE-E-M", "MAGE-I", "MAGE-I-M")
@@ -129,12 +129,42 @@ def _order_line(rows: dict, boot: dict, chain: tuple, strict: bool) -> str:
     return f"HV {figures}: {verdict} (paired differences: {parts})"
 
 
+#: The cross-family comparison's pairs (``cross_vocab="text"`` row, ``"map"`` row): issue 20 wants text at or
+#: above map in HV and controllability. The last pair is the diagnostic row of mogen.demo.sweep.CROSS_METHODS.
+TEXT_VS_MAP = (("MPAW token-level (text)", "MPAW token-level (map)"), ("MAGE-I (text)", "MAGE-I (map)"),
+               ("MAGE-I (text, beta 0.5)", "MAGE-I (map)"))
+
+
+def _boot(folder: Path) -> dict:
+    with np.load(folder / "bootstrap.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def text_vs_map_lines(folder: Path, table: list) -> list[str]:
+    """Per :data:`TEXT_VS_MAP` pair on the run in ``folder`` with metrics rows ``table``: the paired bootstrap
+    differences text - map of HV and controllability, each judged "text >= map" (met: the whole interval
+    is >= 0; not met: wholly < 0; else within noise), and what text costs in time per token (the range over
+    the decoding seeds, as for the merged guides)."""
+    rows, boot = dict(table), _boot(folder)
+    lines = []
+    for text, mapped in TEXT_VS_MAP:
+        parts = []
+        for metric in ("HV", "controllability"):
+            d = interval(rows[text][metric] - rows[mapped][metric],
+                         boot[f"{text}/{metric}"] - boot[f"{mapped}/{metric}"])
+            parts.append(f"{metric} {rows[text][metric]:.4f} vs {rows[mapped][metric]:.4f}, paired difference "
+                         f"{_fmt(d)} (text >= map: {_order_verdict(d, strict=False)})")
+        per_seed = boot[f"{mapped}/tokens_per_second"] / boot[f"{text}/tokens_per_second"]
+        t = Interval(rows[mapped]["tokens/s"] / rows[text]["tokens/s"], float(per_seed.min()), float(per_seed.max()))
+        lines.append(f"- {text} vs {mapped}: " + "; ".join(parts) + f"; time per token {_fmt(t, 2)}x over "
+                     f"{len(per_seed)} seed(s)")
+    return lines
+
+
 def target_lines(folder: Path, table: list) -> list[str]:
     """The issue's targets on a two-objective run in ``folder`` (means.csv, bootstrap.npz) with metrics
     rows ``table``."""
-    rows, means = dict(table), _means(folder)
-    with np.load(folder / "bootstrap.npz") as z:
-        boot = {k: z[k] for k in z.files}
+    rows, means, boot = dict(table), _means(folder), _boot(folder)
     lines = []
     for name in _CONTROLLED:
         c = interval(rows[name]["controllability"], boot[f"{name}/controllability"])

@@ -5,7 +5,9 @@ What gets built, deterministically from :class:`DemoConfig`:
 - ``base/``: a small Llama trained on the balanced corpus with a GPT-2 style
   byte-level BPE tokenizer;
 - ``reference/``: a weaker Llama trained on the same corpus with a
-  sentencepiece style metaspace BPE tokenizer (a different vocabulary);
+  sentencepiece style metaspace BPE tokenizer (a different vocabulary; the
+  guides' tokenizer family, :data:`mogen.demo.vocabs.GUIDE_FAMILIES`, is a
+  config field);
 - ``expert_nature/`` and ``expert_city/``: the reference fine-tuned the way
   Bone Soup trains backbones, on a reward mixture (``expert_beta`` of one
   topic, the rest the other), so MAGE-I-M merges them with ``B_e^-1 mu``;
@@ -25,6 +27,14 @@ families with a third member each (``expert_ocean/``, ``policy_ocean/``,
 ``backbone_ocean/``, ``value_ocean/``); a backbone's mixture is ``bone_beta``
 of its own topic and the rest split evenly over the other two, the matrix
 ``B`` that Bone Soup inverts.
+
+The cross-family variant (``DemoConfig(guide_family="cross")``) gives every
+guide (reference, experts, value models) a tokenizer as far from the base's as
+a real cross-family pair: a metaspace BPE with no byte fallback (unknown
+characters are ``<unk>``, as in T5's sentencepiece) and a vocabulary of
+:data:`mogen.demo.vocabs.CROSS_GUIDE_VOCAB` tokens, under a third of the
+base's; :mod:`mogen.demo.vocabs` says how much of the base's vocabulary the
+guides then cover.
 
 Each folder is a ``transformers`` model folder (``config.json``,
 ``model.safetensors``) with its tokenizer files, so ``mogen decode`` and
@@ -56,10 +66,10 @@ import torch
 
 from ..decoding.loading import load_causal_lm, load_tokenizer
 from ..decoding.loading import quiet_transformers as _quiet_transformers
-from .. import tiny
 from ..numerics import GRAD_CLIP_NORM
 from ..value import train_value_model
 from . import corpus as demo_corpus
+from .vocabs import CROSS_GUIDE_VOCAB, GUIDE_FAMILIES, _tokenizers, _training_lines
 
 __all__ = ["DemoConfig", "DemoModels", "cache_root", "build_demo_models", "load_demo_models", "demo_dir"]
 
@@ -69,7 +79,8 @@ DEMO_VERSION = 4
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes and schedules of the demo models (the cache key hashes all of it; ``objectives`` only when not 2)."""
+    """Sizes and schedules of the demo models (the cache key hashes all of it; ``objectives`` only when not 2,
+    ``guide_family`` only when not ``"metaspace"``)."""
 
     corpus_size: int = 4000
     topic_size: int = 1500
@@ -98,9 +109,12 @@ class DemoConfig:
     value_lr: float = 2e-3
     threads: int = 2
     objectives: int = 2  # 2 (nature, city) or 3 (+ ocean): see mogen.demo.corpus.objectives
+    guide_family: str = "metaspace"  # the guides' tokenizer: one of GUIDE_FAMILIES
 
     def __post_init__(self) -> None:
         demo_corpus.objectives(self.objectives)  # raises unless 2 or 3
+        if self.guide_family not in GUIDE_FAMILIES:
+            raise ValueError(f"guide_family must be one of {GUIDE_FAMILIES}, got {self.guide_family!r}")
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -109,10 +123,14 @@ class DemoConfig:
 
     def key(self) -> str:
         fields = dataclasses.asdict(self)
-        # The field came after the two-objective demo: leaving its default out of the hash keeps
-        # that demo's key (and every cache built before the field existed) unchanged.
+        # The fields came after the two-objective demo: leaving their defaults out of the hash keeps
+        # that demo's key (and every cache built before the fields existed) unchanged.
         if fields["objectives"] == 2:
             del fields["objectives"]
+        if fields["guide_family"] == "metaspace":
+            del fields["guide_family"]
+        else:  # the family's vocabulary size is a constant, not a field: a changed one builds anew
+            fields["cross_guide_vocab"] = CROSS_GUIDE_VOCAB
         blob = json.dumps({"version": DEMO_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -196,21 +214,6 @@ def _train(model: Any, data: tuple[torch.Tensor, torch.Tensor], steps: int, lr: 
     log(f"  {name}: {steps} steps, final loss {loss.item():.3f} ({time.perf_counter() - t0:.1f}s)")
 
 
-def _tokenizers(cfg: DemoConfig, lines: Sequence[str]) -> tuple[Any, Any]:
-    # inside: as transformers above, only a build needs it.
-    from tokenizers import processors
-
-    base_tok = tiny.byte_level_bpe(lines, vocab_size=cfg.base_vocab)
-    guide_tok = tiny.metaspace_bpe(lines, vocab_size=cfg.guide_vocab)
-    # The base starts every text with <s> as it was trained, for `mogen decode` too.
-    base_tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", base_tok.bos_token_id)]
-    )
-    for tok in (base_tok, guide_tok):
-        tok.padding_side = "left"
-    return base_tok, guide_tok
-
-
 def build_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = None, *, rebuild: bool = False,
                       log: Callable[[str], None] = print) -> Path:
     """Build the demo models into the cache unless they are there; return their folder."""
@@ -227,9 +230,7 @@ def build_demo_models(config: DemoConfig = DemoConfig(), root: Optional[Path] = 
     try:
         log(f"mogen demo: building the {config.objectives}-objective demo models into {target} "
             "(once; a minute or two on 2 CPU cores)")
-        lines = demo_corpus.corpus(config.corpus_size, seed=config.seed, topics=config.topics)
-        topics = {name: demo_corpus.topic_sentences(name, config.topic_size, seed=config.seed)
-                  for name in config.topics}
+        lines, topics = _training_lines(config)
         base_tok, guide_tok = _tokenizers(config, lines + [s for v in topics.values() for s in v])
 
         folders = _train_base_family(config, base_tok, lines, topics, log)
@@ -299,7 +300,7 @@ def _train_guides(cfg: DemoConfig, tok: Any, lines: list, topics: dict, log: Cal
     torch.manual_seed(cfg.seed + 1)
     reference = _llama(len(tok), cfg.guide_hidden, cfg.guide_layers, cfg, tok)
     _train(reference, _encode(tok, lines, width), cfg.reference_steps, cfg.lr, cfg.batch, cfg.seed + 1, log,
-           "reference (metaspace BPE)")
+           f"reference (metaspace BPE{', no byte fallback' if cfg.guide_family == 'cross' else ''}, {len(tok)} tokens)")
     state = {k: v.clone() for k, v in reference.state_dict().items()}
     out = {"reference": (reference, tok)}
     for k, name in enumerate(cfg.topics):
