@@ -74,8 +74,8 @@ bench: install
 	$(PY) benchmarks/bench_decode.py
 
 # README's generated blocks (<!-- bench:NAME -->, <!-- glance -->) from benchmarks/results/.
-readme:
-	$(PYTHON) benchmarks/readme_tables.py
+readme: install
+	$(PY) benchmarks/readme_tables.py
 
 # mergekit in its own venv (.venv-mergekit, sharing .venv's torch) for the
 # agreement tests and the merge benchmark; the tests skip without it.
