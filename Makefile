@@ -52,7 +52,7 @@ sweep: install
 	$(PY) -m mogen.cli demo --sweep $(SWEEP_ARGS)
 	$(PY) -m mogen.cli demo --sweep --objectives 3 $(SWEEP_ARGS)
 
-# The cross-family comparison (issue 20): cross_vocab map vs text with guides of another tokenizer family.
+# The cross-family comparison: cross_vocab map vs text with guides of another tokenizer family.
 sweep-cross: install
 	$(PY) -m mogen.cli demo --sweep --cross-family $(SWEEP_ARGS)
 

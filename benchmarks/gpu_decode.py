@@ -14,7 +14,7 @@ set-up. Each length is timed ``repeat`` times after a warm-up and the medians
 are used. Rows: ``base.generate`` (the base alone), ``mogen.generate`` with the
 two guide pairs (2 x expert + reference, weights 0.5 / 0.5), and one guide
 model alone, whose step time shows what each of the four adds. The ratio
-guided / base is compared with issue #19's goal: at most 1.35x.
+guided / base is compared with the design's goal: at most 1.35x.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import mogen  # noqa: E402
 from mogen import _backend  # noqa: E402
 from mogen.bench import markdown_table  # noqa: E402
 
-GOAL = 1.35  # guided step time over base-only step time (issue #19)
+GOAL = 1.35  # guided step time over base-only step time (the design's goal)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""mogen.search with model.generate's processors and stopping criteria (issue #21).
+"""mogen.search with model.generate's processors and stopping criteria.
 
 Greedy chunks (``top_k=1``) make the search a greedy decoder, so with the processors it must give
 ``base.generate(do_sample=False, same arguments)`` (zero weights) or ``mogen.generate`` (guided proposal) token for

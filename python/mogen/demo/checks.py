@@ -129,7 +129,7 @@ def _order_line(rows: dict, boot: dict, chain: tuple, strict: bool) -> str:
     return f"HV {figures}: {verdict} (paired differences: {parts})"
 
 
-#: The cross-family comparison's pairs (``cross_vocab="text"`` row, ``"map"`` row): issue 20 wants text at or
+#: The cross-family comparison's pairs (``cross_vocab="text"`` row, ``"map"`` row): the goal is text at or
 #: above map in HV and controllability. The last pair is the diagnostic row of mogen.demo.sweep.CROSS_METHODS.
 TEXT_VS_MAP = (("MPAW token-level (text)", "MPAW token-level (map)"), ("MAGE-I (text)", "MAGE-I (map)"),
                ("MAGE-I (text, beta 0.5)", "MAGE-I (map)"))

@@ -55,7 +55,7 @@ DEMO_METHODS: list[dict] = [
 ]
 
 
-#: The rows of the cross-family comparison (issue 20): the guides' two ways of scoring base tokens
+#: The rows of the cross-family comparison: the guides' two ways of scoring base tokens
 #: (``cross_vocab``; ``"text"`` with its default 20 candidates per row), base only as the floor. The last row
 #: is a diagnostic, not a tuned method: a text term sums the guide's log-ratio over every guide token a
 #: candidate adds (a whole word where the map scores one shared piece), so at one ``beta`` it steers harder;

@@ -5,8 +5,8 @@ vocabulary a guide with its own tokenizer can score through the vocabulary map
 (``cross_vocab="map"``: a base token with a same-bytes guide token, else no
 opinion). The default guides (``"metaspace"``, byte fallback, 400 trained tokens
 on the same corpus) cover 95% of the base's 640 tokens. The cross-family guides
-(``"cross"``) cover about 29%, as low as real cross-family pairs (issue 20
-measured Qwen2 -> Llama-2 17.3%, GPT-2 -> Phi-3 36.2%, Falcon -> StarCoder 36.9%):
+(``"cross"``) cover about 29%, as low as real cross-family pairs (benchmarks/results/vocab_coverage.md:
+Qwen2 -> Llama-2 17.3%, GPT-2 -> Phi-3 36.2%, Falcon -> StarCoder 36.9%):
 no byte fallback, so only the base's byte tokens of characters the corpus has
 map, and a vocabulary small enough that most words, every topic word the
 rewards count among them, are split into pieces the base does not have.
@@ -70,8 +70,8 @@ def demo_tokenizers(config: "DemoConfig") -> tuple[Any, Any]:
 
 def guide_coverage(config: "DemoConfig") -> dict:
     """How much of the base's vocabulary the guides of ``config`` can score through the vocabulary map
-    (``cross_vocab="map"``): ``vocab``, the share of base tokens with a same-bytes guide token (what issue 20
-    measured on real pairs); ``text``, that share over the base tokens of the corpus, counted with
+    (``cross_vocab="map"``): ``vocab``, the share of base tokens with a same-bytes guide token (what
+    benchmarks/results/vocab_coverage.md gives for real pairs); ``text``, that share over the base tokens of the corpus, counted with
     repetition; ``topic_words``, the share of the rewards' words that are one mapped base token (with their
     leading space, as inside a sentence)."""
     from ..vocab import build_vocab_map, coverage
