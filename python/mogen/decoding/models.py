@@ -137,6 +137,7 @@ class LMRunner:
         self._checked = False  # whether a forward showed that the model keeps its state in our cache
         self._mask_fed_only = recurrent_only(model)  # Mamba-like: the mask covers the ids fed, not the cache
         self.cache = new_cache(model)
+        self._hidden_runner: Optional[LMRunner] = None  # forward(hidden=True) of an output="logits" runner
 
     def window_by_position(self) -> None:
         """Apply sliding windows over position ids instead of cache columns (:mod:`mogen.decoding.windows`).
@@ -165,15 +166,24 @@ class LMRunner:
         attention_mask: Optional[torch.Tensor],
         position_ids: Optional[torch.Tensor],
         keep: int = 1,
+        hidden: bool = False,
     ) -> torch.Tensor:
         """Feed ``input_ids [B, n]`` after everything cached; return the last ``keep`` outputs.
 
         ``attention_mask`` is ``[B, cached + n]`` (1 = attend) or None for "no
         padding anywhere"; ``position_ids`` is ``[B, n]``. Returns logits
         ``[B, keep, V]`` sliced to the real vocabulary (``output="logits"``) or
-        hidden states ``[B, keep, H]`` (``output="hidden"``), on the model's
-        output device.
+        hidden states ``[B, keep, H]`` (``output="hidden"``, or ``hidden=True``:
+        the backbone only, whatever ``output`` is), on the model's output device.
         """
+        if hidden and self.output == "logits":
+            if self._hidden_runner is None:  # shares the cache: only the module called differs
+                self._hidden_runner = LMRunner(self.model, self.vocab_size, self.name, "hidden")
+            inner = self._hidden_runner
+            inner.cache, inner._positions, inner._windows = self.cache, self._positions, self._windows
+            out = inner.forward(input_ids, attention_mask, position_ids, keep)
+            self.cache, self._positions = inner.cache, inner._positions
+            return out
         dev = self.input_device
         kwargs: dict[str, Any] = {self._cache_kw: self.cache, "use_cache": True}
         if attention_mask is not None:

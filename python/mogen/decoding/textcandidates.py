@@ -48,6 +48,7 @@ import torch
 from .crossguide import _FIRST, RetokenizingGroup
 from .retokenize import NO_EDIT, _kinds
 from .tally import TokenScoreFn, score_columns
+from .textfork import ForkOutputs, fork_score, head_of
 
 __all__ = ["CandidateGroup", "CandidateScores"]
 
@@ -74,6 +75,7 @@ class _Fork:
     retracted: list[int]
     scores: list[CandidateScores]
     before: dict[str, Any]
+    outs: Optional[list[ForkOutputs]] = None  # on hidden states (mogen.decoding.textfork): rows' _last not forked
 
 
 class CandidateGroup(RetokenizingGroup):
@@ -93,6 +95,7 @@ class CandidateGroup(RetokenizingGroup):
         self._request_keys: dict[tuple, int] = {}
         self._fork: Optional[_Fork] = None
         self._special = _kinds(base_tokenizer).textless
+        self._heads: Optional[list] = None  # per runner, what textfork.ForkOutputs applies (False: cannot)
         #: candidates scored on their text ("text"; "retracting": those that retract guide ids), and fallbacks
         #: to the map: "special" (no text), "partial" (text ends inside a character, or none), "no_new_id" (a
         #: value request whose candidate adds no guide id)
@@ -144,15 +147,25 @@ class CandidateGroup(RetokenizingGroup):
             self._settle(None)
         batch, k = host.shape
         before = self._snapshot()
+        lazy = self._lazy_heads()
+        if lazy is not None:  # the rows' last outputs stay [B, D]: ForkOutputs reads them per copy
+            self._last = []
         RetokenizingGroup.reorder(self, torch.arange(batch).repeat_interleave(k))
         feeds, anchors, read, retracted, new = self._read_candidates(host.reshape(-1).tolist())
+        if lazy is not None:
+            self._last = before["_last"]
         zeros = torch.zeros(batch, k, dtype=torch.float64, device=self.device)
         read_t = torch.tensor(read, dtype=torch.bool, device=self.device).view(batch, k)
         # Before any forward: a copy whose text adds no guide id has log-probability 0 and no last id.
         scores = [CandidateScores(zeros, read_t if how == "sum" else torch.zeros_like(read_t))
                   for _, _, how in self._requests]
+        fork_outs = None
         if any(feeds):
-            fed, outs = self._feed(feeds, anchors)
+            if lazy is not None:
+                fed, fork_outs = self._fork_feed(feeds, lazy, k)
+                outs: list = fork_outs
+            else:
+                fed, outs = self._feed(feeds, anchors)
             lengths = [len(f) for f in feeds]
             for req, score in zip(self._requests, scores):
                 values, valid = self._request_scores(req, fed, outs, lengths, new, anchors)
@@ -162,8 +175,33 @@ class CandidateGroup(RetokenizingGroup):
         for req, score in zip(self._requests, scores):
             if req[2] == "last":
                 self.counts["no_new_id"] += int((read_t & ~score.valid).sum())
-        self._fork = _Fork(host, read, retracted, scores, before)
+        self._fork = _Fork(host, read, retracted, scores, before,
+                           fork_outs if lazy is not None else None)
+        if lazy is not None and fork_outs is None:  # nothing fed: every copy keeps its row's last output
+            self._fork.outs = [ForkOutputs(last, last.new_zeros(batch * k, 0, 0), None, k,
+                                           torch.full((batch * k,), -1)) for last in self._last]
         return scores
+
+    def _lazy_heads(self) -> Optional[list]:
+        """Per runner its head for :class:`~mogen.decoding.textfork.ForkOutputs`, or None: fork with full
+        outputs (a head that is not plain linear, or scores tracked for chunk search)."""
+        if self._heads is None:
+            self._heads = [head_of(r) for r in self.runners]
+        if self._trackers or any(h is False for h in self._heads):
+            return None
+        return self._heads
+
+    def _fork_feed(self, feeds: list[list[int]], heads: list, k: int) -> tuple[torch.Tensor, list[ForkOutputs]]:
+        """One backbone forward per model over every copy's new ids (the head waits: module docstring of
+        :mod:`mogen.decoding.textfork`). Returns the ids fed ``[R, width]`` and per model its outputs."""
+        ids, _, positions, last, fed = self._layout(feeds)
+        width = ids.shape[1]
+        last_col = torch.where(fed, last, torch.full_like(last, -1))
+        outs = []
+        for runner, head, before in zip(self.runners, heads, self._last):
+            hidden = runner.forward(ids, self._mask, positions, keep=width, hidden=True).to(self.device)
+            outs.append(ForkOutputs(before, hidden, head, k, last_col.to(self.device)))
+        return ids, outs
 
     def _read_candidates(self, flat: list[int]) -> tuple[list[list[int]], list[Optional[int]], list[bool],
                                                          list[int], list[int]]:
@@ -185,14 +223,15 @@ class CandidateGroup(RetokenizingGroup):
             self.counts["retracting"] += retracted[r] > 0
         return feeds, anchors, read, retracted, new
 
-    def _request_scores(self, request: tuple[int, TokenScoreFn, str], fed: torch.Tensor, outs: list[torch.Tensor],
+    def _request_scores(self, request: tuple[int, TokenScoreFn, str], fed: torch.Tensor, outs: list,
                         lengths: list[int], new: list[int],
                         anchors: list[Optional[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """float64 ``[R]`` values of one request over the ``R`` copies, and bool ``[R]``: whether the copy has
         a last new id (what a ``"last"`` request needs).
 
-        ``outs[runner] [R, 1 + width, D]`` holds before fed id ``i`` the output at ``i``; the new ids are the
-        last ``new[r]`` of copy ``r``'s ``lengths[r]`` fed ids.
+        ``outs[runner] [R, 1 + width, D]`` holds before fed id ``i`` the output at ``i`` (or a
+        :class:`~mogen.decoding.textfork.ForkOutputs` that gives it); the new ids are the last ``new[r]`` of
+        copy ``r``'s ``lengths[r]`` fed ids.
         """
         runner, fn, how = request
         rows, width = fed.shape
@@ -207,7 +246,11 @@ class CandidateGroup(RetokenizingGroup):
                 needed[r, first:n] = True
             elif first < n:
                 needed[r, n - 1] = True
-        values = score_columns(fn, outs[runner][:, :-1], fed, needed).sum(dim=1)
+        out = outs[runner]
+        if isinstance(out, ForkOutputs):
+            values = fork_score(fn, out, fed, needed).sum(dim=1)
+        else:
+            values = score_columns(fn, out[:, :-1], fed, needed).sum(dim=1)
         return values, needed.any(dim=1).to(self.device)
 
     def push_many(self, tokens: Sequence[Sequence[int]], live: Sequence[Sequence[bool]]) -> None:
@@ -241,7 +284,12 @@ class CandidateGroup(RetokenizingGroup):
                 if chosen is not None and fork.read[b * k + j] and chosen[b] == int(fork.ids[b, j]):
                     taken[b] = j
                     break
-        RetokenizingGroup.reorder(self, torch.tensor([b * k + (j or 0) for b, j in enumerate(taken)]))
+        index = torch.tensor([b * k + (j or 0) for b, j in enumerate(taken)])
+        if fork.outs is not None:  # _last holds the rows before the fork: each row reads its copy's output
+            self._last = []
+        RetokenizingGroup.reorder(self, index)
+        if fork.outs is not None:
+            self._last = [o.last(index.to(self.device)) for o in fork.outs]
         self._restore(fork, taken)
         self.retracted = fork.before["retracted"] + sum(
             fork.retracted[b * k + j] for b, j in enumerate(taken) if j is not None)
