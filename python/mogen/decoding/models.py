@@ -9,6 +9,7 @@ positions of one row by masking them out instead of cropping the whole batch.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any, Optional
 
@@ -159,6 +160,20 @@ class LMRunner:
             self.cache.reorder_cache(index.to(self.input_device))
         if self._positions is not None:
             self._positions = self._positions.index_select(0, index.to(self._positions.device))
+
+    def subset(self, index: torch.Tensor) -> "LMRunner":
+        """A runner over rows ``index [M]`` of this one's cache: a gathered copy, so feeding it leaves this
+        runner as it is (a few rows fed further than the rest of the batch)."""
+        out = copy.copy(self)
+        out.__dict__.pop("forward", None)  # an instance-level wrapper (a test's counter) would feed this runner
+        out.cache = new_cache(self.model, keep_all=True)  # every column: masks and windows are the caller's
+        idx = index.to(self.input_device)
+        for mine, theirs in zip(out.cache.layers, self.cache.layers):
+            if getattr(theirs, "is_initialized", False):
+                mine.update(theirs.keys.index_select(0, idx), theirs.values.index_select(0, idx))
+        if self._positions is not None:
+            out._positions = self._positions.index_select(0, index.to(self._positions.device))
+        return out
 
     def forward(
         self,

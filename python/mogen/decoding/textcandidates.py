@@ -76,6 +76,7 @@ class _Fork:
     scores: list[CandidateScores]
     before: dict[str, Any]
     outs: Optional[list[ForkOutputs]] = None  # on hidden states (mogen.decoding.textfork): rows' _last not forked
+    whole: Optional[list[bool]] = None  # copies whose cache holds all their ids (None: all); only those are taken
 
 
 class CandidateGroup(RetokenizingGroup):
@@ -96,6 +97,7 @@ class CandidateGroup(RetokenizingGroup):
         self._fork: Optional[_Fork] = None
         self._special = _kinds(base_tokenizer).textless
         self._heads: Optional[list] = None  # per runner, what textfork.ForkOutputs applies (False: cannot)
+        self._whole: list[bool] = []  # per copy of the last fork on hidden states: its cache holds all its ids
         #: candidates scored on their text ("text"; "retracting": those that retract guide ids), and fallbacks
         #: to the map: "special" (no text), "partial" (text ends inside a character, or none), "no_new_id" (a
         #: value request whose candidate adds no guide id)
@@ -176,7 +178,7 @@ class CandidateGroup(RetokenizingGroup):
             if req[2] == "last":
                 self.counts["no_new_id"] += int((read_t & ~score.valid).sum())
         self._fork = _Fork(host, read, retracted, scores, before,
-                           fork_outs if lazy is not None else None)
+                           fork_outs if lazy is not None else None, self._whole if fork_outs is not None else None)
         if lazy is not None and fork_outs is None:  # nothing fed: every copy keeps its row's last output
             self._fork.outs = [ForkOutputs(last, last.new_zeros(batch * k, 0, 0), None, k,
                                            torch.full((batch * k,), -1)) for last in self._last]
@@ -194,14 +196,41 @@ class CandidateGroup(RetokenizingGroup):
     def _fork_feed(self, feeds: list[list[int]], heads: list, k: int) -> tuple[torch.Tensor, list[ForkOutputs]]:
         """One backbone forward per model over every copy's new ids (the head waits: module docstring of
         :mod:`mogen.decoding.textfork`). Returns the ids fed ``[R, width]`` and per model its outputs."""
-        ids, _, positions, last, fed = self._layout(feeds)
-        width = ids.shape[1]
-        last_col = torch.where(fed, last, torch.full_like(last, -1))
+        width = max(len(f) for f in feeds)
+        ids, _, positions, _, fed = self._layout([f[:1] for f in feeds])  # the group's cache: first ids only
+        extra = [r for r, f in enumerate(feeds) if len(f) > 1]
+        for r in extra:
+            self._check_length(r, len(self._cols[r]) + len(feeds[r]) - 1)
+        all_ids = torch.full((len(feeds), width), self._pad_id, dtype=torch.long)
+        for r, f in enumerate(feeds):
+            all_ids[r, :len(f)] = torch.tensor(f, dtype=torch.long)
+        lengths = torch.tensor([len(f) for f in feeds])
+        last_col = torch.where(fed, lengths - 1, torch.full_like(lengths, -1)).to(self.device)
+        sub = self._extra_inputs(extra, feeds, all_ids, positions) if extra else None
         outs = []
         for runner, head, before in zip(self.runners, heads, self._last):
-            hidden = runner.forward(ids, self._mask, positions, keep=width, hidden=True).to(self.device)
-            outs.append(ForkOutputs(before, hidden, head, k, last_col.to(self.device)))
-        return ids, outs
+            first = runner.forward(ids, self._mask, positions, keep=1, hidden=True).to(self.device)
+            hidden = first.new_zeros(len(feeds), width, first.shape[-1])
+            hidden[:, :1] = first
+            if sub is not None:
+                rows, sub_ids, sub_mask, sub_pos = sub
+                more = runner.subset(rows).forward(sub_ids, sub_mask, sub_pos, keep=width - 1, hidden=True)
+                hidden[rows.to(self.device), 1:] = more.to(self.device)
+            outs.append(ForkOutputs(before, hidden, head, k, last_col))
+        self._whole = [len(f) <= 1 for f in feeds]
+        return all_ids, outs
+
+    def _extra_inputs(self, extra: list[int], feeds: list[list[int]], all_ids: torch.Tensor,
+                      positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The copies ``extra`` that feed more than one id: their rows, later ids ``[M, width - 1]`` (padded),
+        mask over their cache and the new columns, and positions (after their first id's)."""
+        rows = torch.tensor(extra, dtype=torch.long)
+        later = all_ids[rows, 1:]
+        new_mask = torch.zeros_like(later)
+        for m, r in enumerate(extra):
+            new_mask[m, : len(feeds[r]) - 1] = 1
+        steps = torch.arange(1, later.shape[1] + 1)
+        return rows, later, torch.cat([self._mask[rows], new_mask], dim=1), positions[rows, :1] + steps
 
     def _read_candidates(self, flat: list[int]) -> tuple[list[list[int]], list[Optional[int]], list[bool],
                                                          list[int], list[int]]:
@@ -281,7 +310,8 @@ class CandidateGroup(RetokenizingGroup):
         taken: list[Optional[int]] = [None] * batch
         for b in range(batch):
             for j in range(k):
-                if chosen is not None and fork.read[b * k + j] and chosen[b] == int(fork.ids[b, j]):
+                whole = fork.whole is None or fork.whole[b * k + j]
+                if chosen is not None and fork.read[b * k + j] and whole and chosen[b] == int(fork.ids[b, j]):
                     taken[b] = j
                     break
         index = torch.tensor([b * k + (j or 0) for b, j in enumerate(taken)])
