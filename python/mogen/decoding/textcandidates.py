@@ -194,8 +194,14 @@ class CandidateGroup(RetokenizingGroup):
         return self._heads
 
     def _fork_feed(self, feeds: list[list[int]], heads: list, k: int) -> tuple[torch.Tensor, list[ForkOutputs]]:
-        """One backbone forward per model over every copy's new ids (the head waits: module docstring of
-        :mod:`mogen.decoding.textfork`). Returns the ids fed ``[R, width]`` and per model its outputs."""
+        """Every copy's new ids through each model's backbone (the head waits: :mod:`mogen.decoding.textfork`).
+
+        One forward of all ``R`` copies feeds each its first id, in the group's cache. The copies with more
+        ids (a fifth, at ``width`` 5 in the benchmark's steps) go on in gathered copies of their cache rows
+        (:meth:`~mogen.decoding.models.LMRunner.subset`), which the step drops: such a copy is never taken
+        (:meth:`_settle`), its row reads the chosen token again. Returns the ids fed ``[R, width]`` (padded)
+        and per model its outputs.
+        """
         width = max(len(f) for f in feeds)
         ids, _, positions, _, fed = self._layout([f[:1] for f in feeds])  # the group's cache: first ids only
         extra = [r for r, f in enumerate(feeds) if len(f) > 1]
@@ -206,26 +212,30 @@ class CandidateGroup(RetokenizingGroup):
             all_ids[r, :len(f)] = torch.tensor(f, dtype=torch.long)
         lengths = torch.tensor([len(f) for f in feeds])
         last_col = torch.where(fed, lengths - 1, torch.full_like(lengths, -1)).to(self.device)
-        sub = self._extra_inputs(extra, feeds, all_ids, positions) if extra else None
+        # Copies with one more id (mostly a retraction's anchor and one new id) apart from the rest: padding
+        # those to the longest feed would cost a forward of every one of them at the longest width.
+        buckets = [b for b in ([r for r in extra if len(feeds[r]) == 2], [r for r in extra if len(feeds[r]) > 2])
+                   if b]
+        subs = [self._extra_inputs(b, feeds, all_ids, positions) for b in buckets]
         outs = []
         for runner, head, before in zip(self.runners, heads, self._last):
             first = runner.forward(ids, self._mask, positions, keep=1, hidden=True).to(self.device)
             hidden = first.new_zeros(len(feeds), width, first.shape[-1])
             hidden[:, :1] = first
-            if sub is not None:
-                rows, sub_ids, sub_mask, sub_pos = sub
-                more = runner.subset(rows).forward(sub_ids, sub_mask, sub_pos, keep=width - 1, hidden=True)
-                hidden[rows.to(self.device), 1:] = more.to(self.device)
+            for rows, sub_ids, sub_mask, sub_pos in subs:
+                n = sub_ids.shape[1]
+                more = runner.subset(rows).forward(sub_ids, sub_mask, sub_pos, keep=n, hidden=True)
+                hidden[rows.to(self.device), 1:1 + n] = more.to(self.device)
             outs.append(ForkOutputs(before, hidden, head, k, last_col))
         self._whole = [len(f) <= 1 for f in feeds]
         return all_ids, outs
 
     def _extra_inputs(self, extra: list[int], feeds: list[list[int]], all_ids: torch.Tensor,
                       positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The copies ``extra`` that feed more than one id: their rows, later ids ``[M, width - 1]`` (padded),
-        mask over their cache and the new columns, and positions (after their first id's)."""
+        """The copies ``extra`` that feed more than one id: their rows ``[M]``, later ids ``[M, n]`` (padded to
+        the longest), mask over their cache and the ``n`` new columns, and positions (after their first id's)."""
         rows = torch.tensor(extra, dtype=torch.long)
-        later = all_ids[rows, 1:]
+        later = all_ids[rows, 1:max(len(feeds[r]) for r in extra)]
         new_mask = torch.zeros_like(later)
         for m, r in enumerate(extra):
             new_mask[m, : len(feeds[r]) - 1] = 1
