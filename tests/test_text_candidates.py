@@ -108,6 +108,17 @@ def test_generate_candidate_scores_equal_reference(pair):
     _report(_id(pair), tally, counts)
 
 
+@pytest.mark.parametrize("pair", [("qwen2", "llama-spm"), ("gpt-2", "phi-3", 1.0)], ids=["qwen2->llama-spm",
+                                                                                        "gpt-2->phi-3-odd"])
+def test_generate_split_fork_equals_reference(pair, monkeypatch):
+    """The same with every fork split (textcandidates.SPLIT_COST 0): copies whose text adds several guide ids
+    go on in sub-forwards, and a row whose chosen candidate is one of them reads it again."""
+    import mogen.decoding.textcandidates as textcandidates
+
+    monkeypatch.setattr(textcandidates, "SPLIT_COST", 0)
+    test_generate_candidate_scores_equal_reference(pair)
+
+
 def test_processor_candidate_scores_equal_reference():
     """transformers' greedy generate with MultiObjectiveLogitsProcessor (guides reading text through their own
     tokenizer) gives the same fused scores, checked the same way."""

@@ -53,6 +53,10 @@ from .textfork import ForkOutputs, fork_score, head_of
 __all__ = ["CandidateGroup", "CandidateScores"]
 
 HOW = ("sum", "last")
+#: What a sub-forward of a fork costs beyond its ids, in ids of the main forward: a forward reads every weight
+#: whatever its rows, and its copy may be read again (about 15 ids' compute for a 0.5B model on 2 CPU cores,
+#: doubled for the re-read). A fork splits off its longer copies only when that saves more than this.
+SPLIT_COST = 32
 
 
 @dataclass
@@ -196,15 +200,23 @@ class CandidateGroup(RetokenizingGroup):
     def _fork_feed(self, feeds: list[list[int]], heads: list, k: int) -> tuple[torch.Tensor, list[ForkOutputs]]:
         """Every copy's new ids through each model's backbone (the head waits: :mod:`mogen.decoding.textfork`).
 
-        One forward of all ``R`` copies feeds each its first id, in the group's cache. The copies with more
+        One forward of all ``R`` copies feeds each its first id, in the group's cache, unless padding every
+        copy to the longest feed costs less (:data:`SPLIT_COST`): then it feeds every id. The copies with more
         ids (a fifth, at ``width`` 5 in the benchmark's steps) go on in gathered copies of their cache rows
         (:meth:`~mogen.decoding.models.LMRunner.subset`), which the step drops: such a copy is never taken
         (:meth:`_settle`), its row reads the chosen token again. Returns the ids fed ``[R, width]`` (padded)
         and per model its outputs.
         """
         width = max(len(f) for f in feeds)
-        ids, _, positions, _, fed = self._layout([f[:1] for f in feeds])  # the group's cache: first ids only
         extra = [r for r, f in enumerate(feeds) if len(f) > 1]
+        # Copies with one more id (mostly a retraction's anchor and one new id) apart from the rest: padding
+        # those to the longest feed would cost a forward of every one of them at the longest width.
+        buckets = [b for b in ([r for r in extra if len(feeds[r]) == 2], [r for r in extra if len(feeds[r]) > 2])
+                   if b]
+        split = sum(len(b) * (max(len(feeds[r]) for r in b) - 1) + SPLIT_COST for b in buckets)
+        if len(feeds) * width <= len(feeds) + split:  # padding is cheaper: one forward of every id
+            extra, buckets = [], []
+        ids, _, positions, _, fed = self._layout([f if not buckets else f[:1] for f in feeds])
         for r in extra:
             self._check_length(r, len(self._cols[r]) + len(feeds[r]) - 1)
         all_ids = torch.full((len(feeds), width), self._pad_id, dtype=torch.long)
@@ -212,22 +224,18 @@ class CandidateGroup(RetokenizingGroup):
             all_ids[r, :len(f)] = torch.tensor(f, dtype=torch.long)
         lengths = torch.tensor([len(f) for f in feeds])
         last_col = torch.where(fed, lengths - 1, torch.full_like(lengths, -1)).to(self.device)
-        # Copies with one more id (mostly a retraction's anchor and one new id) apart from the rest: padding
-        # those to the longest feed would cost a forward of every one of them at the longest width.
-        buckets = [b for b in ([r for r in extra if len(feeds[r]) == 2], [r for r in extra if len(feeds[r]) > 2])
-                   if b]
         subs = [self._extra_inputs(b, feeds, all_ids, positions) for b in buckets]
         outs = []
         for runner, head, before in zip(self.runners, heads, self._last):
-            first = runner.forward(ids, self._mask, positions, keep=1, hidden=True).to(self.device)
+            first = runner.forward(ids, self._mask, positions, keep=ids.shape[1], hidden=True).to(self.device)
             hidden = first.new_zeros(len(feeds), width, first.shape[-1])
-            hidden[:, :1] = first
+            hidden[:, :first.shape[1]] = first
             for rows, sub_ids, sub_mask, sub_pos in subs:
                 n = sub_ids.shape[1]
                 more = runner.subset(rows).forward(sub_ids, sub_mask, sub_pos, keep=n, hidden=True)
                 hidden[rows.to(self.device), 1:1 + n] = more.to(self.device)
             outs.append(ForkOutputs(before, hidden, head, k, last_col))
-        self._whole = [len(f) <= 1 for f in feeds]
+        self._whole = [len(f) <= 1 or not buckets for f in feeds]
         return all_ids, outs
 
     def _extra_inputs(self, extra: list[int], feeds: list[list[int]], all_ids: torch.Tensor,
