@@ -303,10 +303,11 @@ class RetokenizingGroup(RunnerRegistry):
         """Bool ``[B]``: rows whose text ends inside an incomplete character, or None when there is none."""
         return self._stale.to(self.device) if self._any_stale else None
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, room: Optional[int] = None) -> None:
         """Row ``b`` becomes old row ``index[b]``: text state, cache columns, mask, caches and last outputs.
 
-        Rows may repeat (beam duplication): each copy gets its own text state.
+        Rows may repeat (beam duplication): each copy gets its own text state. ``room``: see
+        :meth:`~mogen.decoding.models.LMRunner.reorder`.
         """
         rows = index.tolist()
         self.detoks = [self.detoks[i].clone() for i in rows]
@@ -321,4 +322,4 @@ class RetokenizingGroup(RunnerRegistry):
         self._last = [t.index_select(0, dev_index) for t in self._last]
         self._contrib = [t.index_select(0, dev_index) for t in self._contrib]
         for r in self.runners:
-            r.reorder(index)
+            r.reorder(index, room)

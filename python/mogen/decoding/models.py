@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from .kvcache import new_cache
+from .kvcache import GrowingLayer, new_cache
 from .windows import PositionWindows, position_windows, recurrent_only
 
 __all__ = ["LMRunner", "input_device", "output_device", "param_devices", "has_placement", "context_length",
@@ -154,9 +154,20 @@ class LMRunner:
         self.cache = new_cache(self.model, keep_all=self._windows is not None)
         self._positions = None
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Row ``b`` of the cache becomes old row ``index[b]`` (rows may repeat or drop: beam selection)."""
-        if self.cache is not None:  # every cache layer skips the reorder while it is empty
+    def reorder(self, index: torch.Tensor, room: Optional[int] = None) -> None:
+        """Row ``b`` of the cache becomes old row ``index[b]`` (rows may repeat or drop: beam selection).
+
+        ``room``: in-place layers (:class:`~mogen.decoding.kvcache.GrowingLayer`) copy only their filled
+        positions and keep that many spare ones (a fork: see its ``reorder_cache``).
+        """
+        if self.cache is not None and room is not None and isinstance(getattr(self.cache, "layers", None), list):
+            idx = index.to(self.input_device)
+            for layer in self.cache.layers:
+                if GrowingLayer is not None and isinstance(layer, GrowingLayer):
+                    layer.reorder_cache(idx, room)
+                else:
+                    layer.reorder_cache(idx)
+        elif self.cache is not None:  # every cache layer skips the reorder while it is empty
             self.cache.reorder_cache(index.to(self.input_device))
         if self._positions is not None:
             self._positions = self._positions.index_select(0, index.to(self._positions.device))

@@ -57,6 +57,7 @@ HOW = ("sum", "last")
 #: whatever its rows, and its copy may be read again (about 15 ids' compute for a 0.5B model on 2 CPU cores,
 #: doubled for the re-read). A fork splits off its longer copies only when that saves more than this.
 SPLIT_COST = 32
+FORK_ROOM = 8  # spare cache positions of a fork's copies (a step feeds few ids; more re-buffer, still exact)
 
 
 @dataclass
@@ -156,7 +157,8 @@ class CandidateGroup(RetokenizingGroup):
         lazy = self._lazy_heads()
         if lazy is not None:  # the rows' last outputs stay [B, D]: ForkOutputs reads them per copy
             self._last = []
-        RetokenizingGroup.reorder(self, torch.arange(batch).repeat_interleave(k))
+        # k copies of each row's cache: filled positions only, room for this step's first ids
+        RetokenizingGroup.reorder(self, torch.arange(batch).repeat_interleave(k), room=FORK_ROOM)
         feeds, anchors, read, retracted, new = self._read_candidates(host.reshape(-1).tolist())
         if lazy is not None:
             self._last = before["_last"]
