@@ -15,8 +15,8 @@ The *ideal* is map's step plus one extra batched guide forward per step: each
 guide model fed one id on each of ``B * k`` rows whose cache holds the
 prompt's guide ids plus half the new ones (the median step's length), timed
 directly on an :class:`~mogen.decoding.models.LMRunner` of the same models. The
-row gather that copies each row's cache ``k`` times (the fork) is timed and
-shown apart: text mode pays it, the ideal does not. ``ideal / map`` is the
+row gather that copies each row's cache ``k`` times (the fork, filled positions
+only) is timed and shown apart: text mode pays it, the ideal does not. ``ideal / map`` is the
 floor of ``text / map`` on this machine: text cannot beat one ``B * k``-row
 forward per model per step.
 
@@ -45,6 +45,7 @@ import mogen  # noqa: E402
 from mogen.bench import markdown_table  # noqa: E402
 from mogen.decoding.generation import observe_steps  # noqa: E402
 from mogen.decoding.models import LMRunner  # noqa: E402
+from mogen.decoding.textcandidates import FORK_ROOM  # noqa: E402
 from real_tokenizers import real_tokenizer  # noqa: E402
 from results_file import write_results  # noqa: E402
 
@@ -122,7 +123,7 @@ def ideal_forward(models: list[torch.nn.Module], vocab: int, rows: list[list[int
             runner = LMRunner(model, vocab, "ideal")
             runner.forward(ids, mask, positions)
             start = time.perf_counter()
-            runner.reorder(wide)
+            runner.reorder(wide, room=FORK_ROOM)  # as the fork does
             gather += time.perf_counter() - start
             big_mask = torch.cat([mask[wide], torch.ones(batch * k, 1, dtype=torch.long)], dim=1)
             next_pos = positions[wide, -1:] + 1
