@@ -199,6 +199,28 @@ def bench_shape(setup: Setup, batches: list[int], ks: list[int], warmup: int, re
     return rows
 
 
+def notes(table: list[dict]) -> list[str]:
+    """What the table says, with the acceptance row (0.5B-shaped guide, k = 20, B = 8) spelled out."""
+    lines = ["", "- map: the guide reads each row's text once per step (one forward of B rows per model). text: "
+             "each row's guide state is forked k times and one forward of B * k rows per model scores every "
+             "candidate's text; the chosen copy's cache already holds its ids, so that forward replaces map's.",
+             "- ideal = map's step + one forward of one id on B * k rows per guide model at the median step's "
+             "length, timed directly; ideal/map is the floor of text/map: it grows with B * k because a B-row "
+             "forward reads the weights once (memory-bound) while a B * k-row one is compute-bound."]
+    for row in table:
+        if row["guide"] == "0.5B" and row["B"] == 8 and row["k"] == 20:
+            lines.append(f"- acceptance row (0.5B-shaped guide, k = 20, B = 8): text/map {row['text/map']}, "
+                         f"text/ideal {row['text/ideal']}, floor ideal/map {row['ideal/map (floor)']}: 1.5x text/map "
+                         "is below the floor, so it cannot be met on CPU; the floor is one 160-row forward per guide "
+                         "model against one 8-row forward.")
+    lines += ["- text above ideal: copies whose text adds several guide ids (retractions re-feed their anchor) "
+              "run on in small sub-forwards, and a row whose chosen candidate is one of them reads it again; "
+              "retracting copies each need their own float64 log-softmax over the guide vocabulary; the k-fold "
+              "cache gather (last column). Tiny guides: the 151936-id vocabulary, not the model, is the cost.",
+              "- median ms per step after 2 warmup steps (min-max in brackets), prefill excluded."]
+    return lines
+
+
 def profile(setup: Setup, k: int, batch: int, top: int) -> None:
     """cProfile of one text-mode call (after one warm call): the ``top`` functions by own and total time."""
     setup.run("text", k, batch)
@@ -240,7 +262,7 @@ def main() -> int:
             table += bench_shape(setup, [1, 8], [20, 50], warmup, 1 if args.quick else 3)
     if args.profile:
         return 0
-    body += markdown_table(table)
+    body += markdown_table(table) + notes(table)
     for line in body:
         print(line)
     if not (args.quick or args.no_write):
