@@ -24,11 +24,16 @@ How (:class:`CandidateGroup`, one per guide tokenizer):
   token (:meth:`~mogen.decoding.crossguide.RetokenizingGroup.push_many`), and a
   retraction re-feeds the last kept id (the *anchor*) so ``A'[c]`` is scored
   from the output after ``A'[c - 1]``;
-- one forward per model scores all ``B * k`` copies at once;
+- one forward per model scores all ``B * k`` copies at once, on hidden
+  states, with the head only where a score needs it
+  (:mod:`mogen.decoding.textfork`); where padding every copy to the longest
+  feed would cost more, it feeds each copy's first id and the few copies with
+  more ids go on in small sub-forwards of their own (:meth:`CandidateGroup._fork_feed`);
 - *commit*: the token chosen for row ``b`` selects its copy, whose cache
   already holds the new ids: the step costs no second forward. A row whose
-  token was not a scored candidate (eos forced by a processor, a finished row)
-  gets its state from before the fork and reads the token normally.
+  token was not a scored candidate (eos forced by a processor, a finished row),
+  or whose copy went on in a sub-forward, gets its state from before the fork
+  and reads the token normally.
 
 A candidate without text of its own (a special token), or whose text ends
 inside a multi-byte character, is not forked: its term falls back to the
