@@ -60,9 +60,11 @@ def _groups(seen):
     return [g for g in seen["decoding"].cross if isinstance(g, CandidateGroup)]
 
 
-def _counted(forward, counts, i):
+def _counted(forward, counts, i, rows):
+    """``forward`` counting its calls over ``rows`` rows (the fork's; a row whose chosen candidate feeds several
+    guide ids reads it again on its own, a smaller forward)."""
     def wrapped(*args, **kwargs):
-        counts[i] += 1
+        counts[i] += args[0].shape[0] == rows
         return forward(*args, **kwargs)
     return wrapped
 
@@ -90,12 +92,12 @@ def test_generate_candidate_scores_equal_reference(pair):
         if step == -1:  # after the prefill: count every guide forward from now on
             for runner in _groups(seen)[0].runners:
                 forwards.append(0)
-                runner.forward = _counted(runner.forward, forwards, len(forwards) - 1)
+                runner.forward = _counted(runner.forward, forwards, len(forwards) - 1, len(rows) * K)
 
     with observe_steps(observe):
         mogen.generate(base, ids, mask, guides=guides, tokenizer=bt, weights=WEIGHTS, beta=1.5, gamma=0.8,
                        max_new_tokens=8, pad_token_id=0, logits_processor=[rec])
-    # one forward per step and model (two proxy pairs, a value model): the chosen candidate's forward advanced the guide
+    # one forward of all B * k copies per step and model (two proxy pairs, a value model)
     assert forwards == [8] * 5
     tally = check_calls(rec.calls, base, bt, guides, rows, ids.shape[1], WEIGHTS, K, beta=1.5, gamma=0.8,
                         tally=Tally())
@@ -104,6 +106,17 @@ def test_generate_candidate_scores_equal_reference(pair):
     # the word pieces make the guides retract; the odd variant reaches the map fallback half the time
     assert counts["retracting"] > 0 if len(pair) == 2 else counts["partial"] > 50
     _report(_id(pair), tally, counts)
+
+
+@pytest.mark.parametrize("pair", [("qwen2", "llama-spm"), ("gpt-2", "phi-3", 1.0)], ids=["qwen2->llama-spm",
+                                                                                        "gpt-2->phi-3-odd"])
+def test_generate_split_fork_equals_reference(pair, monkeypatch):
+    """The same with every fork split (textcandidates.SPLIT_COST 0): copies whose text adds several guide ids
+    go on in sub-forwards, and a row whose chosen candidate is one of them reads it again."""
+    import mogen.decoding.textcandidates as textcandidates
+
+    monkeypatch.setattr(textcandidates, "SPLIT_COST", 0)
+    test_generate_candidate_scores_equal_reference(pair)
 
 
 def test_processor_candidate_scores_equal_reference():

@@ -223,6 +223,30 @@ class RetokenizingGroup(RunnerRegistry):
         Returns the ids fed ``[B, width]`` and per model its outputs: ``[B, width, D]``, or ``[B, 1 + width, D]``
         with the output before the first id in front when the group is anchored.
         """
+        ids, new_mask, positions, last, fed = self._layout(feeds)
+        batch, width = ids.shape
+        rows = torch.arange(batch)
+        everyone = bool(fed.all())
+        keep_old = None if everyone else (~fed).to(self.device).unsqueeze(1)
+        outs = []
+        for k, runner in enumerate(self.runners):
+            outs.append(runner.forward(ids, self._mask, positions, keep=width).to(self.device))
+            if self._anchored:
+                outs[-1] = torch.cat([self._last[k].unsqueeze(1), outs[-1]], dim=1)  # [B, 1 + width, D]
+            new = outs[-1][rows, last + int(self._anchored)]
+            self._last[k] = new if everyone else torch.where(keep_old, self._last[k], new)
+        for slot, (k, fn) in enumerate(self._trackers):
+            self._contrib[slot] = torch.cat([self._contrib[slot], self._scores(outs[k], fn, ids, new_mask, anchors,
+                                                                               slot)], dim=1)
+        return ids, outs
+
+    def _layout(self, feeds: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                       torch.Tensor]:
+        """Lay every row's new ids out in new cache columns (the mask and each row's columns grow).
+
+        Returns ids ``[B, width]`` (padded), their mask, position ids, each row's last fed column ``[B]`` and
+        which rows feed anything ``[B]``.
+        """
         batch = len(feeds)
         width = max(len(f) for f in feeds)
         start = self._mask.shape[1]
@@ -243,20 +267,7 @@ class RetokenizingGroup(RunnerRegistry):
             last[b] = n - 1
             fed[b] = True
         self._mask = torch.cat([self._mask, new_mask], dim=1)
-        rows = torch.arange(batch)
-        everyone = bool(fed.all())
-        keep_old = None if everyone else (~fed).to(self.device).unsqueeze(1)
-        outs = []
-        for k, runner in enumerate(self.runners):
-            outs.append(runner.forward(ids, self._mask, positions, keep=width).to(self.device))
-            if self._anchored:
-                outs[-1] = torch.cat([self._last[k].unsqueeze(1), outs[-1]], dim=1)  # [B, 1 + width, D]
-            new = outs[-1][rows, last + int(self._anchored)]
-            self._last[k] = new if everyone else torch.where(keep_old, self._last[k], new)
-        for slot, (k, fn) in enumerate(self._trackers):
-            self._contrib[slot] = torch.cat([self._contrib[slot], self._scores(outs[k], fn, ids, new_mask, anchors,
-                                                                               slot)], dim=1)
-        return ids, outs
+        return ids, new_mask, positions, last, fed
 
     def _scores(self, out: torch.Tensor, fn: TokenScoreFn, ids: torch.Tensor, new_mask: torch.Tensor,
                 anchors: list[Optional[int]], slot: int) -> torch.Tensor:
@@ -292,10 +303,11 @@ class RetokenizingGroup(RunnerRegistry):
         """Bool ``[B]``: rows whose text ends inside an incomplete character, or None when there is none."""
         return self._stale.to(self.device) if self._any_stale else None
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, room: Optional[int] = None) -> None:
         """Row ``b`` becomes old row ``index[b]``: text state, cache columns, mask, caches and last outputs.
 
-        Rows may repeat (beam duplication): each copy gets its own text state.
+        Rows may repeat (beam duplication): each copy gets its own text state. ``room``: see
+        :meth:`~mogen.decoding.models.LMRunner.reorder`.
         """
         rows = index.tolist()
         self.detoks = [self.detoks[i].clone() for i in rows]
@@ -310,4 +322,4 @@ class RetokenizingGroup(RunnerRegistry):
         self._last = [t.index_select(0, dev_index) for t in self._last]
         self._contrib = [t.index_select(0, dev_index) for t in self._contrib]
         for r in self.runners:
-            r.reorder(index)
+            r.reorder(index, room)

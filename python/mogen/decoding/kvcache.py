@@ -20,7 +20,7 @@ that applies the window itself (:mod:`mogen.decoding.windows`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from transformers import DynamicCache
@@ -35,6 +35,16 @@ except ImportError:  # pragma: no cover - older transformers: plain DynamicCache
 
 def _spare(n: int) -> int:
     return n + max(64, n // 8)
+
+
+def _gather_filled(buf: torch.Tensor, idx: torch.Tensor, n: int, room: int) -> torch.Tensor:
+    """Rows ``idx`` of the first ``n`` positions of ``buf [B, H, T, D]``, in a new buffer of ``room`` positions.
+
+    The spare positions of ``buf`` are not copied.
+    """
+    out = buf.new_empty((idx.numel(), *buf.shape[1:-2], room, buf.shape[-1]))
+    torch.index_select(buf[..., :n, :], 0, idx, out=out[..., :n, :])
+    return out
 
 
 if DynamicLayer is not None:
@@ -81,8 +91,12 @@ if DynamicLayer is not None:
             self.keys, self.values = self._k[..., :need, :], self._v[..., :need, :]
             return self.keys, self.values
 
-        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-            """Rows follow ``beam_idx`` (repeat / drop allowed): one gather of each buffer."""
+        def reorder_cache(self, beam_idx: torch.LongTensor, room: Optional[int] = None) -> None:
+            """Rows follow ``beam_idx`` (repeat / drop allowed): one gather of each buffer.
+
+            ``room``: gather only the filled positions, into buffers with that many spare ones (a fork that
+            multiplies the rows and feeds few ids: copying the spare room ``k`` times costs more than the cache).
+            """
             n = self.get_seq_length()
             if n == 0:
                 return
@@ -90,7 +104,10 @@ if DynamicLayer is not None:
                 super().reorder_cache(beam_idx)
                 return
             idx = beam_idx.to(self._k.device)
-            self._k, self._v = self._k.index_select(0, idx), self._v.index_select(0, idx)
+            if room is None or self._k.requires_grad:  # out= does not record a gradient
+                self._k, self._v = self._k.index_select(0, idx), self._v.index_select(0, idx)
+            else:
+                self._k, self._v = (_gather_filled(buf, idx, n, n + room) for buf in (self._k, self._v))
             self.keys, self.values = self._k[..., :n, :], self._v[..., :n, :]
 
 else:  # pragma: no cover

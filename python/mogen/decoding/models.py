@@ -9,12 +9,13 @@ positions of one row by masking them out instead of cropping the whole batch.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any, Optional
 
 import torch
 
-from .kvcache import new_cache
+from .kvcache import GrowingLayer, new_cache
 from .windows import PositionWindows, position_windows, recurrent_only
 
 __all__ = ["LMRunner", "input_device", "output_device", "param_devices", "has_placement", "context_length",
@@ -137,6 +138,7 @@ class LMRunner:
         self._checked = False  # whether a forward showed that the model keeps its state in our cache
         self._mask_fed_only = recurrent_only(model)  # Mamba-like: the mask covers the ids fed, not the cache
         self.cache = new_cache(model)
+        self._hidden_runner: Optional[LMRunner] = None  # forward(hidden=True) of an output="logits" runner
 
     def window_by_position(self) -> None:
         """Apply sliding windows over position ids instead of cache columns (:mod:`mogen.decoding.windows`).
@@ -152,12 +154,37 @@ class LMRunner:
         self.cache = new_cache(self.model, keep_all=self._windows is not None)
         self._positions = None
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Row ``b`` of the cache becomes old row ``index[b]`` (rows may repeat or drop: beam selection)."""
-        if self.cache is not None:  # every cache layer skips the reorder while it is empty
+    def reorder(self, index: torch.Tensor, room: Optional[int] = None) -> None:
+        """Row ``b`` of the cache becomes old row ``index[b]`` (rows may repeat or drop: beam selection).
+
+        ``room``: in-place layers (:class:`~mogen.decoding.kvcache.GrowingLayer`) copy only their filled
+        positions and keep that many spare ones (a fork: see its ``reorder_cache``).
+        """
+        if self.cache is not None and room is not None and isinstance(getattr(self.cache, "layers", None), list):
+            idx = index.to(self.input_device)
+            for layer in self.cache.layers:
+                if GrowingLayer is not None and isinstance(layer, GrowingLayer):
+                    layer.reorder_cache(idx, room)
+                else:
+                    layer.reorder_cache(idx)
+        elif self.cache is not None:  # every cache layer skips the reorder while it is empty
             self.cache.reorder_cache(index.to(self.input_device))
         if self._positions is not None:
             self._positions = self._positions.index_select(0, index.to(self._positions.device))
+
+    def subset(self, index: torch.Tensor) -> "LMRunner":
+        """A runner over rows ``index [M]`` of this one's cache: a gathered copy, so feeding it leaves this
+        runner as it is (a few rows fed further than the rest of the batch)."""
+        out = copy.copy(self)
+        out.__dict__.pop("forward", None)  # an instance-level wrapper (a test's counter) would feed this runner
+        out.cache = new_cache(self.model, keep_all=True)  # every column: masks and windows are the caller's
+        idx = index.to(self.input_device)
+        for mine, theirs in zip(out.cache.layers, self.cache.layers):
+            if getattr(theirs, "is_initialized", False):
+                mine.update(theirs.keys.index_select(0, idx), theirs.values.index_select(0, idx))
+        if self._positions is not None:
+            out._positions = self._positions.index_select(0, index.to(self._positions.device))
+        return out
 
     def forward(
         self,
@@ -165,15 +192,24 @@ class LMRunner:
         attention_mask: Optional[torch.Tensor],
         position_ids: Optional[torch.Tensor],
         keep: int = 1,
+        hidden: bool = False,
     ) -> torch.Tensor:
         """Feed ``input_ids [B, n]`` after everything cached; return the last ``keep`` outputs.
 
         ``attention_mask`` is ``[B, cached + n]`` (1 = attend) or None for "no
         padding anywhere"; ``position_ids`` is ``[B, n]``. Returns logits
         ``[B, keep, V]`` sliced to the real vocabulary (``output="logits"``) or
-        hidden states ``[B, keep, H]`` (``output="hidden"``), on the model's
-        output device.
+        hidden states ``[B, keep, H]`` (``output="hidden"``, or ``hidden=True``:
+        the backbone only, whatever ``output`` is), on the model's output device.
         """
+        if hidden and self.output == "logits":
+            if self._hidden_runner is None:  # shares the cache: only the module called differs
+                self._hidden_runner = LMRunner(self.model, self.vocab_size, self.name, "hidden")
+            inner = self._hidden_runner
+            inner.cache, inner._positions, inner._windows = self.cache, self._positions, self._windows
+            out = inner.forward(input_ids, attention_mask, position_ids, keep)
+            self.cache, self._positions = inner.cache, inner._positions
+            return out
         dev = self.input_device
         kwargs: dict[str, Any] = {self._cache_kw: self.cache, "use_cache": True}
         if attention_mask is not None:

@@ -21,7 +21,7 @@ import torch
 
 from .. import ops
 
-__all__ = ["LogProb", "HeadValue", "HiddenValue", "TokenTally", "TokenScoreFn", "score_columns"]
+__all__ = ["LogProb", "HeadValue", "HiddenValue", "TokenTally", "TokenScoreFn", "score_columns", "score_rows"]
 
 #: ``fn(outputs [N, D], ids [N]) -> float64 [N]``: what a model gives token ``ids[n]`` from the output before it.
 TokenScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -41,6 +41,20 @@ def score_columns(fn: TokenScoreFn, before: torch.Tensor, ids: torch.Tensor, nee
     return out
 
 
+def score_rows(fn: TokenScoreFn, outputs: torch.Tensor, row_of: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """float64 ``[N]``: ``fn(outputs[row_of], ids)`` for ``outputs [M, D]`` shared by many of the ``N`` scores.
+
+    A score fn with an ``at_rows`` method (:class:`LogProb`) does the vocabulary-wide part once per output row
+    instead of once per score: ``B * k`` candidates of a step share ``B`` outputs.
+    """
+    if ids.numel() == 0:
+        return torch.zeros(0, dtype=torch.float64, device=outputs.device)
+    at_rows = getattr(fn, "at_rows", None)
+    if at_rows is not None:
+        return at_rows(outputs, row_of, ids)
+    return fn(outputs[row_of], ids)
+
+
 class LogProb:
     """``log_softmax(out / temperature)[id]`` in float64: a token's log-probability."""
 
@@ -50,6 +64,12 @@ class LogProb:
     def __call__(self, out: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         x = out.double() / self.temperature
         return x.gather(1, ids.unsqueeze(1)).squeeze(1) - torch.logsumexp(x, dim=-1)
+
+    def at_rows(self, out: torch.Tensor, row_of: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``self(out[row_of], ids)`` with one ``logsumexp`` per row of ``out [M, D]``, not per score."""
+        norm = torch.logsumexp(out.double() / self.temperature, dim=-1)
+        picked = out[row_of, ids].double() / self.temperature
+        return picked - norm[row_of]
 
 
 class HeadValue:

@@ -24,11 +24,16 @@ How (:class:`CandidateGroup`, one per guide tokenizer):
   token (:meth:`~mogen.decoding.crossguide.RetokenizingGroup.push_many`), and a
   retraction re-feeds the last kept id (the *anchor*) so ``A'[c]`` is scored
   from the output after ``A'[c - 1]``;
-- one forward per model scores all ``B * k`` copies at once;
+- one forward per model scores all ``B * k`` copies at once, on hidden
+  states, with the head only where a score needs it
+  (:mod:`mogen.decoding.textfork`); where padding every copy to the longest
+  feed would cost more, it feeds each copy's first id and the few copies with
+  more ids go on in small sub-forwards of their own (:meth:`CandidateGroup._fork_feed`);
 - *commit*: the token chosen for row ``b`` selects its copy, whose cache
   already holds the new ids: the step costs no second forward. A row whose
-  token was not a scored candidate (eos forced by a processor, a finished row)
-  gets its state from before the fork and reads the token normally.
+  token was not a scored candidate (eos forced by a processor, a finished row),
+  or whose copy went on in a sub-forward, gets its state from before the fork
+  and reads the token normally.
 
 A candidate without text of its own (a special token), or whose text ends
 inside a multi-byte character, is not forked: its term falls back to the
@@ -48,10 +53,16 @@ import torch
 from .crossguide import _FIRST, RetokenizingGroup
 from .retokenize import NO_EDIT, _kinds
 from .tally import TokenScoreFn, score_columns
+from .textfork import ForkOutputs, fork_score, head_of
 
 __all__ = ["CandidateGroup", "CandidateScores"]
 
 HOW = ("sum", "last")
+#: What a sub-forward of a fork costs beyond its ids, in ids of the main forward: a forward reads every weight
+#: whatever its rows, and its copy may be read again (about 15 ids' compute for a 0.5B model on 2 CPU cores,
+#: doubled for the re-read). A fork splits off its longer copies only when that saves more than this.
+SPLIT_COST = 32
+FORK_ROOM = 8  # spare cache positions of a fork's copies (a step feeds few ids; more re-buffer, still exact)
 
 
 @dataclass
@@ -74,6 +85,8 @@ class _Fork:
     retracted: list[int]
     scores: list[CandidateScores]
     before: dict[str, Any]
+    outs: Optional[list[ForkOutputs]] = None  # on hidden states (mogen.decoding.textfork): rows' _last not forked
+    whole: Optional[list[bool]] = None  # copies whose cache holds all their ids (None: all); only those are taken
 
 
 class CandidateGroup(RetokenizingGroup):
@@ -93,6 +106,8 @@ class CandidateGroup(RetokenizingGroup):
         self._request_keys: dict[tuple, int] = {}
         self._fork: Optional[_Fork] = None
         self._special = _kinds(base_tokenizer).textless
+        self._heads: Optional[list] = None  # per runner, what textfork.ForkOutputs applies (False: cannot)
+        self._whole: list[bool] = []  # per copy of the last fork on hidden states: its cache holds all its ids
         #: candidates scored on their text ("text"; "retracting": those that retract guide ids), and fallbacks
         #: to the map: "special" (no text), "partial" (text ends inside a character, or none), "no_new_id" (a
         #: value request whose candidate adds no guide id)
@@ -144,15 +159,26 @@ class CandidateGroup(RetokenizingGroup):
             self._settle(None)
         batch, k = host.shape
         before = self._snapshot()
-        RetokenizingGroup.reorder(self, torch.arange(batch).repeat_interleave(k))
+        lazy = self._lazy_heads()
+        if lazy is not None:  # the rows' last outputs stay [B, D]: ForkOutputs reads them per copy
+            self._last = []
+        # k copies of each row's cache: filled positions only, room for this step's first ids
+        RetokenizingGroup.reorder(self, torch.arange(batch).repeat_interleave(k), room=FORK_ROOM)
         feeds, anchors, read, retracted, new = self._read_candidates(host.reshape(-1).tolist())
+        if lazy is not None:
+            self._last = before["_last"]
         zeros = torch.zeros(batch, k, dtype=torch.float64, device=self.device)
         read_t = torch.tensor(read, dtype=torch.bool, device=self.device).view(batch, k)
         # Before any forward: a copy whose text adds no guide id has log-probability 0 and no last id.
         scores = [CandidateScores(zeros, read_t if how == "sum" else torch.zeros_like(read_t))
                   for _, _, how in self._requests]
+        fork_outs = None
         if any(feeds):
-            fed, outs = self._feed(feeds, anchors)
+            if lazy is not None:
+                fed, fork_outs = self._fork_feed(feeds, lazy, k)
+                outs: list = fork_outs
+            else:
+                fed, outs = self._feed(feeds, anchors)
             lengths = [len(f) for f in feeds]
             for req, score in zip(self._requests, scores):
                 values, valid = self._request_scores(req, fed, outs, lengths, new, anchors)
@@ -162,8 +188,74 @@ class CandidateGroup(RetokenizingGroup):
         for req, score in zip(self._requests, scores):
             if req[2] == "last":
                 self.counts["no_new_id"] += int((read_t & ~score.valid).sum())
-        self._fork = _Fork(host, read, retracted, scores, before)
+        self._fork = _Fork(host, read, retracted, scores, before,
+                           fork_outs if lazy is not None else None, self._whole if fork_outs is not None else None)
+        if lazy is not None and fork_outs is None:  # nothing fed: every copy keeps its row's last output
+            self._fork.outs = [ForkOutputs(last, last.new_zeros(batch * k, 0, 0), None, k,
+                                           torch.full((batch * k,), -1)) for last in self._last]
         return scores
+
+    def _lazy_heads(self) -> Optional[list]:
+        """Per runner its head for :class:`~mogen.decoding.textfork.ForkOutputs`, or None: fork with full
+        outputs (a head that is not plain linear, or scores tracked for chunk search)."""
+        if self._heads is None:
+            self._heads = [head_of(r) for r in self.runners]
+        if self._trackers or any(h is False for h in self._heads):
+            return None
+        return self._heads
+
+    def _fork_feed(self, feeds: list[list[int]], heads: list, k: int) -> tuple[torch.Tensor, list[ForkOutputs]]:
+        """Every copy's new ids through each model's backbone (the head waits: :mod:`mogen.decoding.textfork`).
+
+        One forward of all ``R`` copies feeds each its first id, in the group's cache, unless padding every
+        copy to the longest feed costs less (:data:`SPLIT_COST`): then it feeds every id. The copies with more
+        ids (a fifth, at ``width`` 5 in the benchmark's steps) go on in gathered copies of their cache rows
+        (:meth:`~mogen.decoding.models.LMRunner.subset`), which the step drops: such a copy is never taken
+        (:meth:`_settle`), its row reads the chosen token again. Returns the ids fed ``[R, width]`` (padded)
+        and per model its outputs.
+        """
+        width = max(len(f) for f in feeds)
+        extra = [r for r, f in enumerate(feeds) if len(f) > 1]
+        # Copies with one more id (mostly a retraction's anchor and one new id) apart from the rest: padding
+        # those to the longest feed would cost a forward of every one of them at the longest width.
+        buckets = [b for b in ([r for r in extra if len(feeds[r]) == 2], [r for r in extra if len(feeds[r]) > 2])
+                   if b]
+        split = sum(len(b) * (max(len(feeds[r]) for r in b) - 1) + SPLIT_COST for b in buckets)
+        if len(feeds) * width <= len(feeds) + split:  # padding is cheaper: one forward of every id
+            extra, buckets = [], []
+        ids, _, positions, _, fed = self._layout([f if not buckets else f[:1] for f in feeds])
+        for r in extra:
+            self._check_length(r, len(self._cols[r]) + len(feeds[r]) - 1)
+        all_ids = torch.full((len(feeds), width), self._pad_id, dtype=torch.long)
+        for r, f in enumerate(feeds):
+            all_ids[r, :len(f)] = torch.tensor(f, dtype=torch.long)
+        lengths = torch.tensor([len(f) for f in feeds])
+        last_col = torch.where(fed, lengths - 1, torch.full_like(lengths, -1)).to(self.device)
+        subs = [self._extra_inputs(b, feeds, all_ids, positions) for b in buckets]
+        outs = []
+        for runner, head, before in zip(self.runners, heads, self._last):
+            first = runner.forward(ids, self._mask, positions, keep=ids.shape[1], hidden=True).to(self.device)
+            hidden = first.new_zeros(len(feeds), width, first.shape[-1])
+            hidden[:, :first.shape[1]] = first
+            for rows, sub_ids, sub_mask, sub_pos in subs:
+                n = sub_ids.shape[1]
+                more = runner.subset(rows).forward(sub_ids, sub_mask, sub_pos, keep=n, hidden=True)
+                hidden[rows.to(self.device), 1:1 + n] = more.to(self.device)
+            outs.append(ForkOutputs(before, hidden, head, k, last_col))
+        self._whole = [len(f) <= 1 or not buckets for f in feeds]
+        return all_ids, outs
+
+    def _extra_inputs(self, extra: list[int], feeds: list[list[int]], all_ids: torch.Tensor,
+                      positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The copies ``extra`` that feed more than one id: their rows ``[M]``, later ids ``[M, n]`` (padded to
+        the longest), mask over their cache and the ``n`` new columns, and positions (after their first id's)."""
+        rows = torch.tensor(extra, dtype=torch.long)
+        later = all_ids[rows, 1:max(len(feeds[r]) for r in extra)]
+        new_mask = torch.zeros_like(later)
+        for m, r in enumerate(extra):
+            new_mask[m, : len(feeds[r]) - 1] = 1
+        steps = torch.arange(1, later.shape[1] + 1)
+        return rows, later, torch.cat([self._mask[rows], new_mask], dim=1), positions[rows, :1] + steps
 
     def _read_candidates(self, flat: list[int]) -> tuple[list[list[int]], list[Optional[int]], list[bool],
                                                          list[int], list[int]]:
@@ -185,14 +277,15 @@ class CandidateGroup(RetokenizingGroup):
             self.counts["retracting"] += retracted[r] > 0
         return feeds, anchors, read, retracted, new
 
-    def _request_scores(self, request: tuple[int, TokenScoreFn, str], fed: torch.Tensor, outs: list[torch.Tensor],
+    def _request_scores(self, request: tuple[int, TokenScoreFn, str], fed: torch.Tensor, outs: list,
                         lengths: list[int], new: list[int],
                         anchors: list[Optional[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """float64 ``[R]`` values of one request over the ``R`` copies, and bool ``[R]``: whether the copy has
         a last new id (what a ``"last"`` request needs).
 
-        ``outs[runner] [R, 1 + width, D]`` holds before fed id ``i`` the output at ``i``; the new ids are the
-        last ``new[r]`` of copy ``r``'s ``lengths[r]`` fed ids.
+        ``outs[runner] [R, 1 + width, D]`` holds before fed id ``i`` the output at ``i`` (or a
+        :class:`~mogen.decoding.textfork.ForkOutputs` that gives it); the new ids are the last ``new[r]`` of
+        copy ``r``'s ``lengths[r]`` fed ids.
         """
         runner, fn, how = request
         rows, width = fed.shape
@@ -207,7 +300,11 @@ class CandidateGroup(RetokenizingGroup):
                 needed[r, first:n] = True
             elif first < n:
                 needed[r, n - 1] = True
-        values = score_columns(fn, outs[runner][:, :-1], fed, needed).sum(dim=1)
+        out = outs[runner]
+        if isinstance(out, ForkOutputs):
+            values = fork_score(fn, out, fed, needed).sum(dim=1)
+        else:
+            values = score_columns(fn, out[:, :-1], fed, needed).sum(dim=1)
         return values, needed.any(dim=1).to(self.device)
 
     def push_many(self, tokens: Sequence[Sequence[int]], live: Sequence[Sequence[bool]]) -> None:
@@ -238,10 +335,16 @@ class CandidateGroup(RetokenizingGroup):
         taken: list[Optional[int]] = [None] * batch
         for b in range(batch):
             for j in range(k):
-                if chosen is not None and fork.read[b * k + j] and chosen[b] == int(fork.ids[b, j]):
+                whole = fork.whole is None or fork.whole[b * k + j]
+                if chosen is not None and fork.read[b * k + j] and whole and chosen[b] == int(fork.ids[b, j]):
                     taken[b] = j
                     break
-        RetokenizingGroup.reorder(self, torch.tensor([b * k + (j or 0) for b, j in enumerate(taken)]))
+        index = torch.tensor([b * k + (j or 0) for b, j in enumerate(taken)])
+        if fork.outs is not None:  # _last holds the rows before the fork: each row reads its copy's output
+            self._last = []
+        RetokenizingGroup.reorder(self, index)
+        if fork.outs is not None:
+            self._last = [o.last(index.to(self.device)) for o in fork.outs]
         self._restore(fork, taken)
         self.retracted = fork.before["retracted"] + sum(
             fork.retracted[b * k + j] for b, j in enumerate(taken) if j is not None)
