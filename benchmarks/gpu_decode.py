@@ -19,7 +19,6 @@ guided / base is compared with the design's goal: at most 1.35x.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -164,24 +163,10 @@ def device_line(device: torch.device) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--shapes", choices=sorted(SHAPES), default="full")
-    ap.add_argument("--no-write", action="store_true", help="print only; benchmarks/results/ is left alone")
-    args = ap.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("gpu_decode: --device cuda but torch sees no GPU (torch.cuda.is_available() is False)")
-        return 2
-    body = run(device, SHAPES[args.shapes])
-    print("\n".join(body))
-    if not args.no_write:
-        from results_file import write_results
+    from gpu_kernels import bench_main
 
-        path = write_results("gpu_decode", "## GPU decode step: 7B-shaped base, two 0.5B-shaped guide pairs", body,
-                             command=f"make gpu-check (benchmarks/gpu_decode.py --shapes {args.shapes})")
-        print("wrote", path)
-    return 0
+    return bench_main("gpu_decode", "## GPU decode step: 7B-shaped base, two 0.5B-shaped guide pairs", run, SHAPES,
+                      __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

@@ -301,25 +301,32 @@ def run(device: torch.device, shapes: KernelShapes) -> List[str]:
     return body
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def bench_main(stem: str, title: str, run: Callable, shapes: dict, description: str,
+               argv: Optional[List[str]]) -> int:
+    """The command line of a GPU benchmark: ``--device``, ``--shapes``, ``--no-write``; prints ``run``'s lines and
+    writes them to ``benchmarks/results/<stem>.md`` with the machine, commit and command."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--shapes", choices=sorted(SHAPES), default="full")
+    ap.add_argument("--shapes", choices=sorted(shapes), default="full")
     ap.add_argument("--no-write", action="store_true", help="print only; benchmarks/results/ is left alone")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("gpu_kernels: --device cuda but torch sees no GPU (torch.cuda.is_available() is False)")
+        print(f"{stem}: --device cuda but torch sees no GPU (torch.cuda.is_available() is False)")
         return 2
-    body = run(device, SHAPES[args.shapes])
+    body = run(device, shapes[args.shapes])
     print("\n".join(body))
     if not args.no_write:
         from results_file import write_results
 
-        path = write_results("gpu_kernels", "## GPU kernels: K1, K2, K3 against the HBM roofline", body,
-                             command=f"make gpu-check (benchmarks/gpu_kernels.py --shapes {args.shapes})")
+        path = write_results(stem, title, body, command=f"make gpu-check (benchmarks/{stem}.py --shapes {args.shapes})")
         print("wrote", path)
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return bench_main("gpu_kernels", "## GPU kernels: K1, K2, K3 against the HBM roofline", run, SHAPES,
+                      __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":
