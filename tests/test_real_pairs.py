@@ -37,7 +37,7 @@ from real_pairs import (
 )
 from real_tokenizers import NAMES, real_tokenizer
 from search_reference import reference_beam
-from tiny_models import pad_rows, proxy_guide, script_model, tiny_llama
+from tiny_models import nudge_model, pad_rows, proxy_guide, script_model, tiny_llama
 
 SEARCH_PAIRS = [("gpt-2", "llama-spm"), ("phi-3", "gpt-2"), ("gpt-2", "phi-3"), ("phi-3", "llama-spm")]
 SLOW_SEARCH_PAIRS = [("llama-spm", "llama-bpe"), ("starcoder", "falcon")]
@@ -285,20 +285,9 @@ def test_search_byte_fallback_base_whose_byte_run_turns_invalid(proposal):
               word("the"), byte(0x0A)]
     base = tiny_llama(len(bt), 0, **MODEL)
     guides = [proxy_guide(len(gt), 10, tokenizer=gt, **MODEL), proxy_guide(len(gt), 20, tokenizer=gt, **MODEL)]
-    bonus = torch.zeros(len(script), len(bt))
-    bonus[torch.arange(len(script)), torch.tensor(script)] = 20.0  # likely, not certain
-    calls = {"n": 0}
-
-    def hook(module, args, kwargs, out):  # forward k of the search draws token k
-        k = calls["n"]
-        calls["n"] += 1
-        if k < len(script):
-            out.logits[:, -1] += bonus[k]
-        return out
-
     rows = prompt_rows(bt, [11, 32])
     ids, mask = pad_rows(rows, 0)
-    handle = base.register_forward_hook(hook, with_kwargs=True)
+    handle = nudge_model(base, script, 20.0)  # forward k of the search draws token k, likely, not certain
     try:
         out = mogen.search(base, ids, mask, guides=guides, tokenizer=bt, weights=[1.0, -0.5], beam_width=2,
                            expansion=3, chunk_length=3, max_new_tokens=len(script), temperature=1.5,

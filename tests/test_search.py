@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from tiny_models import (
     byte_level_tokenizer,
     byte_token_ids,
     metaspace_tokenizer,
+    nudge_model,
     pad_rows,
     proxy_guide,
     tiny_llama,
@@ -98,19 +98,9 @@ def test_multibyte_characters_split_across_chunks(base, tok, proposal):
     prompts = _prompts(bl, ["the ca", "日"])
     ids, mask = pad_rows(prompts, PAD)
     script = byte_token_ids(bl, "t 日本🙂 naïve ok")
-    bonus = torch.zeros(len(script), len(bl))
-    bonus[torch.arange(len(script)), torch.tensor(script)] = 14.0  # likely, not certain: candidates may differ
-    calls = {"n": 0}
-
-    def hook(module, args, kwargs, out):  # forward k of the search chooses token k
-        k = calls["n"]
-        calls["n"] += 1
-        if k < len(script):
-            out.logits[:, -1] += bonus[k]
-        return out
-
     guides = [proxy_guide(len(ms), 30, tokenizer=ms), mogen.ValueGuide(value_llama(len(ms), 50), tokenizer=ms)]
-    handle = base.register_forward_hook(hook, with_kwargs=True)
+    # forward k of the search draws token k, likely, not certain: candidates may differ
+    handle = nudge_model(base, script, 14.0)
     try:
         out = mogen.search(base, ids, mask, guides=guides, tokenizer=bl, weights=[1.0, 0.5], beam_width=2,
                            expansion=3, chunk_length=3, max_new_tokens=len(script), temperature=1.5,

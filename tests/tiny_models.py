@@ -248,6 +248,24 @@ def script_model(model, scripts: Sequence[Sequence[int]]):
     return model.register_forward_hook(hook, with_kwargs=True)
 
 
+def nudge_model(model, script: Sequence[int], bonus: float):
+    """Make ``script[k]`` likely, not certain, at ``model``'s k-th forward call (prefill included), in every row.
+
+    A forward hook adds ``bonus`` to the scripted id's last logits of every row, however many rows a call has
+    (a search's candidates); calls past the script are left alone. Returns the hook handle.
+    """
+    state = {"call": 0}
+
+    def hook(module, args, kwargs, out):
+        k = state["call"]
+        state["call"] += 1
+        if k < len(script):
+            out.logits[:, -1, script[k]] += bonus
+        return out
+
+    return model.register_forward_hook(hook, with_kwargs=True)
+
+
 def value_llama(vocab_size: int, seed: int, *, scale: float = 4.0, **kw):
     """A random tiny Llama turned into a value model (full head kept, random values of spread ~``scale``)."""
     from mogen.value_format import make_value_model
