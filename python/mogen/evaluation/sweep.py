@@ -42,7 +42,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -51,6 +50,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import write_atomic
 from .config import MethodSpec, SweepConfig, load_sweep_config
 from .prompts import chat_prompts
 from .methods import _Models, build_decoder
@@ -118,10 +118,7 @@ def _read_point(path: Path, fingerprint: str, legacy: Optional[str], cfg: SweepC
 
 
 def _write_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data)))
 
 
 def point_file(folder: Path, method: str, mu: tuple, seed: int) -> Path:

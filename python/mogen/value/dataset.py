@@ -30,10 +30,11 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
+from ..atomic import write_atomic
 from ..provenance import command_line, commit
 from .data import Example, checked, open_reward, sample_responses
 
@@ -80,12 +81,6 @@ def shard_seed(seed: int, shard: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1  # a non-negative int64
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _pyarrow() -> Any:
     try:
         import pyarrow
@@ -100,10 +95,10 @@ def write_rows(path: Path, rows: Sequence[dict], format: str) -> None:
     """``rows`` to ``path`` as JSON lines or parquet, atomically (a temporary file renamed into place)."""
     if format == "jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     elif format == "parquet":
         pa = _pyarrow()
-        _write_atomic(path, lambda tmp: pa.parquet.write_table(pa.Table.from_pylist(list(rows)), tmp))
+        write_atomic(path, lambda tmp: pa.parquet.write_table(pa.Table.from_pylist(list(rows)), tmp))
     else:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
 
@@ -202,7 +197,7 @@ def sample_dataset(policy: Any, tokenizer: Any, prompts: Sequence[str], rewards:
     _check_resume(folder, meta)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     if not _meta_file(folder).exists():  # every rank may write it: the same text, renamed into place
-        _write_atomic(_meta_file(folder), lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+        write_atomic(_meta_file(folder), lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     openers = {name: open_reward(r, label="sample_dataset") for name, r in rewards.items()}  # fail before sampling
     rank, world = _rank_world(rank, world)
     mine = range(rank, meta["shards"], world)
