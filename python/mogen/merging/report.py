@@ -48,10 +48,12 @@ class RssTracker:
         self.baseline = (kb or 0) * 1024
 
     def peak(self) -> int:
+        """The region's peak, never below its baseline: the kernel's RSS counters are batched per
+        CPU, so a high-water mark read later can trail an RSS read earlier by a few pages."""
         kb = _status_kb("VmHWM")
         if kb is None:
             kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return kb * 1024
+        return max(kb * 1024, self.baseline)
 
 
 @dataclass
