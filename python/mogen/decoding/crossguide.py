@@ -41,9 +41,9 @@ from .models import LMRunner, RunnerRegistry, context_length
 from .retokenize import NO_EDIT, GuideTokenContext, IncrementalDetokenizer, TextEdit, compose
 from .tally import TokenScoreFn, score_columns
 
-__all__ = ["RetokenizingGroup", "TokenScoreFn"]
+__all__ = ["RetokenizingGroup", "TokenScoreFn", "FIRST_ANCHOR"]
 
-_FIRST = -1  # anchor value of a row whose first fed id is its first id (scored 0, as at prefill)
+FIRST_ANCHOR = -1  # anchor value of a row whose first fed id is its first id (scored 0, as at prefill)
 
 
 class RetokenizingGroup(RunnerRegistry):
@@ -211,7 +211,7 @@ class RetokenizingGroup(RunnerRegistry):
                 feed = [self.contexts[b].ids[len(cols) - retract - 1]] + feed
                 retract += 1
             else:
-                anchor = _FIRST  # every id retracted: the first new id has nothing before it
+                anchor = FIRST_ANCHOR  # every id retracted: the first new id has nothing before it
         for _ in range(retract):
             self._mask[b, cols.pop()] = 0
         self.retracted += retract
@@ -283,7 +283,7 @@ class RetokenizingGroup(RunnerRegistry):
         flat = score_columns(fn, out[:, :-1], ids, needed)
         for b, col in enumerate(anchors):
             if col is not None:
-                flat[b, 0] = 0.0 if col == _FIRST else self._contrib[slot][b, col]
+                flat[b, 0] = 0.0 if col == FIRST_ANCHOR else self._contrib[slot][b, col]
         return flat
 
     def output(self, index: int) -> torch.Tensor:

@@ -68,7 +68,8 @@ import re
 import weakref
 from typing import Any, NamedTuple, Optional, Sequence
 
-__all__ = ["IncrementalDetokenizer", "GuideTokenContext", "TextEdit", "compose", "window_mode", "special_prefix"]
+__all__ = ["IncrementalDetokenizer", "GuideTokenContext", "TextEdit", "compose", "window_mode", "special_prefix",
+           "token_kinds"]
 
 _REPLACEMENT = "\ufffd"
 
@@ -137,7 +138,9 @@ class _TokenKinds:
 _KINDS_CACHE: "weakref.WeakKeyDictionary[Any, _TokenKinds]" = weakref.WeakKeyDictionary()
 
 
-def _kinds(tokenizer: Any) -> _TokenKinds:
+def token_kinds(tokenizer: Any) -> _TokenKinds:
+    """The token kinds of ``tokenizer``, computed once per tokenizer (shared by every detokenizer and the text
+    candidates, which must agree on what is special)."""
     try:
         return _KINDS_CACHE[tokenizer]
     except (KeyError, TypeError):
@@ -244,7 +247,7 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], context: int = 4) -> None:
         self._tok = tokenizer
-        self._kinds = _kinds(tokenizer)
+        self._kinds = token_kinds(tokenizer)
         ids = [int(i) for i in prompt_ids]
         # A UTF-8 character spans at most 4 byte tokens: look that far back for
         # the end of the last complete character.
@@ -327,7 +330,7 @@ class GuideTokenContext:
         if self.mode not in ("keep", "drop", "full"):
             raise ValueError(f"mode must be 'keep', 'drop' or 'full', got {mode!r}")
         self.max_lookbehind = int(max_lookbehind)
-        self._kinds = _kinds(tokenizer)
+        self._kinds = token_kinds(tokenizer)
         self.prefix: list[int] = special_prefix(tokenizer)
         self.text = text
         if self.mode == "full":

@@ -50,8 +50,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .crossguide import _FIRST, RetokenizingGroup
-from .retokenize import NO_EDIT, _kinds
+from .crossguide import FIRST_ANCHOR, RetokenizingGroup
+from .retokenize import NO_EDIT, token_kinds
 from .tally import TokenScoreFn, score_columns
 from .textfork import ForkOutputs, fork_score, head_of
 
@@ -105,7 +105,7 @@ class CandidateGroup(RetokenizingGroup):
         self._requests: list[tuple[int, TokenScoreFn, str]] = []
         self._request_keys: dict[tuple, int] = {}
         self._fork: Optional[_Fork] = None
-        self._special = _kinds(base_tokenizer).textless
+        self._special = token_kinds(base_tokenizer).textless
         self._heads: Optional[list] = None  # per runner, what textfork.ForkOutputs applies (False: cannot)
         self._whole: list[bool] = []  # per copy of the last fork on hidden states: its cache holds all its ids
         #: candidates scored on their text ("text"; "retracting": those that retract guide ids), and fallbacks
@@ -294,7 +294,7 @@ class CandidateGroup(RetokenizingGroup):
             if m == 0:
                 continue
             first = n - m
-            if first == 0 and anchors[r] == _FIRST:
+            if first == 0 and anchors[r] == FIRST_ANCHOR:
                 first = 1  # the guide's first id: nothing before it scores it (0, as at prefill)
             if how == "sum":
                 needed[r, first:n] = True
