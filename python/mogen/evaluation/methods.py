@@ -25,7 +25,8 @@ from ..decoding.loading import FolderCache
 from ..dtypes import torch_dtype
 from ..mage import MAGE, VARIANTS, MAGEConfig
 from ..merging import merge_into
-from .config import MethodSpec, SweepConfig
+from .config import SweepConfig
+from .method_specs import MethodSpec
 
 __all__ = ["Decoder", "build_decoder"]
 

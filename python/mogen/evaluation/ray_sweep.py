@@ -36,7 +36,8 @@ from typing import Any, Callable, Union
 import torch
 from tqdm.auto import tqdm
 
-from .config import MethodSpec, SweepConfig
+from .config import SweepConfig
+from .method_specs import MethodSpec
 from .methods import _Models, build_decoder
 from .resources import RESOURCE_DEFAULTS
 from .sweep import Pending, _decode_point, method_tokenizer

@@ -36,10 +36,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 from ..configs import ConfigError, key_path, parse
 from ..value.data import Reward, checked
 from .reward_models import RewardModel, RewardModelEntry, check_finite, check_reward_model, check_scale
+from .schema import LABEL
 
 __all__ = ["RewardSpec", "FunctionEntry", "RewardModelEntry", "parse_reward", "import_reward"]
-
-_LABEL = "sweep config"
 
 
 @dataclass
@@ -55,14 +54,14 @@ class FunctionEntry:
 def import_reward(spec: str, path: str = "rewards") -> Reward:
     """``module:function`` as ``reward(prompt, response) -> float`` (a one-argument function gets the response)."""
     if not isinstance(spec, str) or spec.count(":") != 1:
-        raise ConfigError(path, f"a reward must be 'module:function', got {spec!r}", label=_LABEL)
+        raise ConfigError(path, f"a reward must be 'module:function', got {spec!r}", label=LABEL)
     module, name = spec.split(":")
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(path, f"cannot import reward {spec!r}: {exc}", label=_LABEL) from None
+        raise ConfigError(path, f"cannot import reward {spec!r}: {exc}", label=LABEL) from None
     if not callable(fn):
-        raise ConfigError(path, f"reward {spec!r} is not callable", label=_LABEL)
+        raise ConfigError(path, f"reward {spec!r} is not callable", label=LABEL)
     try:
         takes_one = len([p for p in inspect.signature(fn).parameters.values()
                          if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) == 1

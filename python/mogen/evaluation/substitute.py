@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
 from ..configs import ConfigError, config_errors, key_path, parse, unknown_keys
-from .config import MODEL_LIST_KEYS, MODEL_PATH_KEYS, SweepFile, read_yaml
+from .config import read_yaml
+from .schema import MODEL_LIST_KEYS, MODEL_PATH_KEYS, SweepFile
 
 __all__ = ["SubstituteFile", "Substitution", "apply_substitutes", "config_paths"]
 

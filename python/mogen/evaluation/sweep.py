@@ -51,7 +51,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import write_atomic
-from .config import MethodSpec, SweepConfig, load_sweep_config
+from .config import SweepConfig, load_sweep_config
+from .method_specs import MethodSpec
 from .prompts import chat_prompts
 from .methods import _Models, build_decoder
 from .report import write_reports
