@@ -154,7 +154,7 @@ def test_ray_flag_without_ray_names_the_extra(setup, monkeypatch, capsys):
     path.write_text(yaml.safe_dump(dict(cfg, output="noray")))
     assert cli.main(["sweep", "--config", str(path), "--ray", "--quiet"]) == 2
     assert "needs the `ray` package, in mogen's `ray` extra: pip install 'mogen[ray]'" in capsys.readouterr().err
-    with pytest.raises(RuntimeError, match=r"pip install 'mogen\[ray\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'mogen\[ray\]'"):
         run_sweep(dict(cfg, output="noray"), root=root, progress=False, ray="auto")
     assert not (root / "noray").exists()  # said before any work
 

@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
+from .._optional import MissingDependency
 from . import decode, demo, merge, sweep, system, value
 
 
@@ -28,7 +29,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, MissingDependency) as exc:
         if args.command not in ("decode", "search", "sweep", "merge", "value") or getattr(args, "debug", False):
             raise
         print(f"mogen {args.command}: error: {_one_line(exc)}", file=sys.stderr)

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from .._optional import missing
 from ..dtypes import torch_dtype
 
 PathLike = Union[str, os.PathLike]
@@ -70,8 +71,8 @@ def load_causal_lm(path: PathLike, *, dtype: Optional[torch.dtype] = None, devic
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except ImportError as exc:
-        if device_map:
-            raise RuntimeError(f"--device-map needs the `accelerate` package ({exc})") from exc
+        if device_map:  # transformers places the layers with accelerate
+            raise missing("accelerate", "multi-gpu", "--device-map", exc) from exc
         raise
     if not device_map and device is not None:
         model = model.to(device)

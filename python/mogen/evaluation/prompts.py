@@ -37,6 +37,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from .._optional import MissingDependency, require
 from ..configs import ConfigError, check_positive
 
 __all__ = ["PromptSource", "read_prompts", "chat_prompts", "check_chat_template", "DATA_FORMATS", "DEFAULT_FIELD"]
@@ -68,11 +69,9 @@ def _lines(file: Path, key: str) -> list[str]:
 
 def _datasets(file: Path) -> Any:
     try:
-        import datasets
-    except ImportError:
-        raise ConfigError("prompts.path", f"reading {str(file)!r} needs the `datasets` package, in mogen's `data` "
-                                          "extra: pip install 'mogen[data]'") from None
-    return datasets
+        return require("datasets", "data", f"reading {str(file)!r}")
+    except MissingDependency as exc:  # a config error: it names the key (prompts.path) and the file
+        raise ConfigError("prompts.path", str(exc)) from None
 
 
 def _load(file: Path, split: Optional[str]) -> Any:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Union
 import torch
 from tqdm.auto import tqdm
 
+from .._optional import require
 from .config import SweepConfig
 from .method_specs import MethodSpec
 from .methods import _Models, build_decoder
@@ -57,13 +58,8 @@ class PointsFailed(RuntimeError):
 
 
 def import_ray() -> Any:
-    """The ``ray`` module; a RuntimeError naming the extra that brings it when it is not installed."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise RuntimeError(f"sweep --ray needs the `ray` package, in mogen's `ray` extra: pip install 'mogen[ray]' "
-                           f"({exc})") from None
-    return ray
+    """The ``ray`` module; a :class:`~mogen._optional.MissingDependency` naming its extra when it is missing."""
+    return require("ray", "ray", "sweep --ray")
 
 
 class _MethodWorker:

@@ -34,6 +34,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
+from .._optional import require
 from ..atomic import write_atomic
 from ..provenance import command_line, commit
 from .data import Example, checked, open_reward, sample_responses
@@ -82,12 +83,10 @@ def shard_seed(seed: int, shard: int) -> int:
 
 
 def _pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise ImportError("format parquet needs pyarrow, which pip install 'mogen[train]' brings (with datasets); "
-                          "or use format jsonl") from None
+    """``pyarrow`` with its ``parquet`` module loaded (``import pyarrow`` alone does not load it)."""
+    require("pyarrow.parquet", "train", "format parquet", instead="use format jsonl")  # datasets brings pyarrow
+    import pyarrow
+
     return pyarrow
 
 

@@ -38,6 +38,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from .._optional import require
 from ..decoding.loading import load_causal_lm
 from ..numerics import REWARD_STD_MIN
 from ..value_format import make_value_model
@@ -255,12 +256,12 @@ def fit_examples(model: Union[str, Path, Any], tokenizer: Any, train: Sequence[E
 
 
 def trainer_module() -> Any:
-    """:mod:`mogen.value.trainer`, or an ImportError naming the extra that brings what it needs."""
-    try:
-        from . import trainer
-    except ImportError as exc:
-        raise ImportError(f"value training runs on transformers' Trainer, which needs the `accelerate` package "
-                          f"({exc}): pip install 'mogen[train]'") from exc
+    """:mod:`mogen.value.trainer`; a :class:`~mogen._optional.MissingDependency` naming the extra that brings
+    `accelerate` when it is missing (transformers' Trainer needs it, but says so only when the training
+    arguments are made)."""
+    require("accelerate", "train", "value training (transformers' Trainer)")
+    from . import trainer
+
     return trainer
 
 
