@@ -46,7 +46,6 @@ from tiny_models import (
     byte_level_tokenizer,
     left_pad,
     metaspace_tokenizer,
-    reference_greedy,
     reference_greedy_cross,
     reference_greedy_guided,
 )
