@@ -29,11 +29,11 @@ def attempts(folder: Path) -> list:
 
 
 def _wrap(ray_sweep) -> None:
-    """Wraps ``ray_sweep._decode_point`` with the faults of the module docstring."""
+    """Wraps ``ray_sweep.decode_point`` with the faults of the module docstring."""
     import torch
 
     folder = Path(os.environ["MOGEN_TEST_FAULTS"])
-    real = ray_sweep._decode_point
+    real = ray_sweep.decode_point
 
     def decode(decoder, tok, cfg, mu, seed, device="cpu"):
         key = point_key(cfg.methods[0].name, mu[0], seed)
@@ -48,7 +48,7 @@ def _wrap(ray_sweep) -> None:
             return point
         os._exit(1)  # a real process death, its point decoded and lost
 
-    ray_sweep._decode_point = decode
+    ray_sweep.decode_point = decode
 
 
 class _WrapOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -75,6 +75,6 @@ class _WrapOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def install() -> None:
-    """The setup hook: wraps ``mogen.evaluation.ray_sweep._decode_point`` in this worker once it is imported."""
+    """The setup hook: wraps ``mogen.evaluation.ray_sweep.decode_point`` in this worker once it is imported."""
     if os.environ.get("MOGEN_TEST_FAULTS"):
         sys.meta_path.insert(0, _WrapOnImport())

@@ -9,7 +9,7 @@ import torch
 
 from mogen import dtypes
 from mogen.decoding.loading import parse_dtype as decode_dtype
-from mogen.evaluation.methods import _Models
+from mogen.evaluation.methods import SweepModels
 from mogen.merging.io import parse_dtype as merge_dtype
 
 from tiny_models import tiny_llama
@@ -51,7 +51,7 @@ def test_errors_name_the_argument(bad):
 def test_sweep_models_dtype_accepts_aliases(tmp_path):
     # `dtype: bf16` in a sweep config used to fail with AttributeError (getattr(torch, "bf16")).
     tiny_llama(16, 0).save_pretrained(tmp_path / "m")
-    model = _Models(SimpleNamespace(models={"dtype": "bf16"})).load(tmp_path / "m")
+    model = SweepModels(SimpleNamespace(models={"dtype": "bf16"})).load(tmp_path / "m")
     assert next(model.parameters()).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="sweep config: models.dtype must be one of"):
-        _Models(SimpleNamespace(models={"dtype": "int4"})).load(tmp_path / "m")
+        SweepModels(SimpleNamespace(models={"dtype": "int4"})).load(tmp_path / "m")

@@ -310,11 +310,11 @@ def test_base_tokenizer_without_pad_token(setup):
 
 def test_mage_methods_load_in_the_sweeps_dtype(setup):
     """models.dtype reaches MAGE (Bone Soup and every MAGE variant load their base and guides in it)."""
-    from mogen.evaluation.methods import _Models, build_decoder
+    from mogen.evaluation.methods import SweepModels, build_decoder
 
     root, cfg = setup
     loaded = load_sweep_config(dict(cfg, models={**cfg["models"], "dtype": "bf16"}), root)
-    models = _Models(loaded)
+    models = SweepModels(loaded)
     for spec in loaded.methods:
         if spec.kind in ("bone_soup", "mage"):
             mage = build_decoder(spec, models).mage

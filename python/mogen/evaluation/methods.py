@@ -28,7 +28,7 @@ from ..merging import merge_into
 from .config import SweepConfig
 from .method_specs import MethodSpec
 
-__all__ = ["Decoder", "build_decoder"]
+__all__ = ["Decoder", "SweepModels", "build_decoder"]
 
 Decode = Callable[[torch.Tensor, torch.Tensor, tuple, dict], torch.Tensor]
 
@@ -42,7 +42,7 @@ class Decoder:
         self.mage = mage
 
 
-class _Models:
+class SweepModels:
     """Folders loaded once per sweep, shared by the methods that read them."""
 
     def __init__(self, cfg: SweepConfig) -> None:
@@ -89,7 +89,7 @@ def _generate(base: Any, tok: Any, guides: list, weights: Any, beta: float = 1.0
     return decode
 
 
-def _rewarded_soup(models: _Models, spec: MethodSpec, tok: Any) -> Decode:
+def _rewarded_soup(models: SweepModels, spec: MethodSpec, tok: Any) -> Decode:
     policies = models.need("policies", spec.name)
     live = models.load(policies[0], fresh=True)
     state = {"mu": None}
@@ -103,7 +103,7 @@ def _rewarded_soup(models: _Models, spec: MethodSpec, tok: Any) -> Decode:
     return decode
 
 
-def _proxies(models: _Models, name: str, params: dict) -> list:
+def _proxies(models: SweepModels, name: str, params: dict) -> list:
     """The experts with their reference; ``cross_vocab`` / ``text_top_k`` from the method's parameters when the
     guides have their own tokenizer (ignored otherwise: they then read the base's ids)."""
     experts = models.need("experts", name)
@@ -114,7 +114,7 @@ def _proxies(models: _Models, name: str, params: dict) -> list:
     return [ProxyGuide(models.load(e), ref, tokenizer=gtok, **extra) for e in experts]
 
 
-def mage_config(models: _Models, spec: MethodSpec) -> MAGEConfig:
+def mage_config(models: SweepModels, spec: MethodSpec) -> MAGEConfig:
     """The :class:`~mogen.mage.MAGEConfig` of a ``mage`` or ``bone_soup`` method: its parameters over the
     models' defaults (bone_beta, alpha, sft; expert_beta and expert_alpha for the proxy variants)."""
     p = {"variant": "none", **spec.params}
@@ -125,7 +125,7 @@ def mage_config(models: _Models, spec: MethodSpec) -> MAGEConfig:
         return MAGEConfig.parse({**defaults, **p})
 
 
-def _mage(models: _Models, spec: MethodSpec, tok: Any) -> Decoder:
+def _mage(models: SweepModels, spec: MethodSpec, tok: Any) -> Decoder:
     cfg = mage_config(models, spec)
     guide = VARIANTS[cfg.variant].guide
     extra: dict = {}
@@ -140,7 +140,7 @@ def _mage(models: _Models, spec: MethodSpec, tok: Any) -> Decoder:
     return Decoder(lambda ids, mask, mu, kwargs: mage.generate(ids, mask, preference=list(mu), **kwargs), mage)
 
 
-def build_decoder(spec: MethodSpec, models: _Models) -> Decoder:
+def build_decoder(spec: MethodSpec, models: SweepModels) -> Decoder:
     """The decoder of one method (models loaded on first use, shared across methods)."""
     tok = models.tokenizer(models.need("tokenizer", spec.name))
     kind, p = spec.kind, spec.params

@@ -39,9 +39,9 @@ from tqdm.auto import tqdm
 from .._optional import require
 from .config import SweepConfig
 from .method_specs import MethodSpec
-from .methods import _Models, build_decoder
+from .methods import SweepModels, build_decoder
 from .resources import RESOURCE_DEFAULTS
-from .sweep import Pending, _decode_point, method_tokenizer
+from .sweep import Pending, decode_point, method_tokenizer
 
 __all__ = ["decode_on_ray", "import_ray", "PointsFailed"]
 
@@ -69,13 +69,13 @@ class _MethodWorker:
         # Ray sets OMP_NUM_THREADS to the reserved CPUs (1 when fewer): the config's count, not Ray's, decides.
         torch.set_num_threads(threads)
         self.cfg = cfg
-        self.models = _Models(cfg)
+        self.models = SweepModels(cfg)
         self.decoder = build_decoder(method, self.models)
         self.tok = method_tokenizer(self.models, method)
 
     def decode(self, mu: tuple, seed: int) -> dict:
         """The point of this method at preference ``mu`` decoded with ``seed`` (the serial run's)."""
-        return _decode_point(self.decoder, self.tok, self.cfg, mu, seed, self.models.device)
+        return decode_point(self.decoder, self.tok, self.cfg, mu, seed, self.models.device)
 
     def pid(self) -> int:
         """This actor's process id; the driver calls it to learn that a restarted actor is back."""

@@ -54,10 +54,11 @@ from ..atomic import write_atomic
 from .config import SweepConfig, load_sweep_config
 from .method_specs import MethodSpec
 from .prompts import chat_prompts
-from .methods import _Models, build_decoder
+from .methods import SweepModels, build_decoder
 from .report import write_reports
 
-__all__ = ["run_sweep", "SweepResult", "Pending", "point_file", "store_point", "method_tokenizer", "preferences"]
+__all__ = ["run_sweep", "SweepResult", "Pending", "point_file", "store_point", "method_tokenizer", "decode_point",
+           "preferences"]
 
 
 class SweepResult:
@@ -149,7 +150,7 @@ def _encode(tok: Any, texts: list, pad: int, special: bool) -> tuple[torch.Tenso
     return ids, mask
 
 
-def _decode_point(decoder: Any, tok: Any, cfg: SweepConfig, mu: tuple, seed: int, device: Any = "cpu") -> dict:
+def decode_point(decoder: Any, tok: Any, cfg: SweepConfig, mu: tuple, seed: int, device: Any = "cpu") -> dict:
     settings = dict(cfg.decoding)
     settings.pop("seed", None)
     batch = settings.pop("batch_size", 64)
@@ -277,14 +278,14 @@ def store_point(folder: Path, points: dict, item: Pending, point: dict) -> None:
     points[path] = point
 
 
-def method_tokenizer(models: _Models, method: MethodSpec) -> Any:
+def method_tokenizer(models: SweepModels, method: MethodSpec) -> Any:
     """The base tokenizer a method's prompts are encoded with (left padding)."""
     tok = models.tokenizer(models.need("tokenizer", method.name))
     tok.padding_side = "left"
     return tok
 
 
-def _decode_here(cfg: SweepConfig, models: _Models, todo: list, store: Callable, progress: bool) -> None:
+def _decode_here(cfg: SweepConfig, models: SweepModels, todo: list, store: Callable, progress: bool) -> None:
     """Decodes ``todo`` in this process, one method's models at a time."""
     bar = tqdm(total=len(todo), desc="sweep", disable=not progress or not todo)
     decoders: dict = {}
@@ -297,7 +298,7 @@ def _decode_here(cfg: SweepConfig, models: _Models, todo: list, store: Callable,
             _free_memory()
             decoders[method.name] = build_decoder(method, models)
         bar.set_postfix_str(f"{method.name} {list(item.mu)} seed {item.seed}")
-        store(item, _decode_point(decoders[method.name], method_tokenizer(models, method), cfg, item.mu,
+        store(item, decode_point(decoders[method.name], method_tokenizer(models, method), cfg, item.mu,
                                   item.seed, models.device))
         bar.update(1)
     bar.close()
@@ -328,7 +329,7 @@ def run_sweep(config: Any, *, progress: bool = True, root: Optional[Path] = None
     folder = Path(cfg.output)
     points, todo = _plan(cfg, folder)
     skipped = len(points)
-    models = _Models(cfg)
+    models = SweepModels(cfg)
     device, dtype = models.device, models.dtype
 
     def store(item: Pending, point: dict) -> None:
