@@ -3,7 +3,7 @@
 The three config readers (merge configs, :mod:`mogen.merging.schema`; sweep configs,
 :mod:`mogen.evaluation.config`; MAGE, :class:`mogen.mage.MAGEConfig`) describe their keys as
 dataclasses and read them with :func:`parse`: unknown keys are refused, scalars and lists are
-type-checked against the field annotations (``int``, ``float``, ``bool``, ``str``, ``Optional``,
+type-checked_field against the field annotations (``int``, ``float``, ``bool``, ``str``, ``Optional``,
 ``Union``, ``list[...]``, ``dict``, ``Any``, nested dataclasses), and a field's ``metadata["check"]``
 (``check(value, path)``) checks its value. Every failure is a :class:`ConfigError` whose text is
 ``<file>: <key.path[1].sub>: <message>`` (a label such as ``merge config`` stands in for the file
@@ -17,8 +17,8 @@ import typing
 from contextlib import contextmanager
 from typing import Any, Optional, Union
 
-__all__ = ["ConfigError", "parse", "to_dict", "key_path", "config_errors", "unknown_keys", "check_type",
-           "check_dtype", "check_positive"]
+__all__ = ["ConfigError", "checked_field", "parse", "to_dict", "key_path", "config_errors", "unknown_keys",
+           "check_type", "check_dtype", "check_positive"]
 
 
 class ConfigError(ValueError):
@@ -73,6 +73,11 @@ def check_dtype(value: Any, path: str) -> None:
             raise ConfigError(path, str(exc)) from None
 
 
+def checked_field(check: Any, default: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field whose value :func:`parse` checks with ``check(value, path)`` (no default: required)."""
+    return dataclasses.field(default=default, metadata={"check": check})
+
+
 def check_positive(value: Any, path: str) -> None:
     """A field check: ``value`` is None or an int >= 1."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -92,7 +97,7 @@ def _name(tp: Any) -> str:
 
 
 def check_type(value: Any, tp: Any, path: str) -> Any:
-    """``value`` checked against annotation ``tp`` (ints pass as floats; bools never as numbers)."""
+    """``value`` checked_field against annotation ``tp`` (ints pass as floats; bools never as numbers)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return value
@@ -127,7 +132,7 @@ def check_type(value: Any, tp: Any, path: str) -> Any:
 
 
 def parse(cls: type, data: Any, path: str = "", file: Any = None) -> Any:
-    """An instance of dataclass ``cls`` from mapping ``data``, checked key by key."""
+    """An instance of dataclass ``cls`` from mapping ``data``, checked_field key by key."""
     if not isinstance(data, dict):
         raise ConfigError(path, f"expected a mapping, got {data!r}", file)
     with config_errors(file):

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from .configs import ConfigError, config_errors, parse
+from .configs import ConfigError, checked_field, config_errors, parse
 from .decoding import ProxyGuide, ValueGuide, generate, search
 from .decoding.checks import check_prompt
 from .decoding.guides import CROSS_VOCAB
@@ -101,7 +101,7 @@ def _positive(value: Optional[int], path: str) -> None:
 
 
 def _num(default: float) -> Any:
-    return field(default=default, metadata={"check": _finite})
+    return checked_field(_finite, default)
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class MAGEConfig:
     """What :class:`MAGE` does besides its folders, tokenizer, dtype and device; the sweep's ``mage``
     method kind reads the same keys (all but ``sft``, which the sweep takes from ``models``)."""
 
-    variant: str = field(default="E-M", metadata={"check": _variant})
+    variant: str = checked_field(_variant, "E-M")
     bone_beta: float = _num(0.8)
     alpha: float = _num(0.0)
     sft: Optional[Union[str, Path]] = None
@@ -117,19 +117,19 @@ class MAGEConfig:
     expert_alpha: float = _num(0.0)
     beta: float = _num(1.0)
     gamma: float = _num(1.0)
-    value_top_k: Optional[int] = field(default=None, metadata={"check": _positive})
-    cross_vocab: str = field(default="map", metadata={"check": _cross_vocab})
-    text_top_k: Optional[int] = field(default=None, metadata={"check": _positive})
+    value_top_k: Optional[int] = checked_field(_positive, None)
+    cross_vocab: str = checked_field(_cross_vocab, "map")
+    text_top_k: Optional[int] = checked_field(_positive, None)
     search: Optional[dict] = None
 
     @classmethod
     def parse(cls, data: dict, path: str = "", file: Any = None, label: str = "MAGE config") -> "MAGEConfig":
-        """A checked config from a mapping (errors name ``path.key``)."""
+        """A checked_field config from a mapping (errors name ``path.key``)."""
         with config_errors(file, label):
             return parse(cls, data, path)
 
     def replace(self, **changes: Any) -> "MAGEConfig":
-        """This config with ``changes``, checked."""
+        """This config with ``changes``, checked_field."""
         return MAGEConfig.parse({**asdict(self), **changes})
 
 
@@ -237,7 +237,7 @@ class MAGE:
 
     @staticmethod
     def _config(config: Optional[MAGEConfig], options: dict) -> MAGEConfig:
-        """``config`` (default: the defaults) with the keyword ``options`` (its fields) applied, checked."""
+        """``config`` (default: the defaults) with the keyword ``options`` (its fields) applied, checked_field."""
         unknown = sorted(set(options) - set(MAGEConfig.__dataclass_fields__))
         if unknown:
             raise TypeError(f"MAGE() got unexpected keyword argument(s) {unknown}")

@@ -30,7 +30,6 @@ structured file names the ``data`` extra).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -38,7 +37,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from .._optional import MissingDependency, require
-from ..configs import ConfigError, check_positive
+from ..configs import ConfigError, checked_field, check_positive
 
 __all__ = ["PromptSource", "read_prompts", "chat_prompts", "check_chat_template", "DATA_FORMATS", "DEFAULT_FIELD"]
 
@@ -55,7 +54,7 @@ class PromptSource:
     path: str
     field: Optional[str] = None
     split: Optional[str] = None
-    limit: Optional[int] = dataclasses.field(default=None, metadata={"check": check_positive})
+    limit: Optional[int] = checked_field(check_positive, None)
     shuffle_seed: Optional[int] = None
     chat_template: bool = False
 
@@ -138,7 +137,7 @@ def _from_source(src: PromptSource, base_dir: Path) -> list[str]:
 
 
 def read_prompts(raw: Union[str, Sequence[str], PromptSource], base_dir: Union[str, Path] = ".") -> list[str]:
-    """The prompts of a checked ``prompts`` value (paths relative to ``base_dir``)."""
+    """The prompts of a checked_field ``prompts`` value (paths relative to ``base_dir``)."""
     base_dir = Path(base_dir)
     if isinstance(raw, PromptSource):
         prompts = _from_source(raw, base_dir)

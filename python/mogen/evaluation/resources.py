@@ -21,10 +21,10 @@ not part of a point's fingerprint.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..configs import ConfigError, check_positive, parse, to_dict
+from ..configs import ConfigError, checked_field, check_positive, parse, to_dict
 
 __all__ = ["Resources", "parse_resources", "DEFAULT_RETRIES", "RESOURCE_DEFAULTS"]
 
@@ -46,11 +46,11 @@ def _check_amount(value: Optional[float], path: str) -> None:
 
 
 def _amount() -> Any:
-    return field(default=None, metadata={"check": _check_amount})
+    return checked_field(_check_amount, None)
 
 
 def _positive() -> Any:
-    return field(default=None, metadata={"check": check_positive})
+    return checked_field(check_positive, None)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Resources:
 
 
 def parse_resources(raw: Any, where: str) -> dict:
-    """The keys set in the ``resources`` mapping ``raw`` at key path ``where``, checked."""
+    """The keys set in the ``resources`` mapping ``raw`` at key path ``where``, checked_field."""
     if raw is None:
         return {}
     return to_dict(parse(Resources, raw, where))

@@ -29,14 +29,14 @@ before anything is decoded; each error names the config file and the key path.
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
 
-from ..configs import ConfigError, check_positive, key_path
+from ..configs import ConfigError, checked_field, check_positive, key_path
 
 __all__ = ["RewardModel", "RewardModelEntry", "check_reward_model", "check_template", "DEFAULT_TEMPLATE",
            "CHAT_TEMPLATE"]
@@ -66,11 +66,11 @@ class RewardModelEntry:
 
     model: str
     label: int = 0
-    batch_size: int = field(default=16, metadata={"check": check_positive})
-    max_length: int = field(default=512, metadata={"check": check_positive})
+    batch_size: int = checked_field(check_positive, 16)
+    max_length: int = checked_field(check_positive, 512)
     template: str = DEFAULT_TEMPLATE
-    offset: float = field(default=0.0, metadata={"check": check_finite})
-    scale: float = field(default=1.0, metadata={"check": check_scale})
+    offset: float = checked_field(check_finite, 0.0)
+    scale: float = checked_field(check_scale, 1.0)
     name: Optional[str] = None
 
 

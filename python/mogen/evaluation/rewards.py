@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-from ..configs import ConfigError, key_path, parse
+from ..configs import ConfigError, checked_field, key_path, parse
 from ..value.data import Reward, checked
 from .reward_models import RewardModel, RewardModelEntry, check_finite, check_reward_model, check_scale
 from .schema import LABEL
@@ -46,8 +46,8 @@ class FunctionEntry:
     """A reward entry naming a function, with its normalisation."""
 
     function: str
-    offset: float = field(default=0.0, metadata={"check": check_finite})
-    scale: float = field(default=1.0, metadata={"check": check_scale})
+    offset: float = checked_field(check_finite, 0.0)
+    scale: float = checked_field(check_scale, 1.0)
     name: Optional[str] = None
 
 

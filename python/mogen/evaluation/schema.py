@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..configs import ConfigError, check_dtype, check_positive
+from ..configs import ConfigError, checked_field, check_dtype, check_positive
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from .prompts import PromptSource
 from .resources import DEFAULT_RETRIES, Resources
@@ -25,13 +25,8 @@ __all__ = ["LABEL", "SweepFile", "Bootstrap", "Decoding", "ModelPaths", "MpawPar
 LABEL = "sweep config"
 
 
-def _checked(check: Any, default: Any = None) -> Any:
-    """A field whose value :func:`mogen.configs.parse` checks with ``check(value, path)``."""
-    return field(default=default, metadata={"check": check})
-
-
 def _pos(default: Any = None) -> Any:
-    return _checked(check_positive, default)
+    return checked_field(check_positive, default)
 
 
 def _check_cross_vocab(value: Optional[str], path: str) -> None:
@@ -92,7 +87,8 @@ class MpawParams:
     """A ``methods`` entry of kind ``mpaw``: its parameters besides name and kind."""
 
     beta: Optional[float] = None
-    cross_vocab: Optional[str] = _checked(_check_cross_vocab)  # guides with their own tokenizer: ProxyGuide's
+    # guides with their own tokenizer: ProxyGuide's
+    cross_vocab: Optional[str] = checked_field(_check_cross_vocab, None)
     text_top_k: Optional[int] = _pos()  # their candidates with cross_vocab: text (ProxyGuide's top_k)
 
 
@@ -105,7 +101,7 @@ class SearchParams:
     expansion: Optional[int] = _pos()
     chunk_length: Optional[int] = _pos()
     proposal: Any = None
-    cross_vocab: Optional[str] = _checked(_check_cross_vocab)
+    cross_vocab: Optional[str] = checked_field(_check_cross_vocab, None)
     text_top_k: Optional[int] = _pos()
 
 
@@ -123,15 +119,15 @@ class Decoding:
     to every method (:data:`GENERATION_KEYS`)."""
 
     max_new_tokens: Optional[int] = _pos()
-    min_new_tokens: Optional[int] = _checked(_check_count)
+    min_new_tokens: Optional[int] = checked_field(_check_count, None)
     do_sample: Optional[bool] = None
-    temperature: Optional[float] = _checked(_check_number(0, math.inf, low_open=True, high_open=True))
-    top_k: Optional[int] = _checked(_check_count)
-    top_p: Optional[float] = _checked(_check_number(0, 1, low_open=True))
-    min_p: Optional[float] = _checked(_check_number(0, 1))
-    typical_p: Optional[float] = _checked(_check_number(0, 1, low_open=True))
-    repetition_penalty: Optional[float] = _checked(_check_number(0, math.inf, low_open=True, high_open=True))
-    no_repeat_ngram_size: Optional[int] = _checked(_check_count)
+    temperature: Optional[float] = checked_field(_check_number(0, math.inf, low_open=True, high_open=True), None)
+    top_k: Optional[int] = checked_field(_check_count, None)
+    top_p: Optional[float] = checked_field(_check_number(0, 1, low_open=True), None)
+    min_p: Optional[float] = checked_field(_check_number(0, 1), None)
+    typical_p: Optional[float] = checked_field(_check_number(0, 1, low_open=True), None)
+    repetition_penalty: Optional[float] = checked_field(_check_number(0, math.inf, low_open=True, high_open=True), None)
+    no_repeat_ngram_size: Optional[int] = checked_field(_check_count, None)
     bad_words_ids: Optional[list[list[int]]] = None
     stop_strings: Optional[Union[str, list[str]]] = None
     eos_token_id: Optional[Union[int, list[int]]] = None
@@ -163,8 +159,8 @@ class ModelPaths:
     expert_alpha: Optional[float] = None
     value_models: Optional[list[_Path]] = None
     guide_tokenizer: Optional[_Path] = None
-    dtype: Optional[str] = _checked(check_dtype)
-    device: Optional[str] = _checked(_check_device)
+    dtype: Optional[str] = checked_field(check_dtype, None)
+    device: Optional[str] = checked_field(_check_device, None)
 
 
 #: the ``models`` keys that name one folder, and those that name a list of folders
@@ -174,12 +170,12 @@ MODEL_LIST_KEYS = ("policies", "backbones", "experts", "value_models")
 
 @dataclass
 class SweepFile:
-    """A sweep config as written (:mod:`mogen.evaluation.config`'s keys), checked key by key."""
+    """A sweep config as written (:mod:`mogen.evaluation.config`'s keys), checked_field key by key."""
 
     output: _Path
     prompts: Union[str, list[str], PromptSource]
-    rewards: list[Union[str, dict]]  # each checked by mogen.evaluation.rewards.parse_reward
-    reference_point: list[float] = field(metadata={"check": _finite_list})  # required
+    rewards: list[Union[str, dict]]  # each checked_field by mogen.evaluation.rewards.parse_reward
+    reference_point: list[float] = checked_field(_finite_list)  # required
     models: Optional[ModelPaths]
     methods: list[dict]
     preferences: Union[int, list[list[float]]] = 11
@@ -188,4 +184,4 @@ class SweepFile:
     bootstrap: Optional[Bootstrap] = None
     decoding: Optional[Decoding] = None
     resources: Optional[Resources] = None
-    max_retries: int = _checked(_check_count, DEFAULT_RETRIES)
+    max_retries: int = checked_field(_check_count, DEFAULT_RETRIES)

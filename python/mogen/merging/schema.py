@@ -12,10 +12,10 @@ the registry) and on the checkpoints (layer counts). Every error is a
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from ..configs import ConfigError, check_dtype, config_errors, parse
+from ..configs import ConfigError, checked_field, check_dtype, config_errors, parse
 from .methods import METHODS
 
 __all__ = ["MergeConfig", "ModelEntry", "SliceEntry", "SourceEntry", "parse_merge_config", "LABEL", "merge_error"]
@@ -58,13 +58,13 @@ class SourceEntry:
     """One source of a slice: a model and the layers ``[begin, end)`` taken from it."""
 
     model: str
-    layer_range: list[int] = field(metadata={"check": _layer_range})
+    layer_range: list[int] = checked_field(_layer_range)
     parameters: Optional[dict] = None
 
 
 @dataclass
 class SliceEntry:
-    sources: list[SourceEntry] = field(metadata={"check": _non_empty})
+    sources: list[SourceEntry] = checked_field(_non_empty)
     parameters: Optional[dict] = None
     base_model: Optional[str] = None
 
@@ -73,24 +73,24 @@ class SliceEntry:
 class MergeConfig:
     """A mergekit config as mogen reads it: ``models`` or ``slices``, and the merge-wide keys."""
 
-    merge_method: str = field(metadata={"check": _method})
-    models: Optional[list[Union[str, ModelEntry]]] = field(default=None, metadata={"check": _non_empty})
-    slices: Optional[list[SliceEntry]] = field(default=None, metadata={"check": _non_empty})
+    merge_method: str = checked_field(_method)
+    models: Optional[list[Union[str, ModelEntry]]] = checked_field(_non_empty, None)
+    slices: Optional[list[SliceEntry]] = checked_field(_non_empty, None)
     base_model: Optional[str] = None
-    dtype: Optional[str] = field(default=None, metadata={"check": check_dtype})
-    out_dtype: Optional[str] = field(default=None, metadata={"check": check_dtype})
+    dtype: Optional[str] = checked_field(check_dtype, None)
+    out_dtype: Optional[str] = checked_field(check_dtype, None)
     parameters: Optional[dict] = None
-    tokenizer_source: Optional[str] = field(default=None, metadata={"check": _tokenizer_source})
+    tokenizer_source: Optional[str] = checked_field(_tokenizer_source, None)
     chat_template: Any = None  # accepted without effect on tensors
     name: Any = None
 
 
 def parse_merge_config(cfg: Any, file: Any = None) -> MergeConfig:
-    """The checked :class:`MergeConfig` of a mapping (``file``: where it was read, for errors)."""
+    """The checked_field :class:`MergeConfig` of a mapping (``file``: where it was read, for errors)."""
     with config_errors(file, LABEL):
-        checked = parse(MergeConfig, cfg)
-        if checked.slices is not None and checked.models is not None:
+        checked_field = parse(MergeConfig, cfg)
+        if checked_field.slices is not None and checked_field.models is not None:
             raise merge_error("slices", "give either 'slices' or 'models', not both")
-        if checked.slices is None and checked.models is None:
+        if checked_field.slices is None and checked_field.models is None:
             raise merge_error("models", "is required (or 'slices')")
-        return checked
+        return checked_field

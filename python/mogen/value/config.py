@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..configs import ConfigError, check_dtype, check_positive, config_errors, parse
+from ..configs import ConfigError, checked_field, check_dtype, check_positive, config_errors, parse
 from ..evaluation.config import read_yaml
 from ..evaluation.prompts import PromptSource, read_prompts
 from ..evaluation.rewards import parse_reward
@@ -73,7 +73,7 @@ def _check_heldout(value: float, path: str) -> None:
 
 
 def _pos(default: Any) -> Any:
-    return field(default=default, metadata={"check": check_positive})
+    return checked_field(check_positive, default)
 
 
 @dataclass
@@ -92,9 +92,9 @@ class SampleConfig:
     seed: int = 0
     batch_size: int = _pos(64)
     prompts_per_shard: Optional[int] = _pos(None)
-    format: str = field(default="jsonl", metadata={"check": _check_format})
+    format: str = checked_field(_check_format, "jsonl")
     device: str = "cpu"
-    dtype: Optional[str] = field(default=None, metadata={"check": check_dtype})
+    dtype: Optional[str] = checked_field(check_dtype, None)
 
 
 @dataclass
@@ -107,7 +107,7 @@ class TrainConfig:
     tokenizer: Optional[str] = None
     objective: Optional[str] = None
     objectives: Optional[list[str]] = None
-    heldout: float = field(default=0.2, metadata={"check": _check_heldout})
+    heldout: float = checked_field(_check_heldout, 0.2)
     seed: int = 0
     training_args: dict = field(default_factory=dict)
 
@@ -119,7 +119,7 @@ def _load(cls: type, file: Union[str, Path]) -> tuple[Any, Path]:
 
 
 def load_sample_config(file: Union[str, Path]) -> tuple[SampleConfig, list, Path]:
-    """``(config, [RewardSpec], base folder)``; every reward checked (``rewards[i].<key>``), names distinct."""
+    """``(config, [RewardSpec], base folder)``; every reward checked_field (``rewards[i].<key>``), names distinct."""
     cfg, base = _load(SampleConfig, file)
     with config_errors(file):
         if isinstance(cfg.prompts, PromptSource) and cfg.prompts.chat_template:
@@ -178,7 +178,7 @@ def run_train(file: Union[str, Path], progress: bool = True) -> Any:
             raise ConfigError("objective", str(exc)) from None
         output = base / cfg.output
         defaults = {"seed": cfg.seed, "output_dir": str(output) + ".checkpoints", "disable_tqdm": not progress}
-        args = trainer_module().training_arguments(cfg.training_args, defaults)  # checked before any loading
+        args = trainer_module().training_arguments(cfg.training_args, defaults)  # checked_field before any loading
     train, held = split_examples(data.examples(objective), cfg.heldout, cfg.seed)
     tokenizer = load_tokenizer(base / (cfg.tokenizer or cfg.model), "tokenizer")
     return fit_examples(base / cfg.model, tokenizer, train, held, training_args=args, defaults={},
