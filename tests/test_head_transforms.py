@@ -24,12 +24,13 @@ from tiny_models import pad_rows, reference_greedy_guided, tiny_llama, value_lla
 
 V = 61
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [12, 13, 14, 15], [20]]
-STEPS = 10
+STEPS = 8
 TOP_K = 4
 GAMMA = 2.0
 
 _COMMON = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=256)
+               num_key_value_heads=2, max_position_embeddings=256, eos_token_id=None, bos_token_id=None,
+               pad_token_id=None)
 _SLIDING = dict(head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"])
 _MAMBA = dict(mamba_n_heads=4, mamba_d_state=8, mamba_chunk_size=16)
 _MOE = dict(num_local_experts=2, num_experts_per_tok=1)
@@ -49,9 +50,9 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "BeamForCausalLM": ("BeamConfig", dict(final_logit_softcapping=1.5, head_dim=8)),
     "Inkling2ForCausalLM": ("Inkling2TextConfig", dict(final_logit_softcapping=1.5, head_dim=8,
                                                        unpadded_vocab_size=V)),
-    "CohereForCausalLM": ("CohereConfig", dict(logit_scale=2.5)),
-    "Cohere2ForCausalLM": ("Cohere2Config", dict(logit_scale=2.5, head_dim=8)),
-    "Cohere2MoeForCausalLM": ("Cohere2MoeConfig", dict(logit_scale=2.5, head_dim=8, **_MOE)),
+    "CohereForCausalLM": ("CohereConfig", dict(logit_scale=0.25)),
+    "Cohere2ForCausalLM": ("Cohere2Config", dict(logit_scale=0.25, head_dim=8)),
+    "Cohere2MoeForCausalLM": ("Cohere2MoeConfig", dict(logit_scale=0.25, head_dim=8, **_MOE)),
     "GraniteForCausalLM": ("GraniteConfig", dict(logits_scaling=3.3)),
     "GraniteMoeForCausalLM": ("GraniteMoeConfig", dict(logits_scaling=3.3, **_MOE)),
     "GraniteMoeSharedForCausalLM": ("GraniteMoeSharedConfig", dict(logits_scaling=3.3, **_MOE)),
@@ -157,12 +158,13 @@ def test_topk_value_guided_greedy_equals_full_head_restricted(base, cls_name, mo
     transform (the test sees a wrong transform)."""
     guide = mogen.ValueGuide(value_model(cls_name), top_k=TOP_K)
     ids, mask = pad_rows(PROMPTS)
-    weights = [[1.0], [0.5], [2.0], [-1.0]]
+    weights = [[0.1], [0.3], [1.0], [-0.5]]
     out = mogen.generate(base, ids, mask, guides=[guide], weights=weights, gamma=GAMMA, max_new_tokens=STEPS)
     got = [row[: len(m)][m.bool()].tolist() + row[len(m):].tolist() for row, m in zip(out, mask)]
     want = reference_greedy_guided(base, [guide], PROMPTS, weights, STEPS, gamma=GAMMA, vocab=V)
     assert got == want
-    assert want != reference_greedy_guided(base, [guide], PROMPTS, weights, STEPS, gamma=0.0, vocab=V)
+    assert not torch.equal(out, mogen.generate(base, ids, mask, guides=[guide], weights=weights, gamma=0.0,
+                                               max_new_tokens=STEPS))
     monkeypatch.setattr(LinearHead, "transform", lambda self, x: x)
     monkeypatch.setattr(LinearHead, "prepare", lambda self, h: h)
     untransformed = mogen.generate(base, ids, mask, guides=[guide], weights=weights, gamma=GAMMA,
@@ -242,3 +244,26 @@ def test_text_mode_transformed_heads_equal_reference():
     tally = check_calls(rec.calls, base, bt, guides, rows, ids.shape[1], weights, k, beta=1.5, gamma=0.8,
                         tally=Tally())
     assert tally.kinds["text"] > 0 and tally.worst < 1e-4
+
+
+def test_chunk_search_scores_transformed_value_heads(base):
+    """Chunk search with top-k value guides of transformed heads (a Gemma 2 soft-cap, a Granite logits_scaling):
+    every final beam's value terms (chunk search's token tallies: K2 at one id, then the transform) equal the
+    full forward's values, rescored uncached in float64."""
+    from search_reference import reference_beam
+
+    guides = [mogen.ValueGuide(value_model(c), top_k=TOP_K) for c in ("Gemma2ForCausalLM", "GraniteForCausalLM")]
+    ids, mask = pad_rows(PROMPTS)
+    weights = [[1.0, 0.5], [0.3, -1.0], [2.0, 1.0], [-0.5, 0.2]]
+    out = mogen.search(base, ids, mask, guides=guides, weights=weights, beam_width=2, expansion=2, chunk_length=3,
+                       max_new_tokens=6, temperature=2.0, gamma=0.7, generator=torch.Generator().manual_seed(0),
+                       return_scores=True)
+    checked = 0
+    for b, beams in enumerate(out.beams):
+        for beam in beams:
+            score, base_lp, terms = reference_beam(base, guides, PROMPTS[b], beam.tokens, weights[b], vocab=V,
+                                                   gamma=0.7)
+            assert beam.terms == pytest.approx(terms, abs=1e-4), (b, beam.tokens, beam.terms, terms)
+            assert beam.score == pytest.approx(score, abs=1e-4)
+            checked += 1
+    assert checked >= len(PROMPTS)
