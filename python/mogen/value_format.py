@@ -44,13 +44,14 @@ FORMAT_VERSION = 1
 # the text config) and what forward does with each, in forward's order. Each row was read off the class's
 # forward in transformers 5.24.0 (models/<name>/modeling_<name>.py) and is tested against that forward in
 # tests/test_head_transforms.py. Ops, on the linear head's output x:
-#   "softcap": x / cap, tanh, * cap (Gemma 2/3/3n/4, VaultGemma, NanoChat, Beam, Inkling2; a field set to
-#              None is skipped, as those forwards do)
+#   "softcap": x / cap, tanh, * cap (Gemma 2/3/3n/4, VaultGemma, NanoChat, Beam, Inkling2; Beam and Inkling2
+#              cast x to fp32 first, as top-k scores are)
 #   "mul":     x * value (Cohere's logit_scale, Falcon-H1's lm_head_multiplier, HyperCLOVA X's logits_scaling)
 #   "div":     x / value (Granite's logits_scaling)
 #   "hidden_div": the hidden state / value, before the head (MiniCPM3's logits_scaling)
-# A field of one name can mean another transform in another class (logits_scaling divides in Granite and
-# multiplies in HyperCLOVA X), hence one row per class, not per field.
+# A field set to None is skipped (the Gemma-style forwards skip a None cap; the others need a number). A field
+# of one name can mean another transform in another class (logits_scaling divides in Granite and multiplies in
+# HyperCLOVA X), hence one row per class, not per field.
 _SOFTCAP = (("final_logit_softcapping", "softcap"),)
 HEAD_TRANSFORMS: dict[str, tuple[tuple[str, str], ...]] = {
     "Gemma2ForCausalLM": _SOFTCAP,
