@@ -407,7 +407,6 @@ FEATURES: dict[str, Feature] = {
 _DECODING = ("zero", "foreign_guide", "as_foreign_guide", "value", "value_topk", "search")
 #: (architecture, feature) -> a regex the refusal's message must match; every other cell must pass.
 EXPECTED_REFUSALS: dict[tuple[str, str], str] = {
-    ("gemma2", "value_topk"): r"final_logit_softcapping",
     ("mamba", "as_foreign_guide"): r"linear_attention layers.*cannot skip",
     ("mixtral", "merge_into"): r"is converted by transformers when MixtralForCausalLM loads it",
     **{("rwkv", f): r"does not keep its state in a transformers KV cache" for f in _DECODING},

@@ -28,22 +28,58 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["VALUE_KEY", "value_entry", "is_value_model", "make_value_model", "plain_linear_head",
-           "read_value_entry"]
+__all__ = ["VALUE_KEY", "HEAD_TRANSFORMS", "LinearHead", "value_entry", "is_value_model", "make_value_model",
+           "linear_head", "try_linear_head", "plain_linear_head", "read_value_entry"]
 
 VALUE_KEY = "mogen_value_model"
 FORMAT_VERSION = 1
 
-# Config fields through which some architectures rescale or cap the head's
-# output inside forward(); K2 scores candidates from the bare linear head, so
-# top-k mode refuses them.
-_HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_softcapping", "logit_scale", "logits_scaling",
-                    "lm_head_multiplier", "output_multiplier_scale", "logit_multiplier")
+# How a causal LM's forward() transforms its output head's result, by model class: config fields (read from
+# the text config) and what forward does with each, in forward's order. Each row was read off the class's
+# forward in transformers 5.24.0 (models/<name>/modeling_<name>.py) and is tested against that forward in
+# tests/test_head_transforms.py. Ops, on the linear head's output x:
+#   "softcap": x / cap, tanh, * cap (Gemma 2/3/3n/4, VaultGemma, NanoChat, Beam, Inkling2; Beam and Inkling2
+#              cast x to fp32 first, as top-k scores are)
+#   "mul":     x * value (Cohere's logit_scale, Falcon-H1's lm_head_multiplier, HyperCLOVA X's logits_scaling)
+#   "div":     x / value (Granite's logits_scaling)
+#   "hidden_div": the hidden state / value, before the head (MiniCPM3's logits_scaling)
+# A field set to None is skipped (the Gemma-style forwards skip a None cap; the others need a number). A field
+# of one name can mean another transform in another class (logits_scaling divides in Granite and multiplies in
+# HyperCLOVA X), hence one row per class, not per field.
+_SOFTCAP = (("final_logit_softcapping", "softcap"),)
+HEAD_TRANSFORMS: dict[str, tuple[tuple[str, str], ...]] = {
+    "Gemma2ForCausalLM": _SOFTCAP,
+    "Gemma3ForCausalLM": _SOFTCAP,
+    "Gemma3nForCausalLM": _SOFTCAP,
+    "Gemma4ForCausalLM": _SOFTCAP,
+    "VaultGemmaForCausalLM": _SOFTCAP,
+    "NanoChatForCausalLM": _SOFTCAP,
+    "BeamForCausalLM": _SOFTCAP,
+    "Inkling2ForCausalLM": _SOFTCAP,
+    "CohereForCausalLM": (("logit_scale", "mul"),),
+    "Cohere2ForCausalLM": (("logit_scale", "mul"),),
+    "Cohere2MoeForCausalLM": (("logit_scale", "mul"),),
+    "GraniteForCausalLM": (("logits_scaling", "div"),),
+    "GraniteMoeForCausalLM": (("logits_scaling", "div"),),
+    "GraniteMoeSharedForCausalLM": (("logits_scaling", "div"),),
+    "GraniteMoeHybridForCausalLM": (("logits_scaling", "div"),),
+    "HyperCLOVAXForCausalLM": (("logits_scaling", "mul"),),
+    "FalconH1ForCausalLM": (("lm_head_multiplier", "mul"),),
+    "MiniCPM3ForCausalLM": (("logits_scaling", "hidden_div"),),
+}
+
+# Config fields through which some architectures rescale or cap the head's output inside forward(): a model
+# of a class without a HEAD_TRANSFORMS row that sets one of them is refused in top-k mode (how its forward
+# uses the field is unknown).
+_TRANSFORM_FIELDS = tuple(dict.fromkeys(
+    [field for steps in HEAD_TRANSFORMS.values() for field, _ in steps]
+    + ["logit_softcapping", "logits_soft_cap", "output_multiplier", "output_multiplier_scale", "logit_multiplier"]))
 
 
 def _config_of(model_or_config: Any) -> Any:
@@ -121,12 +157,66 @@ def _text_config(config: Any) -> Any:
     return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
 
-def plain_linear_head(model: Any, name: str = "ValueGuide.model") -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``(weight [V, H], bias [V] or None)`` of a head that is exactly ``logits = hidden @ W.T + b``.
+@dataclass(frozen=True)
+class LinearHead:
+    """A model's output head as top-k value scoring reads it: ``logits = transform(hidden @ weight.T + bias)``.
 
-    Raises ValueError for heads that are not a plain ``torch.nn.Linear`` or whose
-    outputs the model rescales or caps in ``forward`` (top-k value scoring reads
-    the weight directly and would miss the transform).
+    ``weight [V, H]``, ``bias [V]`` or None; ``steps`` what forward() does around the linear layer, in order:
+    ``(op, value)`` with op ``"hidden_div"`` (the hidden state divided by ``value`` before the layer), or after
+    it ``"softcap"`` (``value * tanh(x / value)``), ``"mul"`` or ``"div"``; none: a plain head.
+    """
+
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    steps: tuple[tuple[str, float], ...] = ()
+
+    def prepare(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the linear layer reads from hidden states ``[..., H]`` (forward's ``hidden_div`` steps)."""
+        for op, value in self.steps:
+            if op == "hidden_div":
+                hidden = hidden / value
+        return hidden
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """forward()'s transform of linear outputs ``x`` (any shape), in ``x``'s dtype (fp32 in decoding)."""
+        for op, value in self.steps:
+            if op == "softcap":
+                x = torch.tanh(x / value) * value
+            elif op == "mul":
+                x = x * value
+            elif op == "div":
+                x = x / value
+        return x
+
+    def scores(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The head's output at ids ``[B, k]`` from hidden states ``[B, H]``: fp32 ``[B, k]`` (kernel K2)."""
+        from . import ops
+
+        return self.transform(ops.topk_value_scores(self.prepare(hidden), self.weight, ids, self.bias))
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The head's full output ``[N, V]`` at hidden states ``[N, H]``: the weight's dtype for a plain head,
+        else fp32 (fp64 for an fp64 weight), where the transform runs."""
+        out = torch.nn.functional.linear(self.prepare(hidden.to(self.weight.dtype)), self.weight, self.bias)
+        return self.transform(out if out.dtype == torch.float64 else out.float()) if self.steps else out
+
+    def rows(self, n: int) -> "LinearHead":
+        """The head restricted to its first ``n`` rows (views; a runner slices padded head rows off)."""
+        return LinearHead(self.weight[:n], None if self.bias is None else self.bias[:n], self.steps)
+
+
+def _no_transform(value: Any) -> bool:
+    return value is None or value is False or (isinstance(value, (int, float)) and value in (0, 1))
+
+
+def linear_head(model: Any, name: str = "ValueGuide.model") -> LinearHead:
+    """The output head of ``model`` as a :class:`LinearHead`: its ``nn.Linear`` and forward()'s transform.
+
+    The transform comes from :data:`HEAD_TRANSFORMS` (the model's class, or the class it inherits forward()
+    from, with the values of its text config). Raises ValueError for a head that is not a plain
+    ``torch.nn.Linear``, and for a model of another class whose config sets a field through which some
+    architectures transform the head's output (:data:`_TRANSFORM_FIELDS`): how its forward uses the field is
+    not known.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if type(head) is not torch.nn.Linear:
@@ -135,11 +225,48 @@ def plain_linear_head(model: Any, name: str = "ValueGuide.model") -> tuple[torch
             "needs one (use top_k=None for the full head)"
         )
     cfg = _text_config(model.config)
-    for field in _HEAD_TRANSFORMS:
+    known = next((c for c in type(model).__mro__ if c.__name__ in HEAD_TRANSFORMS
+                  and getattr(c, "forward", None) is getattr(type(model), "forward", None)), None)
+    if known is None:
+        for field in _TRANSFORM_FIELDS:
+            value = getattr(cfg, field, None)
+            if not _no_transform(value):
+                raise ValueError(
+                    f"{name}'s config sets {field}={value!r}, through which some architectures transform the head's "
+                    f"output in forward(), and mogen does not know how {type(model).__name__}'s forward uses it "
+                    "(top_k value scoring applies the transforms of the classes in "
+                    "mogen.value_format.HEAD_TRANSFORMS); use top_k=None for the full head"
+                )
+        return LinearHead(head.weight, head.bias)
+    steps = []
+    for field, op in HEAD_TRANSFORMS[known.__name__]:
         value = getattr(cfg, field, None)
-        if value is not None and value is not False and not (isinstance(value, (int, float)) and value in (0, 1)):
-            raise ValueError(
-                f"{name}'s config sets {field}={value!r}: its forward() transforms the head's output, which top_k "
-                "value scoring cannot reproduce from the head's weight (use top_k=None for the full head)"
-            )
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+                op != "mul" and value == 0):
+            raise ValueError(f"{name}'s config sets {field}={value!r}; top_k value scoring needs a finite number"
+                             + ("" if op == "mul" else " other than 0"))
+        steps.append((op, float(value)))
+    return LinearHead(head.weight, head.bias, tuple(steps))
+
+
+def try_linear_head(model: Any, name: str = "ValueGuide.model") -> Optional[LinearHead]:
+    """:func:`linear_head`, or None where it raises (the caller then runs the full head instead)."""
+    try:
+        return linear_head(model, name)
+    except ValueError:
+        return None
+
+
+def plain_linear_head(model: Any, name: str = "ValueGuide.model") -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(weight [V, H], bias [V] or None)`` of a head that is exactly ``logits = hidden @ W.T + b``.
+
+    Raises ValueError where :func:`linear_head` does, and for heads whose output the model's forward()
+    transforms (use :func:`linear_head`, which returns the transform too).
+    """
+    head = linear_head(model, name)
+    if head.steps:
+        raise ValueError(f"{name}'s forward() transforms the head's output ({head.steps}); it is not a plain "
+                         "linear head (mogen.value_format.linear_head returns the head with its transform)")
     return head.weight, head.bias

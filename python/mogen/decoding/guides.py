@@ -36,7 +36,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..value_format import plain_linear_head, read_value_entry
+from ..value_format import linear_head, read_value_entry
 from .loading import load_causal_lm, own_tokenizer
 
 __all__ = ["ProxyGuide", "ValueGuide", "Guide", "shares_tokenizer", "logits_width", "reads_candidates",
@@ -154,15 +154,19 @@ class ValueGuide:
         top_k: None values every token with the full head (MAGE eq. 25
             exactly). ``k`` runs the backbone only and values the ``k`` best
             candidates of the rest of the fused score with kernel K2; every
-            other token is out (``-inf``). Needs a plain linear head (except
-            with ``cross_vocab="text"``, where it defaults to 20).
+            other token is out (``-inf``). Needs an ``nn.Linear`` head, whose
+            output forward() leaves as it is or transforms as a class of
+            :data:`mogen.value_format.HEAD_TRANSFORMS` does (soft-capping,
+            logit scales: applied to the k scores); except with
+            ``cross_vocab="text"``, where it defaults to 20.
         cross_vocab: with its own tokenizer, ``"map"`` (``Q`` of the mapped
             guide token) or ``"text"``: each of the ``top_k`` candidates gets
             the value at the last guide token of the text it appends.
 
     Raises:
         ValueError: ``top_k`` < 1, a head whose width differs from
-        ``len(tokenizer)``, a head that is not a plain linear layer in top-k mode,
+        ``len(tokenizer)``, a head that is not an ``nn.Linear`` (or that an
+        unknown class transforms) in top-k mode,
         a bad ``cross_vocab``, ``cross_vocab="text"`` without ``tokenizer``.
     """
 
@@ -170,15 +174,15 @@ class ValueGuide:
                  top_k: Optional[int] = None, cross_vocab: str = "map") -> None:
         _check_model(model, "ValueGuide.model")
         _check_tokenizer(tokenizer, "ValueGuide.tokenizer")
-        plain_head_needed = top_k is not None and cross_vocab == "map"
+        linear_head_needed = top_k is not None and cross_vocab == "map"
         top_k = _check_cross_vocab(cross_vocab, tokenizer, top_k, "ValueGuide")
         if tokenizer is not None and logits_width(model) != len(tokenizer):
             raise ValueError(
                 f"ValueGuide.model has a value head of {logits_width(model)} entries but its tokenizer has "
                 f"{len(tokenizer)} tokens; a value head has one entry per token of its tokenizer"
             )
-        if plain_head_needed:
-            plain_linear_head(model)
+        if linear_head_needed:
+            linear_head(model)
         self.cross_vocab = cross_vocab
         self.model = model
         self.weight = _check_weight(weight, "ValueGuide.weight")

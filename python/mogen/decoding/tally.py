@@ -15,11 +15,11 @@ through a tally, the text-reading group through its cache columns
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
-from .. import ops
+from ..value_format import LinearHead
 
 __all__ = ["LogProb", "HeadValue", "HiddenValue", "TokenTally", "TokenScoreFn", "score_columns", "score_rows"]
 
@@ -80,16 +80,16 @@ class HeadValue:
 
 
 class HiddenValue:
-    """``hidden . W[id] + b[id]`` (kernel K2 with one candidate): a value head applied at the token only."""
+    """``transform(hidden . W[id] + b[id])`` (kernel K2 with one candidate, then the model forward's transform of
+    its head output): a value head applied at the token only. ``hidden [N, H]``, ``ids [N]`` -> float64 ``[N]``."""
 
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
-        self.weight, self.bias = weight, bias
+    def __init__(self, head: LinearHead) -> None:
+        self.head = head
 
     def __call__(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if ids.numel() == 0:
             return torch.zeros(0, dtype=torch.float64, device=hidden.device)
-        q = ops.topk_value_scores(hidden, self.weight, ids.unsqueeze(1).to(hidden.device), self.bias)
-        return q[:, 0].double()
+        return self.head.scores(hidden, ids.unsqueeze(1).to(hidden.device))[:, 0].double()
 
 
 class TokenTally:

@@ -26,7 +26,7 @@ from typing import Any, Optional
 import torch
 
 from .. import ops
-from ..value_format import plain_linear_head
+from ..value_format import LinearHead, linear_head
 from .guides import Guide, ProxyGuide, ValueGuide, logits_width
 from .kinds import GuideTerm, register_guide_kind
 from .tally import HeadValue, HiddenValue, LogProb
@@ -95,11 +95,11 @@ class ValueTerm(GuideTerm):
     scale = "gamma"
 
     def __init__(self, guide: Guide, column: int, runner: tuple, vmap: Optional[torch.Tensor],
-                 head: Optional[tuple]) -> None:
+                 head: Optional[LinearHead]) -> None:
         super().__init__(guide, column)
         self.runner = runner  # RunnerRef: logits [B, V_j] (full head) or hidden [B, H] (top-k)
         self.vmap = vmap
-        self.head = head  # (weight [V_j, H], bias [V_j] or None) in top-k mode
+        self.head = head  # the head (weight [V_j, H], bias, forward's transform) in top-k mode
         self.top_k = None if head is None else guide.top_k
 
     @classmethod
@@ -114,8 +114,7 @@ class ValueTerm(GuideTerm):
             binder.check_width(guide.model, need, name, "a value head")
         head = None
         if guide.top_k is not None and getattr(guide, "cross_vocab", "map") == "map":  # "text": shared, so exact
-            weight, bias = plain_linear_head(guide.model, name)
-            head = (weight, bias)
+            head = linear_head(guide.model, name)
         run = binder.runner(guide.model, need, name, guide, shared, "logits" if head is None else "hidden")
         return cls(guide, column, run, binder.vmap(guide, shared), head)
 
@@ -129,19 +128,18 @@ class ValueTerm(GuideTerm):
         return self._stale_zeroed(_gather_mapped(group.output(index).float(), self.vmap))
 
     def at(self, ids: torch.Tensor) -> torch.Tensor:
-        """``Q`` at base ids ``ids [B, k]``, float32 ``[B, k]`` (kernel K2)."""
+        """``Q`` at base ids ``ids [B, k]``, float32 ``[B, k]`` (kernel K2, then forward's transform)."""
         group, index = self.runner
         hidden = group.output(index)
-        weight, bias = self.head
         if self.vmap is None:
-            return self._stale_zeroed(ops.topk_value_scores(hidden, weight, ids, bias))
+            return self._stale_zeroed(self.head.scores(hidden, ids))
         gids = self.vmap[ids].long()
         unmapped = gids < 0
-        q = ops.topk_value_scores(hidden, weight, gids.clamp(min=0), bias)
+        q = self.head.scores(hidden, gids.clamp(min=0))
         return self._stale_zeroed(q.masked_fill(unmapped, 0.0))
 
     def track(self, tracking: Any) -> Any:
-        return tracking.add(self.runner, ("value",), HeadValue() if self.head is None else HiddenValue(*self.head))
+        return tracking.add(self.runner, ("value",), HeadValue() if self.head is None else HiddenValue(self.head))
 
     def sequence(self, tracking: Any, handle: Any) -> torch.Tensor:
         """``Q(x, y)``: the head's output before the last id, at that id."""

@@ -17,10 +17,10 @@ head lazily:
 - the output after a copy's last id goes through the head only when the copy
   is chosen (:meth:`ForkOutputs.last`).
 
-This needs heads that are exactly ``hidden @ W.T + b`` (:func:`head_of`);
+This needs heads that are ``hidden @ W.T + b`` up to forward's elementwise transform (:func:`head_of`);
 a group with any other head, or tracking scores for chunk search, forks with
 full outputs (:meth:`~mogen.decoding.crossguide.RetokenizingGroup._feed`).
-The results are the same: the head is the same matmul on the same hidden state.
+The results are the same: the head is the same matmul (and transform) on the same hidden state.
 """
 
 from __future__ import annotations
@@ -30,26 +30,25 @@ from typing import Optional, Union
 
 import torch
 
-from ..value_format import plain_linear_head
+from ..value_format import LinearHead, try_linear_head
 from .models import LMRunner
 from .tally import TokenScoreFn, score_rows
 
 __all__ = ["ForkOutputs", "head_of", "fork_score"]
 
-#: a runner's head: None (the runner's output is the hidden state) or ``(weight [V, H], bias [V] or None)``
-Head = Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]
+#: a runner's head: None (the runner's output is the hidden state) or the linear head and forward's transform
+Head = Optional[LinearHead]
 
 
 def head_of(runner: LMRunner) -> Union[Head, bool]:
-    """The head :class:`ForkOutputs` applies for ``runner``, or False when it cannot (not a plain linear head)."""
+    """The head :class:`ForkOutputs` applies for ``runner``, or False when it cannot (not a linear head up to
+    a transform :func:`~mogen.value_format.linear_head` knows)."""
     if runner.output == "hidden":
         return None
-    try:
-        weight, bias = plain_linear_head(runner.model, runner.name)
-    except ValueError:
+    head = try_linear_head(runner.model, runner.name)
+    if head is None:
         return False
-    n = runner.vocab_size  # the runner slices padded head rows off its logits: so do we
-    return weight[:n], None if bias is None else bias[:n]
+    return head.rows(runner.vocab_size)  # the runner slices padded head rows off its logits: so do we
 
 
 @dataclass
@@ -68,8 +67,7 @@ class ForkOutputs:
         """The head's output ``[N, D]`` at hidden states ``[N, H]``."""
         if self.head is None:
             return hidden
-        weight, bias = self.head
-        return torch.nn.functional.linear(hidden.to(weight.dtype), weight, bias).to(self.before.dtype)
+        return self.head.project(hidden).to(self.before.dtype)
 
     def last(self, copies: torch.Tensor) -> torch.Tensor:
         """``[N, D]``: the output after the last id of each of ``copies [N]`` (its row's old one if it fed none)."""

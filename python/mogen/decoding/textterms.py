@@ -23,8 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from .. import ops
-from ..value_format import plain_linear_head
+from ..value_format import LinearHead, try_linear_head
 from .terms import ProxyTerm, ValueTerm
 from .tally import HeadValue, HiddenValue, LogProb
 
@@ -72,19 +71,17 @@ class TextValueTerm(ValueTerm):
     @classmethod
     def bind(cls, binder: Any, index: int, column: int, guide: Any, shared: bool) -> "TextValueTerm":
         name = f"guides[{index}].model"
-        try:  # the head at one id per candidate; a head that is not plain linear runs in full instead
-            head: Optional[tuple] = plain_linear_head(guide.model, name)
-        except ValueError:
-            head = None
+        # the head at one id per candidate; a head that is not linear (up to forward's transform) runs in full
+        head = try_linear_head(guide.model, name)
         run = binder.runner(guide.model, len(guide.tokenizer), name, guide, shared,
                             "logits" if head is None else "hidden")
         return cls(guide, column, run, binder.vmap(guide, shared), head)
 
     def __init__(self, guide: Any, column: int, runner: tuple, vmap: Optional[torch.Tensor],
-                 head: Optional[tuple]) -> None:
+                 head: Optional[LinearHead]) -> None:
         super().__init__(guide, column, runner, vmap, head)
         self.top_k = guide.top_k
-        fn = HeadValue() if head is None else HiddenValue(*head)
+        fn = HeadValue() if head is None else HiddenValue(head)
         group, index = runner
         self.slot = group.request(index, fn, "last", ("value",))
 
@@ -96,8 +93,7 @@ class TextValueTerm(ValueTerm):
         if self.head is None:
             q = out.float().gather(1, gids.clamp(min=0))
         else:
-            weight, bias = self.head
-            q = ops.topk_value_scores(out, weight, gids.clamp(min=0), bias)
+            q = self.head.scores(out, gids.clamp(min=0))
         return self._stale_zeroed(q.masked_fill(gids < 0, 0.0))
 
     def at(self, ids: torch.Tensor) -> torch.Tensor:

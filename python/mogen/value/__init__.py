@@ -2,7 +2,8 @@
 (MAGE eq. 15, :mod:`.dataset`) and training (MAGE eq. 16) on transformers' Trainer (:mod:`.trainer`)."""
 
 from .data import Example, spearman
-from ..value_format import VALUE_KEY, is_value_model, make_value_model, plain_linear_head, read_value_entry, value_entry
+from ..value_format import (VALUE_KEY, LinearHead, is_value_model, linear_head, make_value_model, plain_linear_head,
+                            read_value_entry, value_entry)
 from .dataset import ValueDataset, read_dataset, sample_dataset
 from .train import ValueTrainingResult, fit_examples, predict_final_values, train_value_model
 
@@ -10,9 +11,11 @@ __all__ = [
     "VALUE_KEY",
     "Example",
     "ValueDataset",
+    "LinearHead",
     "ValueTrainingResult",
     "fit_examples",
     "is_value_model",
+    "linear_head",
     "make_value_model",
     "plain_linear_head",
     "predict_final_values",
