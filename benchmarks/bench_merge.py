@@ -337,6 +337,9 @@ def floor_ways(nout: int, fsync: bool, out_bytes: int, srcs, work: Path, settle_
         paths = [x for files_of in by_source for x in [str(len(files_of)), *files_of]]
         runs["C++ pread + fold + pwrite, x2 threads"] = [exe, "OUT", *head, "2", "ranges", str(len(srcs))] + paths
         runs["C++, x2 threads interleaved by block"] = [exe, "OUT", *head, "2", "interleaved", str(len(srcs))] + paths
+        if fsync:  # each block's writeback started as soon as it is written: the disk works during the pass
+            runs["C++, writeback started per block"] = [exe, "OUT", str(out_bytes), str(nout), "early", "2",
+                                                        "interleaved", str(len(srcs))] + paths
     if memory:
         runs = {k: v for k, v in runs.items() if k.startswith(("mmap", "C++"))}
     o = Path(os.devnull) if memory else work / "floor.out"
@@ -630,7 +633,7 @@ def main() -> int:
              "block to keep resident memory low sent a TLB shootdown per block to the other thread) and sums up to "
              "four sources in one register-resident pass per output. The floors do no more than any merger must: each "
              "input byte read once, each output byte written once, no arithmetic (with fsync: each output file and "
-             "its folder fsynced).", "",
+             "its folder fsynced; one more way with fsync starts each block's writeback as soon as it is written).", "",
              f"{mk_note}. Inputs in the page cache; each row a fresh process (wall includes interpreter start). "
              "GB/s = (bytes read + bytes written) / wall.", "",
              "'work s' is the time inside the process (the merge call; the floor's loop), without imports; "

@@ -10,7 +10,9 @@
 // merge_into's floor). Prints {"work_s": seconds}.
 //
 //   floor OUT SIZE K FSYNC THREADS LAYOUT N  n_0 path ... n_1 path ...
-//   (OUT "/dev/null": memory; LAYOUT "ranges" or "interleaved"; with FSYNC, OUT itself is fsynced too)
+//   (OUT "/dev/null": memory; LAYOUT "ranges" or "interleaved"; FSYNC 0, 1: each output and OUT itself
+//   fsynced at the end, or "early": the same, each block's writeback started as soon as it is written
+//   (sync_file_range), so that the disk works while the inputs are read)
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -71,7 +73,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   const bool interleaved = layout == "interleaved";
-  const bool fsync = std::atoi(argv[4]) != 0, memory = out == "/dev/null";
+  const std::string fsync_arg = argv[4];
+  const bool early = fsync_arg == "early", fsync = early || std::atoi(argv[4]) != 0, memory = out == "/dev/null";
   std::vector<std::vector<Part>> sources(static_cast<size_t>(nsrc));
   int64_t longest = 0;
   for (int a = 8, s = 0; s < nsrc; ++s) {
@@ -128,7 +131,10 @@ int main(int argc, char** argv) {
         if (lo >= size) continue;
         const int64_t n = std::min(kBlock, size - lo);
         if (memory) std::memcpy(mem.data() + lo, a, static_cast<size_t>(n));
-        for (int fd : fds) write_at(fd, a, n, lo);
+        for (int fd : fds) {
+          write_at(fd, a, n, lo);
+          if (early && ::sync_file_range(fd, lo, n, SYNC_FILE_RANGE_WRITE) != 0) die("sync_file_range");
+        }
       }
     });
   for (auto& th : pool) th.join();
