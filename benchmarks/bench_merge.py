@@ -7,7 +7,8 @@ Generates N Llama-shaped checkpoints of about --size-gb each (random weights,
             size written (the least any merge must do), and K outputs: the best of
             a Python loop, threaded pread/pwrite, mapped inputs folded with numpy,
             and pread / XOR fold / pwrite in C++ (benchmarks/floor.cpp, built here
-            with the system compiler); cp, whose copy never leaves the kernel, is
+            with the system compiler; its two threads in two ranges or interleaved
+            by block, as K3's); cp, whose copy never leaves the kernel, is
             shown beside them; for merge_into, the output a buffer in memory
   mogen     mogen.merge, linear, K = 1 (and K = 5 from one pass)
   mergekit  mergekit-yaml with the same linear config, from the PyPI package in
@@ -15,7 +16,8 @@ Generates N Llama-shaped checkpoints of about --size-gb each (random weights,
             `pip install mergekit`; this interpreter's site-packages are visible
             to it so torch is not downloaded again
 
-each --repeat times (the best run counts), and prints wall time, peak RSS (the
+each --repeat times in interleaved rounds (each floor's ways, then the mogen row
+held against it: both see the same page cache and disk; the best run counts), and prints wall time, peak RSS (the
 child's high-water mark, file-backed pages included) and GB/s ((bytes read +
 bytes written) / wall time) of each, then writes the table to
 benchmarks/results/merge_cpu.md.
@@ -26,6 +28,7 @@ benchmarks/results/merge_cpu.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -152,6 +155,8 @@ FLOOR = textwrap.dedent(r"""
         if fsync:
             os.fsync(o.fileno())
         o.close()
+    if fsync:  # the folder too: the new files' entries
+        d = os.open(out, os.O_RDONLY); os.fsync(d); os.close(d)
     print(json.dumps({"work_s": time.perf_counter() - t0}))
 """)
 
@@ -196,6 +201,8 @@ _THREADED_TAIL = textwrap.dedent(r"""
         if fsync:
             os.fsync(fd)
         os.close(fd)
+    if fsync and fds:  # the folder too: the new files' entries
+        d = os.open(out, os.O_RDONLY); os.fsync(d); os.close(d)
     print(json.dumps({"work_s": time.perf_counter() - t0}))
 """)
 
@@ -282,17 +289,24 @@ def settle(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def best_of(repeat: int, run) -> dict:
-    """The fastest (least work time) of `repeat` runs of `run()`: the machine's page cache and
-    writeback make single runs swing by up to 2x, for mogen and for the floors alike."""
-    return min((run() for _ in range(repeat)), key=lambda m: m["merge_s"])
+def best_of(samples: list) -> dict:
+    """The fastest (least work time) of a row's runs: the machine's page cache and writeback make
+    single runs swing by up to 2x, for mogen and for the floors alike."""
+    return min(samples, key=lambda m: m["merge_s"])
+
+
+def spread(samples: list) -> str:
+    """A row's work times over the rounds, fastest first."""
+    return "/".join(f"{m['merge_s']:.2f}" for m in sorted(samples, key=lambda m: m["merge_s"]))
 
 
 def compiled_floor(work: Path) -> str | None:
-    """benchmarks/floor.cpp built into `work` (once per source change); None without a C++ compiler."""
-    src, exe = ROOT / "benchmarks" / "floor.cpp", work / "floor_bin"
+    """benchmarks/floor.cpp built into `work`, keyed by the source's hash (the work folder may be
+    shared with other checkouts, whose floor.cpp differs); None without a C++ compiler."""
+    src = ROOT / "benchmarks" / "floor.cpp"
+    exe = work / f"floor_bin-{hashlib.sha256(src.read_bytes()).hexdigest()[:12]}"
     cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
-    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
+    if exe.exists():
         return str(exe)
     if cxx is None:
         print("  no C++ compiler: the compiled floor is left out", flush=True)
@@ -301,15 +315,14 @@ def compiled_floor(work: Path) -> str | None:
     return str(exe)
 
 
-def best_floor(what: str, nout: int, fsync: bool, out_bytes: int, srcs, work: Path, settle_s: float,
-               repeat: int, memory: bool = False) -> dict:
-    """The fastest of the floor's implementations that pass every byte through user space
-    (each run in a fresh process after the page cache settled): the Python read/write loop,
-    threaded pread/pwrite, mapped inputs folded with numpy and pwritten from threads, and the
-    same in C++ (benchmarks/floor.cpp). cp is timed too and reported beside them, but is no
-    floor for a merge: its copy stays inside the kernel (copy_file_range), and a merge must
-    compute on every byte. With `memory`, the output is a buffer in memory (merge_into's
-    floor): only the two fastest ways. Each way runs `repeat` times; its best counts."""
+def floor_ways(nout: int, fsync: bool, out_bytes: int, srcs, work: Path, settle_s: float,
+               memory: bool = False) -> dict:
+    """The floor's implementations, as name -> a function that runs it once (in a fresh process
+    after the page cache settled): the Python read/write loop, threaded pread/pwrite, mapped
+    inputs folded with numpy and pwritten from threads, and the same in C++ (benchmarks/floor.cpp).
+    cp is timed too and reported beside them, but is no floor for a merge: its copy stays inside
+    the kernel (copy_file_range), and a merge must compute on every byte. With `memory`, the output
+    is a buffer in memory (merge_into's floor): only the two fastest ways."""
     files = [str(f) for s in srcs for f in sorted(s.glob("*.safetensors"))]
     by_source = [[str(f) for f in sorted(s.glob("*.safetensors"))] for s in srcs]
     fs = "1" if fsync else "0"
@@ -321,8 +334,12 @@ def best_floor(what: str, nout: int, fsync: bool, out_bytes: int, srcs, work: Pa
             "cp": py + [FLOOR_CP, "OUT", *head, json.dumps(by_source)]}
     exe = compiled_floor(work)
     if exe is not None:
-        runs["C++ pread + fold + pwrite, x2 threads"] = [exe, "OUT", *head, "2", str(len(srcs))] + [
-            x for files_of in by_source for x in [str(len(files_of)), *files_of]]
+        paths = [x for files_of in by_source for x in [str(len(files_of)), *files_of]]
+        runs["C++ pread + fold + pwrite, x2 threads"] = [exe, "OUT", *head, "2", "ranges", str(len(srcs))] + paths
+        runs["C++, x2 threads interleaved by block"] = [exe, "OUT", *head, "2", "interleaved", str(len(srcs))] + paths
+        if fsync:  # each block's writeback started as soon as it is written: the disk works during the pass
+            runs["C++, writeback started per block"] = [exe, "OUT", str(out_bytes), str(nout), "early", "2",
+                                                        "interleaved", str(len(srcs))] + paths
     if memory:
         runs = {k: v for k, v in runs.items() if k.startswith(("mmap", "C++"))}
     o = Path(os.devnull) if memory else work / "floor.out"
@@ -338,16 +355,15 @@ def best_floor(what: str, nout: int, fsync: bool, out_bytes: int, srcs, work: Pa
         m["merge_s"] = json.loads(m["stdout"].strip().splitlines()[-1])["work_s"]
         return m
 
-    best, ways = None, {}
-    for name, cmd in runs.items():
-        m = best_of(repeat, lambda: once(cmd))
-        m["how"] = name
-        print(f"  {what} via {name}: {m['merge_s']:.2f}s", flush=True)
-        ways[name] = m["merge_s"]
-        if name != "cp" and (best is None or m["merge_s"] < best["merge_s"]):
-            best = m
-    best["ways"] = ways
-    return best
+    return {name: (lambda cmd=cmd: once(cmd)) for name, cmd in runs.items()}
+
+
+def best_floor(samples: dict) -> dict:
+    """The floor from its ways' runs (name -> [runs]): the fastest way's best run, cp left out
+    (see floor_ways); with each way's best work time and the spread of the chosen way."""
+    ways = {name: best_of(runs)["merge_s"] for name, runs in samples.items()}
+    name = min((n for n in samples if n != "cp"), key=lambda n: ways[n])
+    return {**best_of(samples[name]), "how": name, "ways": ways, "spread": spread(samples[name])}
 
 
 def rounding_note(srcs, weights, mogen_out: Path, mergekit_out: Path, tensors: int = 40) -> str:
@@ -377,6 +393,24 @@ def rounding_note(srcs, weights, mogen_out: Path, mergekit_out: Path, tensors: i
             f"at most {worst['mogen']} ulp off ({100 * differ['mogen'] / total:.3f}% of elements off at all), mergekit "
             f"at most {worst['mergekit']} ulp ({100 * differ['mergekit'] / total:.2f}%): the difference between the "
             "two is mergekit's rounding")
+
+
+def dirty_note(written: int) -> str:
+    """Why writing K outputs costs more than K times one: how many written bytes the page cache
+    takes before the kernel starts writing back (vm.dirty_background_*), and before it throttles
+    the writer (vm.dirty_*)."""
+    try:
+        vm = dict(line.split() for line in Path("/proc/vmstat").read_text().splitlines())
+        page = os.sysconf("SC_PAGE_SIZE")
+        bg, hard = int(vm["nr_dirty_background_threshold"]) * page, int(vm["nr_dirty_threshold"]) * page
+    except (OSError, KeyError, ValueError):
+        return ""
+    head = (f"The page cache takes {bg / 1e9:.1f} GB of written data before the kernel starts writing it back "
+            f"(and throttles writers at {hard / 1e9:.1f} GB); ")
+    if written <= bg:
+        return head + f"{written / 1e9:.1f} GB of outputs fits below that."
+    return head + (f"{written / 1e9:.1f} GB of outputs is past that, so the K-output rows wait on the disk's "
+                   "writeback, mogen's and the floor's alike, and swing with it.")
 
 
 def page_cache_warm(paths) -> None:
@@ -441,7 +475,8 @@ def main() -> int:
     ap.add_argument("--skip-mergekit", action="store_true")
     ap.add_argument("--k", type=int, default=5, help="outputs of the one-pass sweep")
     ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
-    ap.add_argument("--repeat", type=int, default=2, help="runs of each floor way and mogen row; the best counts")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="interleaved rounds: runs of each floor way and mogen row; the best counts")
     ap.add_argument("--settle-s", type=float, default=3.0,
                     help="pause after sync before each measured run (page cache settled)")
     args = ap.parse_args()
@@ -475,18 +510,6 @@ def main() -> int:
         return p
 
     settle(args.settle_s)  # the inputs just written must not be written back during the runs
-    # The floors, by key; each mogen row names the one that moves as many bytes.
-    floors = {}
-    for key, what, nout, fs, mem in [
-            ("1", "floor: read inputs + write 1 output", 1, False, False),
-            ("1+fsync", "floor: read inputs + write 1 output + fsync", 1, True, False),
-            ("K", f"floor: read inputs + write {args.k} outputs", args.k, False, False),
-            ("memory", "floor: read inputs + fill 1 output in memory", 1, False, True)]:
-        m = best_floor(what, nout, fs, out_bytes, srcs, work, args.settle_s, args.repeat, memory=mem)
-        floors[key] = {"what": f"{what} (best: {m['how']})", "wall": m["wall"], "peak_rss": m["peak_rss"],
-                       "bytes": in_bytes + (0 if mem else nout * out_bytes), "merge_s": m["merge_s"],
-                       "ways": m["ways"]}
-        rows.append(floors[key])
     merge_code = textwrap.dedent("""
         import json, sys, mogen
         srcs, coef, outs, fsync = json.loads(sys.argv[1])
@@ -502,18 +525,15 @@ def main() -> int:
         m = measure([sys.executable, "-c", code, json.dumps(argv)], env)
         info = json.loads(m["stdout"].strip().splitlines()[-1])
         m.update(merge_s=info["merge_s"], rss_above_base=info["peak"] - info["base"])
-        return m
-
-    for label, coef, k, fs, floor in [("mogen linear, K=1", weights, 1, False, "1"),
-                                      (f"mogen linear, K={args.k}", coef_k, args.k, False, "K"),
-                                      ("mogen linear, K=1, fsync (default)", weights, 1, True, "1+fsync")]:
-        outs = [f"mogen{j}" for j in range(k)]
-        argv = [[str(s) for s in srcs], coef, [str(work / o) for o in outs], fs]
-        m = best_of(args.repeat, lambda: run_mogen(merge_code, argv, outs))
-        rows.append({"what": label, "wall": m["wall"], "peak_rss": m["peak_rss"], "bytes": in_bytes + k * out_bytes,
-                     "merge_s": m["merge_s"], "rss_above_base": m["rss_above_base"], "floor": floor})
         for o in outs[1:]:  # mogen0 stays for the rounding check; the rest only fill the page cache
             shutil.rmtree(work / o, ignore_errors=True)
+        return m
+
+    def mogen_row(coef, k, fs):
+        outs = [f"mogen{j}" for j in range(k)]
+        argv = [[str(s) for s in srcs], coef, [str(work / o) for o in outs], fs]
+        return lambda: run_mogen(merge_code, argv, outs)
+
     # merge_into: a model loaded from the first source, re-merged in place; the
     # peak is measured against the process once the model is loaded.
     into_code = textwrap.dedent("""
@@ -532,10 +552,46 @@ def main() -> int:
         r = mogen.merge_into(model, srcs, coef)
         print(json.dumps({"merge_s": time.perf_counter() - t0, "peak": r.peak_rss, "base": r.baseline_rss}))
     """ % args.dtype)
-    m = best_of(args.repeat, lambda: run_mogen(into_code, [[str(s) for s in srcs], weights]))
-    rows.append({"what": "mogen merge_into (in place, model loaded)", "wall": m["wall"], "peak_rss": m["peak_rss"],
-                 "bytes": in_bytes, "merge_s": m["merge_s"], "rss_above_base": m["rss_above_base"],
-                 "floor": "memory"})
+    # Each floor (by key) and the mogen row held against it: (key, floor, outputs, fsync, in memory,
+    # mogen row, its bytes written, its run).
+    groups = [("1", "floor: read inputs + write 1 output", 1, False, False,
+               "mogen linear, K=1", out_bytes, mogen_row(weights, 1, False)),
+              ("1+fsync", "floor: read inputs + write 1 output + fsync", 1, True, False,
+               "mogen linear, K=1, fsync (default)", out_bytes, mogen_row(weights, 1, True)),
+              ("K", f"floor: read inputs + write {args.k} outputs", args.k, False, False,
+               f"mogen linear, K={args.k}", args.k * out_bytes, mogen_row(coef_k, args.k, False)),
+              ("memory", "floor: read inputs + fill 1 output in memory", 1, False, True,
+               "mogen merge_into (in place, model loaded)", 0,
+               lambda: run_mogen(into_code, [[str(s) for s in srcs], weights]))]
+    # Interleaved rounds: each round runs every floor way and then, right after, the mogen row held
+    # against that floor, so that both see the same page cache and disk (the K-output rows are
+    # bound by the disk's writeback, whose speed drifts by 2x over minutes); the order within a
+    # group turns by one place each round, so no run always follows the same one.
+    samples = {key: {} for key, *_ in groups}
+    for r in range(args.repeat):
+        for key, what, nout, fs, mem, label, _, mogen_run in groups:
+            runs = list(floor_ways(nout, fs, out_bytes, srcs, work, args.settle_s, memory=mem).items())
+            runs.append((label, mogen_run))
+            shift = r % len(runs)
+            for name, run in runs[shift:] + runs[:shift]:
+                m = run()
+                samples[key].setdefault(name, []).append(m)
+                print(f"  round {r + 1}: {what if name != label else label} via {name}: {m['merge_s']:.2f}s",
+                      flush=True)
+    floors, mogen_rows = {}, []
+    for key, what, nout, fs, mem, label, written, _ in groups:
+        mine = samples[key].pop(label)
+        m = best_floor(samples[key])
+        floors[key] = {"what": f"{what} (best: {m['how']})", "wall": m["wall"], "peak_rss": m["peak_rss"],
+                       "bytes": in_bytes + (0 if mem else nout * out_bytes), "merge_s": m["merge_s"],
+                       "ways": m["ways"], "spread": m["spread"]}
+        rows.append(floors[key])
+        m = best_of(mine)
+        mogen_rows.append({"what": label, "wall": m["wall"], "peak_rss": m["peak_rss"], "bytes": in_bytes + written,
+                           "merge_s": m["merge_s"], "rss_above_base": m["rss_above_base"], "floor": key,
+                           "spread": spread(mine)})
+    # The table's order: the floors, then mogen K=1, K, K=1 with fsync, merge_into.
+    rows += [mogen_rows[i] for i in (0, 2, 1, 3)]
     mk_note = "skipped (--skip-mergekit)"
     if not args.skip_mergekit:
         py, ver = ensure_mergekit(Path(args.mergekit_venv))
@@ -562,17 +618,22 @@ def main() -> int:
     title = f"# Merge benchmark ({args.sources} x {in_bytes / args.sources / 1e9:.2f} GB {args.dtype}, linear, CPU)"
     lines = [f"Merging {args.sources} x {in_bytes / args.sources / 1e9:.2f} GB {args.dtype} checkpoints, linear, on the CPU; "
              f"inputs in the page cache and settled (sync + {args.settle_s:g} s pause) before each run, each run a fresh "
-             f"process, every floor way and mogen row run {args.repeat} times with the best kept. The floor is the fastest "
+             f"process, in {args.repeat} interleaved rounds (each round runs every way of a floor and, right after them, the "
+             "mogen row held against it, in an order that turns each round, so that both see the same page cache and "
+             "disk), the best run of each way and row kept. The floor is the fastest "
              "of four ways that bring every input byte into user space and write the output(s), each output its own file "
              "as a merge writes them: a Python read/write loop, threaded pread/pwrite, mapped inputs XOR-folded in "
              "L2-sized blocks with numpy and pwritten from two threads, and the same pread / XOR / pwrite in C++ "
-             "(`benchmarks/floor.cpp`); `cp` (whose copy stays in the kernel, which a merge that computes on every "
+             "(`benchmarks/floor.cpp`), its two threads taking the stream in two ranges or interleaved by block (as K3's "
+             "move through each file side by side); `cp` (whose copy stays in the kernel, which a merge that computes on every "
              "element cannot do) is shown beside them. `merge_into` is held against a floor whose output is a buffer "
              "in memory, as a loaded model's parameters are. What mogen adds to its floor is the compensated fp32 "
              "arithmetic, which the floor's XOR does not do (`merge_into` has no file write to hide it behind). K3 "
              "reads its inputs with `pread` into a per-thread block buffer (mapping the inputs and releasing each "
              "block to keep resident memory low sent a TLB shootdown per block to the other thread) and sums up to "
-             "four sources in one register-resident pass per output.", "",
+             "four sources in one register-resident pass per output. The floors do no more than any merger must: each "
+             "input byte read once, each output byte written once, no arithmetic (with fsync: each output file and "
+             "its folder fsynced; one more way with fsync starts each block's writeback as soon as it is written).", "",
              f"{mk_note}. Inputs in the page cache; each row a fresh process (wall includes interpreter start). "
              "GB/s = (bytes read + bytes written) / wall.", "",
              "'work s' is the time inside the process (the merge call; the floor's loop), without imports; "
@@ -604,13 +665,18 @@ def main() -> int:
     for r in floors.values():
         lines.append(f"- {r['what'].split(' (best')[0]}, work s of each way: "
                      + ", ".join(f"{k} {v:.2f}" for k, v in r["ways"].items()))
+    for r in rows:
+        if "floor" in r:
+            ref = floors[r["floor"]]
+            lines.append(f"- {r['what']}, work s of each round (fastest first): {r['spread']}; its floor's way "
+                         f"({ref['what'].split('(best: ')[1][:-1]}): {ref['spread']}.")
     vs_floor = [r["merge_s"] / floors[r["floor"]]["merge_s"] for r in rows if "floor" in r]
     lines.append(f"- every mogen row: {min(vs_floor):.2f}-{max(vs_floor):.2f}x its floor's work time.")
     lines += criteria(rows, floors)
     lines.append(f"- K={args.k} outputs from one pass vs K=1: {kk['wall'] / mg['wall']:.2f}x the wall time "
                  f"({kk['merge_s'] / mg['merge_s']:.2f}x in-process); the floor itself grows "
                  f"{floors['K']['merge_s'] / floors['1']['merge_s']:.2f}x from writing 1 output to {args.k}, and "
-                 f"K={args.k} takes {kk['merge_s'] / floors['K']['merge_s']:.2f}x its floor.")
+                 f"K={args.k} takes {kk['merge_s'] / floors['K']['merge_s']:.2f}x its floor. {dirty_note(args.k * out_bytes)}")
     print("\n".join(lines))
     print("wrote", write_results("merge_cpu", title, lines))
     if not args.keep:
