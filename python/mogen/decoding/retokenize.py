@@ -63,7 +63,6 @@ a word in pieces that the guide, reading text, sees merged.
 
 from __future__ import annotations
 
-import copy
 import re
 import weakref
 from typing import Any, NamedTuple, Optional, Sequence
@@ -102,6 +101,15 @@ class TextEdit(NamedTuple):
 
 
 NO_EDIT = TextEdit(0, "")
+
+
+class EditPlan(NamedTuple):
+    """What :meth:`GuideTokenContext.begin_edit` leaves to encode: ``piece``, the text from character ``start``
+    on, re-encoded from token ``window`` on (None: the whole text, ``start`` 0)."""
+
+    window: Optional[int]
+    start: int
+    piece: str
 
 
 def compose(first: TextEdit, then: TextEdit) -> TextEdit:
@@ -263,7 +271,8 @@ class IncrementalDetokenizer:
 
     def clone(self) -> "IncrementalDetokenizer":
         """An independent copy (the tokenizer is shared)."""
-        out = copy.copy(self)
+        out = object.__new__(type(self))
+        out.__dict__.update(self.__dict__)
         out._ids = list(self._ids)
         return out
 
@@ -277,9 +286,17 @@ class IncrementalDetokenizer:
 
     def push(self, token_id: int) -> TextEdit:
         """Append one base token; return what it does to the released text (:data:`NO_EDIT` while held back)."""
+        before, after = self.append(token_id)
+        return self.release(self._decode(before), self._decode(after))
+
+    def append(self, token_id: int) -> tuple[list[int], list[int]]:
+        """First half of :meth:`push`: append the id; returns the two id runs whose texts :meth:`release`
+        takes (decoded with ``skip_special_tokens=True``, no clean-up), so that a caller may decode many at once."""
         self._ids.append(int(token_id))
-        before = self._decode(self._ids[self._prefix : self._read])
-        after = self._decode(self._ids[self._prefix :])
+        return self._ids[self._prefix : self._read], self._ids[self._prefix :]
+
+    def release(self, before: str, after: str) -> TextEdit:
+        """Second half of :meth:`push`, given the texts of :meth:`append`'s two id runs."""
         if after == before or after.endswith(_REPLACEMENT):
             return NO_EDIT
         # ``after`` extends ``before`` for every ordinary decoder; where it rewrites
@@ -338,9 +355,10 @@ class GuideTokenContext:
         self.last_new = 0  # ids the last edit added or changed: the trailing ids that differ from before it
 
     def clone(self) -> "GuideTokenContext":
-        """An independent copy (the tokenizer is shared)."""
-        out = copy.copy(self)
-        out.prefix, out._toks, out._starts = list(self.prefix), list(self._toks), list(self._starts)
+        """An independent copy (the tokenizer is shared; the id lists too: an edit replaces them, never changes
+        them in place)."""
+        out = object.__new__(type(self))
+        out.__dict__.update(self.__dict__)
         return out
 
     @property
@@ -381,34 +399,52 @@ class GuideTokenContext:
         non-empty whenever ``retract`` is, so the caller always has fresh
         logits for the last id.
         """
+        plan = self.begin_edit(back, delta)
+        if plan is None:
+            return 0, []
+        return self.finish_edit(plan, self.encode_piece(plan.piece))
+
+    def encode_piece(self, piece: str) -> tuple[list[int], list[int]]:
+        """The ids of ``piece`` and their start offsets (none in ``"full"`` mode), as :meth:`finish_edit` takes."""
+        if self.mode == "full":
+            return _encode(self._tok, piece), []
+        return _encode_offsets(self._tok, piece)
+
+    def begin_edit(self, back: int, delta: str) -> Optional["EditPlan"]:
+        """First half of :meth:`edit`: change the text and say which piece of it to encode (None: no change).
+
+        A caller may encode the pieces of many contexts at once (one tokenizer call) and pass each its
+        ``(ids, offsets)`` (:meth:`encode_piece`) to :meth:`finish_edit`.
+        """
         if back < 0 or back > len(self.text):
             raise ValueError(f"cannot take back {back} characters of a {len(self.text)}-character text")
         self.last_new = 0
         if not back and not delta:
-            return 0, []
+            return None
         unchanged = len(self.text) - back
         self.text = self.text[:unchanged] + delta
         j = self._window_start(unchanged)
-        new_toks: list[int] = []
-        new_starts: list[int] = []
-        if j is not None:
-            p = self._starts[j]
-            if self.mode == "keep":
-                new_toks, offs = _encode_offsets(self._tok, self.text[p:])
-                new_starts = [p + s for s in offs]
-            else:  # "drop": the tokenizer re-adds the boundary space itself
-                new_toks, offs = _encode_offsets(self._tok, self.text[p + 1 :])
-                new_starts = [p + 1 + s for s in offs]
-                if new_toks and new_toks[0] in self._kinds.added:
-                    j = None  # the space before an added token is a piece of its own: not re-added
-                elif new_starts:
-                    new_starts[0] = p
+        if j is None:
+            return EditPlan(None, 0, self.text)
+        p = self._starts[j]
+        if self.mode == "keep":
+            return EditPlan(j, p, self.text[p:])
+        return EditPlan(j, p + 1, self.text[p + 1 :])  # "drop": the tokenizer re-adds the boundary space itself
+
+    def finish_edit(self, plan: "EditPlan", encoded: tuple[list[int], list[int]]) -> tuple[int, list[int]]:
+        """Second half of :meth:`edit`: ``encoded`` is ``(ids, offsets)`` of ``plan.piece``; returns
+        ``(retract, feed)``."""
+        j, new_toks = plan.window, list(encoded[0])
+        new_starts = [plan.start + s for s in encoded[1]]
+        if j is not None and self.mode == "drop":
+            if new_toks and new_toks[0] in self._kinds.added:
+                j = None  # the space before an added token is a piece of its own: not re-added
+            elif new_starts:
+                new_starts[0] = plan.start - 1
         if j is None:
             self.full_reencodes += int(self.mode != "full")
-            if self.mode == "full":
-                new_toks, new_starts = _encode(self._tok, self.text), []
-            else:
-                new_toks, new_starts = _encode_offsets(self._tok, self.text)
+            if plan.window is not None:  # the window turned out not to do: encode everything after all
+                new_toks, new_starts = self.encode_piece(self.text)
             j = 0
         old = self._toks[j:]
         common = 0
