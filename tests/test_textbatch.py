@@ -54,8 +54,10 @@ def test_read_texts_equals_one_copy_at_a_time(pair):
 
 
 def test_read_texts_slow_decode_and_full_mode(monkeypatch):
-    """The per-run decode (a tokenizer without the plain fast decode) and contexts that re-encode everything."""
+    """The per-run decode and the batched tokenizer call (no plain fast backend), with contexts that re-encode
+    everything."""
     monkeypatch.setattr(textbatch, "_plain_fast_decode", lambda tokenizer: None)
+    monkeypatch.setattr(textbatch, "_plain_fast_encode", lambda tokenizer: None)
     assert _check_pair("llama-spm", "gpt-2", mode="full", steps=6) > 50
 
 

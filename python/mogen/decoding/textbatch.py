@@ -50,11 +50,32 @@ def decode_many(tokenizer: Any, runs: Sequence[Sequence[int]]) -> list[str]:
     return [tokenizer.decode(list(r), skip_special_tokens=True, clean_up_tokenization_spaces=False) for r in runs]
 
 
+def _plain_fast_encode(tokenizer: Any) -> Any:
+    """The backend whose ``encode(text, add_special_tokens=False)`` gives exactly the ids and offsets of
+    ``tokenizer(text, add_special_tokens=False)``, or None: a fast tokenizer whose backend neither truncates nor
+    pads and splits special tokens as the tokenizer says (what the tokenizer's call sets before it encodes)."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode"):
+        return None
+    split = bool(getattr(tokenizer, "split_special_tokens", False))
+    if backend.truncation is not None or backend.padding is not None or backend.encode_special_tokens != split:
+        return None
+    return backend
+
+
 def encode_many(tokenizer: Any, texts: Sequence[str], offsets: bool) -> list[tuple[list[int], list[int]]]:
     """Per text its ids without special tokens and (``offsets``) each id's start character, as
-    :meth:`GuideTokenContext.encode_piece` gives them: one batched tokenizer call."""
+    :meth:`GuideTokenContext.encode_piece` gives them: the backend's own encoder one text at a time where it gives
+    exactly that (no per-call wrapper; its parallel batch encode contends with torch's threads for the cores),
+    else one batched tokenizer call."""
     if not texts:
         return []
+    backend = _plain_fast_encode(tokenizer)
+    if backend is not None:
+        encs = [backend.encode(t, add_special_tokens=False) for t in texts]
+        return [(list(e.ids), [int(s) for s, _ in e.offsets] if offsets else []) for e in encs]
     if not offsets:
         return [(list(ids), []) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
     enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
