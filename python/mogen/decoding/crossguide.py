@@ -201,7 +201,15 @@ class RetokenizingGroup(RunnerRegistry):
 
     def _edit_row(self, b: int, edit: TextEdit) -> tuple[list[int], Optional[int]]:
         """Re-tokenize row ``b`` after ``edit``: mask retracted columns; return ``(ids to feed, anchor column)``."""
-        retract, feed = self.contexts[b].edit(*edit)
+        masked: list[int] = []
+        out = self._retract(b, *self.contexts[b].edit(*edit), masked)
+        if masked:
+            self._mask[b, masked] = 0
+        return out
+
+    def _retract(self, b: int, retract: int, feed: list[int], masked: list[int]) -> tuple[list[int], Optional[int]]:
+        """Row ``b``'s part of an edit after its context's ``(retract, feed)``: drops its retracted columns, which
+        it appends to ``masked`` (the caller masks them); returns ``(ids to feed, anchor column)``."""
         cols = self._cols[b]
         anchor = None
         if retract and self._anchored:
@@ -213,7 +221,7 @@ class RetokenizingGroup(RunnerRegistry):
             else:
                 anchor = FIRST_ANCHOR  # every id retracted: the first new id has nothing before it
         for _ in range(retract):
-            self._mask[b, cols.pop()] = 0
+            masked.append(cols.pop())
         self.retracted += retract
         return feed, anchor
 
@@ -247,25 +255,22 @@ class RetokenizingGroup(RunnerRegistry):
         Returns ids ``[B, width]`` (padded), their mask, position ids, each row's last fed column ``[B]`` and
         which rows feed anything ``[B]``.
         """
-        batch = len(feeds)
         width = max(len(f) for f in feeds)
         start = self._mask.shape[1]
-        ids = torch.full((batch, width), self._pad_id, dtype=torch.long)
-        new_mask = torch.zeros(batch, width, dtype=torch.long)
-        positions = torch.zeros(batch, width, dtype=torch.long)
-        last = torch.zeros(batch, dtype=torch.long)
-        fed = torch.zeros(batch, dtype=torch.bool)
         for b, f in enumerate(feeds):
-            if not f:
-                continue
-            n, live_count = len(f), len(self._cols[b])
-            self._check_length(b, live_count + n)
-            ids[b, :n] = torch.tensor(f, dtype=torch.long)
-            new_mask[b, :n] = 1
-            positions[b, :] = torch.arange(live_count, live_count + width)
-            self._cols[b].extend(range(start, start + n))
-            last[b] = n - 1
-            fed[b] = True
+            if f:
+                self._check_length(b, len(self._cols[b]) + len(f))
+        live = torch.tensor([len(c) for c in self._cols], dtype=torch.long)
+        for b, f in enumerate(feeds):
+            if f:
+                self._cols[b].extend(range(start, start + len(f)))
+        lengths = torch.tensor([len(f) for f in feeds], dtype=torch.long)
+        ids = torch.tensor([f + [self._pad_id] * (width - len(f)) for f in feeds], dtype=torch.long).view(-1, width)
+        steps = torch.arange(width)
+        new_mask = (steps < lengths.unsqueeze(1)).long()
+        fed = lengths > 0
+        positions = torch.where(fed.unsqueeze(1), live.unsqueeze(1) + steps, torch.zeros((), dtype=torch.long))
+        last = torch.where(fed, lengths - 1, torch.zeros((), dtype=torch.long))
         self._mask = torch.cat([self._mask, new_mask], dim=1)
         return ids, new_mask, positions, last, fed
 

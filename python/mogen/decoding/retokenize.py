@@ -3,7 +3,7 @@
 A guide whose tokenizer differs from the base's cannot take the base's token
 ids. After every base step the new *text* goes to the guide instead:
 
-1. :class:`IncrementalDetokenizer` turns one row's new base tokens into text.
+1. :class:`IncrementalDetokenizer` (:mod:`mogen.decoding.detokenize`) turns one row's new base tokens into text.
    It decodes only a short tail of ids and holds text back while it ends in an
    incomplete UTF-8 character (a byte-level token can carry one byte of "日"),
    so the guide never sees a replacement character that the next token fixes.
@@ -63,15 +63,13 @@ a word in pieces that the guide, reading text, sees merged.
 
 from __future__ import annotations
 
-import copy
-import re
 import weakref
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
-__all__ = ["IncrementalDetokenizer", "GuideTokenContext", "TextEdit", "compose", "window_mode", "special_prefix",
-           "token_kinds"]
+from .detokenize import (NO_EDIT, IncrementalDetokenizer, TextEdit, compose,  # noqa: F401 - re-exported
+                         token_kinds)
 
-_REPLACEMENT = "\ufffd"
+__all__ = ["IncrementalDetokenizer", "GuideTokenContext", "TextEdit", "compose", "window_mode", "special_prefix"]
 
 # Probe strings for window_mode: words, punctuation, digits, newlines, runs of
 # spaces and multi-byte characters, so every usual pre-tokenizer rule shows up.
@@ -92,76 +90,13 @@ def _encode(tok: Any, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
-class TextEdit(NamedTuple):
-    """What one base token did to a row's text: take back the last ``back`` characters, then append ``text``.
+class EditPlan(NamedTuple):
+    """What :meth:`GuideTokenContext.begin_edit` leaves to encode: ``piece``, the text from character ``start``
+    on, re-encoded from token ``window`` on (None: the whole text, ``start`` 0)."""
 
-    ``back`` is 0 except where a ``ByteFallback`` decoder rewrites a run of byte tokens (module docstring).
-    """
-
-    back: int
-    text: str
-
-
-NO_EDIT = TextEdit(0, "")
-
-
-def compose(first: TextEdit, then: TextEdit) -> TextEdit:
-    """One edit doing ``first`` and then ``then``."""
-    if then.back <= len(first.text):
-        return TextEdit(first.back, first.text[: len(first.text) - then.back] + then.text)
-    return TextEdit(first.back + then.back - len(first.text), then.text)
-
-
-_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
-
-
-class _TokenKinds:
-    """Per tokenizer: its byte tokens (``'<0xNN>'``, which a ``ByteFallback`` decoder joins into runs), the ids
-    ``skip_special_tokens`` drops (no text: they do not break a run) and its added tokens (which split text
-    into separately normalized pieces)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        added = dict(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-        self.added = frozenset(int(i) for i in added)
-        self.textless = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", []) or []) | frozenset(
-            int(i) for i, a in added.items() if getattr(a, "special", False))
-        byte_ids: set[int] = set()
-        try:
-            vocab = tokenizer.get_vocab()
-        except Exception:  # noqa: BLE001 - a tokenizer without a vocabulary has no byte tokens to join
-            vocab = {}
-        if all(f"<0x{b:02X}>" in vocab for b in range(256)):
-            byte_ids = {int(i) for t, i in vocab.items() if len(t) == 6 and _BYTE_TOKEN.fullmatch(t)}
-        self.byte = frozenset(byte_ids - self.added)
-
-
-_KINDS_CACHE: "weakref.WeakKeyDictionary[Any, _TokenKinds]" = weakref.WeakKeyDictionary()
-
-
-def token_kinds(tokenizer: Any) -> _TokenKinds:
-    """The token kinds of ``tokenizer``, computed once per tokenizer (shared by every detokenizer and the text
-    candidates, which must agree on what is special)."""
-    try:
-        return _KINDS_CACHE[tokenizer]
-    except (KeyError, TypeError):
-        pass
-    kinds = _TokenKinds(tokenizer)
-    try:
-        _KINDS_CACHE[tokenizer] = kinds
-    except TypeError:  # pragma: no cover - not weak-referenceable
-        pass
-    return kinds
-
-
-def _run_anchor(ids: Sequence[int], pos: int, kinds: _TokenKinds) -> int:
-    """The largest ``s <= pos`` such that decoding ``ids[s:]`` sees whole every byte-token run that reaches into
-    ``ids[pos:]``: ``ids[s]`` has text and is not a byte token, or ``s`` is 0."""
-    if not kinds.byte:
-        return pos
-    s = pos
-    while s > 0 and (s >= len(ids) or ids[s] in kinds.byte or ids[s] in kinds.textless):
-        s -= 1
-    return s
+    window: Optional[int]
+    start: int
+    piece: str
 
 
 def _encode_offsets(tok: Any, text: str) -> tuple[list[int], list[int]]:
@@ -222,90 +157,6 @@ def special_prefix(tokenizer: Any) -> list[int]:
     return []
 
 
-class IncrementalDetokenizer:
-    """The text of one row's new base tokens, released when it is complete.
-
-    Decodes only ids from ``prefix`` on (a few tokens of left context, so
-    tokenizers that drop a leading space at the start of a decode still get
-    spaces right) and returns the part past what was already released. Text
-    ending in U+FFFD is held back until the next token completes the
-    character; an invalid byte sequence is released as U+FFFD once any
-    following token decodes. A run of ``ByteFallback`` byte tokens stays in
-    the decoded tail until a token with text ends it, so when a later byte
-    makes the run invalid the text it already released is taken back
-    (:class:`TextEdit`): the released text is always ``decode(ids)``.
-
-    Args:
-        tokenizer: the base model's tokenizer.
-        prompt_ids: the row's prompt ids (without padding). A prompt whose
-            last tokens end inside a character keeps them pending.
-        context: ids of left context kept for decoding.
-
-    Attributes:
-        prompt_text: the prompt's complete text (what the guide starts from).
-    """
-
-    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], context: int = 4) -> None:
-        self._tok = tokenizer
-        self._kinds = token_kinds(tokenizer)
-        ids = [int(i) for i in prompt_ids]
-        # A UTF-8 character spans at most 4 byte tokens: look that far back for
-        # the end of the last complete character.
-        complete = len(ids)
-        text = self._decode(ids)
-        for cut in range(len(ids), max(len(ids) - 4, 0) - 1, -1):
-            candidate = text if cut == len(ids) else self._decode(ids[:cut])
-            if not candidate.endswith(_REPLACEMENT):
-                complete, text = cut, candidate
-                break
-        self.prompt_text = text
-        start = _run_anchor(ids, max(complete - max(context, 0), 0), self._kinds)
-        self._ids = ids[start:]
-        self._prefix = 0
-        self._read = complete - start
-
-    def clone(self) -> "IncrementalDetokenizer":
-        """An independent copy (the tokenizer is shared)."""
-        out = copy.copy(self)
-        out._ids = list(self._ids)
-        return out
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    @property
-    def pending(self) -> bool:
-        """Whether some pushed ids have not been released as text yet."""
-        return self._read < len(self._ids)
-
-    def push(self, token_id: int) -> TextEdit:
-        """Append one base token; return what it does to the released text (:data:`NO_EDIT` while held back)."""
-        self._ids.append(int(token_id))
-        before = self._decode(self._ids[self._prefix : self._read])
-        after = self._decode(self._ids[self._prefix :])
-        if after == before or after.endswith(_REPLACEMENT):
-            return NO_EDIT
-        # ``after`` extends ``before`` for every ordinary decoder; where it rewrites
-        # part of it (a ByteFallback run turned invalid), the rest is taken back.
-        common = 0
-        limit = min(len(before), len(after))
-        while common < limit and before[common] == after[common]:
-            common += 1
-        self._advance()
-        return TextEdit(len(before) - common, after[common:])
-
-    def _advance(self) -> None:
-        # The next decode starts at the ids just released (context for the
-        # decoder), or earlier where a byte-token run began.
-        self._prefix = _run_anchor(self._ids, self._read, self._kinds)
-        self._read = len(self._ids)
-        # Keep the buffer short: nothing before the new prefix is decoded again.
-        if self._prefix > 0:
-            del self._ids[: self._prefix]
-            self._read -= self._prefix
-            self._prefix = 0
-
-
 class GuideTokenContext:
     """A guide's token ids for one row's text, updated as text is appended.
 
@@ -341,9 +192,10 @@ class GuideTokenContext:
         self.last_new = 0  # ids the last edit added or changed: the trailing ids that differ from before it
 
     def clone(self) -> "GuideTokenContext":
-        """An independent copy (the tokenizer is shared)."""
-        out = copy.copy(self)
-        out.prefix, out._toks, out._starts = list(self.prefix), list(self._toks), list(self._starts)
+        """An independent copy (the tokenizer is shared; the id lists too: an edit replaces them, never changes
+        them in place)."""
+        out = object.__new__(type(self))
+        out.__dict__.update(self.__dict__)
         return out
 
     @property
@@ -384,34 +236,52 @@ class GuideTokenContext:
         non-empty whenever ``retract`` is, so the caller always has fresh
         logits for the last id.
         """
+        plan = self.begin_edit(back, delta)
+        if plan is None:
+            return 0, []
+        return self.finish_edit(plan, self.encode_piece(plan.piece))
+
+    def encode_piece(self, piece: str) -> tuple[list[int], list[int]]:
+        """The ids of ``piece`` and their start offsets (none in ``"full"`` mode), as :meth:`finish_edit` takes."""
+        if self.mode == "full":
+            return _encode(self._tok, piece), []
+        return _encode_offsets(self._tok, piece)
+
+    def begin_edit(self, back: int, delta: str) -> Optional["EditPlan"]:
+        """First half of :meth:`edit`: change the text and say which piece of it to encode (None: no change).
+
+        A caller may encode the pieces of many contexts at once (one tokenizer call) and pass each its
+        ``(ids, offsets)`` (:meth:`encode_piece`) to :meth:`finish_edit`.
+        """
         if back < 0 or back > len(self.text):
             raise ValueError(f"cannot take back {back} characters of a {len(self.text)}-character text")
         self.last_new = 0
         if not back and not delta:
-            return 0, []
+            return None
         unchanged = len(self.text) - back
         self.text = self.text[:unchanged] + delta
         j = self._window_start(unchanged)
-        new_toks: list[int] = []
-        new_starts: list[int] = []
-        if j is not None:
-            p = self._starts[j]
-            if self.mode == "keep":
-                new_toks, offs = _encode_offsets(self._tok, self.text[p:])
-                new_starts = [p + s for s in offs]
-            else:  # "drop": the tokenizer re-adds the boundary space itself
-                new_toks, offs = _encode_offsets(self._tok, self.text[p + 1 :])
-                new_starts = [p + 1 + s for s in offs]
-                if new_toks and new_toks[0] in self._kinds.added:
-                    j = None  # the space before an added token is a piece of its own: not re-added
-                elif new_starts:
-                    new_starts[0] = p
+        if j is None:
+            return EditPlan(None, 0, self.text)
+        p = self._starts[j]
+        if self.mode == "keep":
+            return EditPlan(j, p, self.text[p:])
+        return EditPlan(j, p + 1, self.text[p + 1 :])  # "drop": the tokenizer re-adds the boundary space itself
+
+    def finish_edit(self, plan: "EditPlan", encoded: tuple[list[int], list[int]]) -> tuple[int, list[int]]:
+        """Second half of :meth:`edit`: ``encoded`` is ``(ids, offsets)`` of ``plan.piece``; returns
+        ``(retract, feed)``."""
+        j, new_toks = plan.window, list(encoded[0])
+        new_starts = [plan.start + s for s in encoded[1]]
+        if j is not None and self.mode == "drop":
+            if new_toks and new_toks[0] in self._kinds.added:
+                j = None  # the space before an added token is a piece of its own: not re-added
+            elif new_starts:
+                new_starts[0] = plan.start - 1
         if j is None:
             self.full_reencodes += int(self.mode != "full")
-            if self.mode == "full":
-                new_toks, new_starts = _encode(self._tok, self.text), []
-            else:
-                new_toks, new_starts = _encode_offsets(self._tok, self.text)
+            if plan.window is not None:  # the window turned out not to do: encode everything after all
+                new_toks, new_starts = self.encode_piece(self.text)
             j = 0
         old = self._toks[j:]
         common = 0

@@ -51,8 +51,9 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .crossguide import FIRST_ANCHOR, RetokenizingGroup
-from .retokenize import NO_EDIT, token_kinds
+from .detokenize import token_kinds
 from .tally import TokenScoreFn, score_columns
+from .textbatch import read_texts
 from .textfork import ForkOutputs, fork_score, head_of
 
 __all__ = ["CandidateGroup", "CandidateScores"]
@@ -179,9 +180,9 @@ class CandidateGroup(RetokenizingGroup):
                 outs: list = fork_outs
             else:
                 fed, outs = self._feed(feeds, anchors)
-            lengths = [len(f) for f in feeds]
+            span = _new_span(feeds, new, anchors)
             for req, score in zip(self._requests, scores):
-                values, valid = self._request_scores(req, fed, outs, lengths, new, anchors)
+                values, valid = self._request_scores(req, fed, outs, span)
                 score.values = values.view(batch, k)
                 if req[2] == "last":
                     score.valid = valid.view(batch, k)
@@ -226,9 +227,8 @@ class CandidateGroup(RetokenizingGroup):
         ids, _, positions, _, fed = self._layout([f if not buckets else f[:1] for f in feeds])
         for r in extra:
             self._check_length(r, len(self._cols[r]) + len(feeds[r]) - 1)
-        all_ids = torch.full((len(feeds), width), self._pad_id, dtype=torch.long)
-        for r, f in enumerate(feeds):
-            all_ids[r, :len(f)] = torch.tensor(f, dtype=torch.long)
+        all_ids = ids if not buckets else torch.tensor(
+            [f + [self._pad_id] * (width - len(f)) for f in feeds], dtype=torch.long).view(-1, width)
         lengths = torch.tensor([len(f) for f in feeds])
         last_col = torch.where(fed, lengths - 1, torch.full_like(lengths, -1)).to(self.device)
         subs = [self._extra_inputs(b, feeds, all_ids, positions) for b in buckets]
@@ -251,9 +251,8 @@ class CandidateGroup(RetokenizingGroup):
         the longest), mask over their cache and the ``n`` new columns, and positions (after their first id's)."""
         rows = torch.tensor(extra, dtype=torch.long)
         later = all_ids[rows, 1:max(len(feeds[r]) for r in extra)]
-        new_mask = torch.zeros_like(later)
-        for m, r in enumerate(extra):
-            new_mask[m, : len(feeds[r]) - 1] = 1
+        more = torch.tensor([len(feeds[r]) - 1 for r in extra], dtype=torch.long)
+        new_mask = (torch.arange(later.shape[1]) < more.unsqueeze(1)).to(later.dtype)
         steps = torch.arange(1, later.shape[1] + 1)
         return rows, later, torch.cat([self._mask[rows], new_mask], dim=1), positions[rows, :1] + steps
 
@@ -265,41 +264,38 @@ class CandidateGroup(RetokenizingGroup):
         feeds: list[list[int]] = [[] for _ in range(rows)]
         anchors: list[Optional[int]] = [None] * rows
         read, retracted, new = [False] * rows, [0] * rows, [0] * rows
-        for r, v in enumerate(flat):
-            edit = self.detoks[r].push(v)
-            if edit == NO_EDIT:  # no text, or it ends inside a character: the map scores it
+        masked_rows: list[int] = []
+        masked_cols: list[int] = []
+        for r, (v, edit) in enumerate(zip(flat, read_texts(self.detoks, self.contexts, flat))):
+            if edit is None:  # no text, or it ends inside a character: the map scores it
                 self.counts["special" if v in self._special else "partial"] += 1
                 continue
-            was = self.retracted
-            feeds[r], anchors[r] = self._edit_row(r, edit)
+            was, before = self.retracted, len(masked_cols)
+            feeds[r], anchors[r] = self._retract(r, *edit, masked_cols)
+            masked_rows += [r] * (len(masked_cols) - before)
             read[r], retracted[r], new[r] = True, self.retracted - was, self.contexts[r].last_new
             self.counts["text"] += 1
             self.counts["retracting"] += retracted[r] > 0
+        if masked_rows:
+            self._mask[masked_rows, masked_cols] = 0
         return feeds, anchors, read, retracted, new
 
     def _request_scores(self, request: tuple[int, TokenScoreFn, str], fed: torch.Tensor, outs: list,
-                        lengths: list[int], new: list[int],
-                        anchors: list[Optional[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+                        span: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """float64 ``[R]`` values of one request over the ``R`` copies, and bool ``[R]``: whether the copy has
         a last new id (what a ``"last"`` request needs).
 
         ``outs[runner] [R, 1 + width, D]`` holds before fed id ``i`` the output at ``i`` (or a
-        :class:`~mogen.decoding.textfork.ForkOutputs` that gives it); the new ids are the last ``new[r]`` of
-        copy ``r``'s ``lengths[r]`` fed ids.
+        :class:`~mogen.decoding.textfork.ForkOutputs` that gives it); copy ``r`` scores its fed columns
+        ``span[0][r] <= i < span[1][r]`` (:func:`_new_span`).
         """
         runner, fn, how = request
-        rows, width = fed.shape
-        needed = torch.zeros(rows, width, dtype=torch.bool)
-        for r, (n, m) in enumerate(zip(lengths, new)):
-            if m == 0:
-                continue
-            first = n - m
-            if first == 0 and anchors[r] == FIRST_ANCHOR:
-                first = 1  # the guide's first id: nothing before it scores it (0, as at prefill)
-            if how == "sum":
-                needed[r, first:n] = True
-            elif first < n:
-                needed[r, n - 1] = True
+        first, end = span
+        cols = torch.arange(fed.shape[1])
+        if how == "sum":
+            needed = (cols >= first.unsqueeze(1)) & (cols < end.unsqueeze(1))
+        else:
+            needed = (cols == (end - 1).unsqueeze(1)) & (first < end).unsqueeze(1)
         out = outs[runner]
         if isinstance(out, ForkOutputs):
             values = fork_score(fn, out, fed, needed).sum(dim=1)
@@ -333,10 +329,10 @@ class CandidateGroup(RetokenizingGroup):
         self._fork = None
         batch, k = fork.ids.shape
         taken: list[Optional[int]] = [None] * batch
-        for b in range(batch):
-            for j in range(k):
+        for b, row in enumerate(fork.ids.tolist() if chosen is not None else []):
+            for j, v in enumerate(row):
                 whole = fork.whole is None or fork.whole[b * k + j]
-                if chosen is not None and fork.read[b * k + j] and whole and chosen[b] == int(fork.ids[b, j]):
+                if fork.read[b * k + j] and whole and chosen[b] == v:
                     taken[b] = j
                     break
         index = torch.tensor([b * k + (j or 0) for b, j in enumerate(taken)])
@@ -370,6 +366,19 @@ class CandidateGroup(RetokenizingGroup):
         # their token below get their own flag there.
         self._stale = torch.zeros(len(taken), dtype=torch.bool)
         self._any_stale = False
+
+
+def _new_span(feeds: list[list[int]], new: list[int], anchors: list[Optional[int]]) -> tuple[torch.Tensor,
+                                                                                               torch.Tensor]:
+    """Per copy ``[R]`` each, the fed columns a score reads: ``first <= i < end``, the last ``new[r]`` of its
+    ``len(feeds[r])`` fed ids, less a guide's first id (nothing before it scores it: 0, as at prefill); an empty
+    span (``first == end``) where the copy adds no id."""
+    end = torch.tensor([len(f) for f in feeds], dtype=torch.long)
+    added = torch.tensor(new, dtype=torch.long)
+    first = end - added
+    at_start = torch.tensor([a == FIRST_ANCHOR for a in anchors], dtype=torch.bool)
+    first = torch.where((first == 0) & at_start, torch.ones_like(first), first)
+    return torch.where(added == 0, end, first), end
 
 
 class _Swap:
