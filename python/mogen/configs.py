@@ -3,7 +3,7 @@
 The three config readers (merge configs, :mod:`mogen.merging.schema`; sweep configs,
 :mod:`mogen.evaluation.config`; MAGE, :class:`mogen.mage.MAGEConfig`) describe their keys as
 dataclasses and read them with :func:`parse`: unknown keys are refused, scalars and lists are
-type-checked_field against the field annotations (``int``, ``float``, ``bool``, ``str``, ``Optional``,
+type-checked against the field annotations (``int``, ``float``, ``bool``, ``str``, ``Optional``,
 ``Union``, ``list[...]``, ``dict``, ``Any``, nested dataclasses), and a field's ``metadata["check"]``
 (``check(value, path)``) checks its value. Every failure is a :class:`ConfigError` whose text is
 ``<file>: <key.path[1].sub>: <message>`` (a label such as ``merge config`` stands in for the file
@@ -97,7 +97,7 @@ def _name(tp: Any) -> str:
 
 
 def check_type(value: Any, tp: Any, path: str) -> Any:
-    """``value`` checked_field against annotation ``tp`` (ints pass as floats; bools never as numbers)."""
+    """``value`` checked against annotation ``tp`` (ints pass as floats; bools never as numbers)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return value
@@ -132,7 +132,7 @@ def check_type(value: Any, tp: Any, path: str) -> Any:
 
 
 def parse(cls: type, data: Any, path: str = "", file: Any = None) -> Any:
-    """An instance of dataclass ``cls`` from mapping ``data``, checked_field key by key."""
+    """An instance of dataclass ``cls`` from mapping ``data``, checked key by key."""
     if not isinstance(data, dict):
         raise ConfigError(path, f"expected a mapping, got {data!r}", file)
     with config_errors(file):

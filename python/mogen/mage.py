@@ -124,12 +124,12 @@ class MAGEConfig:
 
     @classmethod
     def parse(cls, data: dict, path: str = "", file: Any = None, label: str = "MAGE config") -> "MAGEConfig":
-        """A checked_field config from a mapping (errors name ``path.key``)."""
+        """A checked config from a mapping (errors name ``path.key``)."""
         with config_errors(file, label):
             return parse(cls, data, path)
 
     def replace(self, **changes: Any) -> "MAGEConfig":
-        """This config with ``changes``, checked_field."""
+        """This config with ``changes``, checked."""
         return MAGEConfig.parse({**asdict(self), **changes})
 
 
@@ -237,7 +237,7 @@ class MAGE:
 
     @staticmethod
     def _config(config: Optional[MAGEConfig], options: dict) -> MAGEConfig:
-        """``config`` (default: the defaults) with the keyword ``options`` (its fields) applied, checked_field."""
+        """``config`` (default: the defaults) with the keyword ``options`` (its fields) applied, checked."""
         unknown = sorted(set(options) - set(MAGEConfig.__dataclass_fields__))
         if unknown:
             raise TypeError(f"MAGE() got unexpected keyword argument(s) {unknown}")

@@ -137,7 +137,7 @@ def _from_source(src: PromptSource, base_dir: Path) -> list[str]:
 
 
 def read_prompts(raw: Union[str, Sequence[str], PromptSource], base_dir: Union[str, Path] = ".") -> list[str]:
-    """The prompts of a checked_field ``prompts`` value (paths relative to ``base_dir``)."""
+    """The prompts of a checked ``prompts`` value (paths relative to ``base_dir``)."""
     base_dir = Path(base_dir)
     if isinstance(raw, PromptSource):
         prompts = _from_source(raw, base_dir)

@@ -65,7 +65,7 @@ class Resources:
 
 
 def parse_resources(raw: Any, where: str) -> dict:
-    """The keys set in the ``resources`` mapping ``raw`` at key path ``where``, checked_field."""
+    """The keys set in the ``resources`` mapping ``raw`` at key path ``where``, checked."""
     if raw is None:
         return {}
     return to_dict(parse(Resources, raw, where))

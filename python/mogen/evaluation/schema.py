@@ -170,11 +170,11 @@ MODEL_LIST_KEYS = ("policies", "backbones", "experts", "value_models")
 
 @dataclass
 class SweepFile:
-    """A sweep config as written (:mod:`mogen.evaluation.config`'s keys), checked_field key by key."""
+    """A sweep config as written (:mod:`mogen.evaluation.config`'s keys), checked key by key."""
 
     output: _Path
     prompts: Union[str, list[str], PromptSource]
-    rewards: list[Union[str, dict]]  # each checked_field by mogen.evaluation.rewards.parse_reward
+    rewards: list[Union[str, dict]]  # each checked by mogen.evaluation.rewards.parse_reward
     reference_point: list[float] = checked_field(_finite_list)  # required
     models: Optional[ModelPaths]
     methods: list[dict]

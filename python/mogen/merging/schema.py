@@ -86,11 +86,11 @@ class MergeConfig:
 
 
 def parse_merge_config(cfg: Any, file: Any = None) -> MergeConfig:
-    """The checked_field :class:`MergeConfig` of a mapping (``file``: where it was read, for errors)."""
+    """The checked :class:`MergeConfig` of a mapping (``file``: where it was read, for errors)."""
     with config_errors(file, LABEL):
-        checked_field = parse(MergeConfig, cfg)
-        if checked_field.slices is not None and checked_field.models is not None:
+        checked = parse(MergeConfig, cfg)
+        if checked.slices is not None and checked.models is not None:
             raise merge_error("slices", "give either 'slices' or 'models', not both")
-        if checked_field.slices is None and checked_field.models is None:
+        if checked.slices is None and checked.models is None:
             raise merge_error("models", "is required (or 'slices')")
-        return checked_field
+        return checked

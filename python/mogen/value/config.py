@@ -119,7 +119,7 @@ def _load(cls: type, file: Union[str, Path]) -> tuple[Any, Path]:
 
 
 def load_sample_config(file: Union[str, Path]) -> tuple[SampleConfig, list, Path]:
-    """``(config, [RewardSpec], base folder)``; every reward checked_field (``rewards[i].<key>``), names distinct."""
+    """``(config, [RewardSpec], base folder)``; every reward checked (``rewards[i].<key>``), names distinct."""
     cfg, base = _load(SampleConfig, file)
     with config_errors(file):
         if isinstance(cfg.prompts, PromptSource) and cfg.prompts.chat_template:
@@ -178,7 +178,7 @@ def run_train(file: Union[str, Path], progress: bool = True) -> Any:
             raise ConfigError("objective", str(exc)) from None
         output = base / cfg.output
         defaults = {"seed": cfg.seed, "output_dir": str(output) + ".checkpoints", "disable_tqdm": not progress}
-        args = trainer_module().training_arguments(cfg.training_args, defaults)  # checked_field before any loading
+        args = trainer_module().training_arguments(cfg.training_args, defaults)  # checked before any loading
     train, held = split_examples(data.examples(objective), cfg.heldout, cfg.seed)
     tokenizer = load_tokenizer(base / (cfg.tokenizer or cfg.model), "tokenizer")
     return fit_examples(base / cfg.model, tokenizer, train, held, training_args=args, defaults={},
