@@ -199,6 +199,10 @@ class RetokenizingGroup(RunnerRegistry):
         if any(feeds):
             self._feed(feeds, anchors)
 
+    def _padded(self, feeds: list[list[int]], width: int) -> torch.Tensor:
+        """``feeds`` as ids ``[len(feeds), width]``, each row padded on the right with the pad id."""
+        return torch.tensor([f + [self._pad_id] * (width - len(f)) for f in feeds], dtype=torch.long).view(-1, width)
+
     def _edit_row(self, b: int, edit: TextEdit) -> tuple[list[int], Optional[int]]:
         """Re-tokenize row ``b`` after ``edit``: mask retracted columns; return ``(ids to feed, anchor column)``."""
         masked: list[int] = []
@@ -265,7 +269,7 @@ class RetokenizingGroup(RunnerRegistry):
             if f:
                 self._cols[b].extend(range(start, start + len(f)))
         lengths = torch.tensor([len(f) for f in feeds], dtype=torch.long)
-        ids = torch.tensor([f + [self._pad_id] * (width - len(f)) for f in feeds], dtype=torch.long).view(-1, width)
+        ids = self._padded(feeds, width)
         steps = torch.arange(width)
         new_mask = (steps < lengths.unsqueeze(1)).long()
         fed = lengths > 0

@@ -84,13 +84,13 @@ def encode_many(tokenizer: Any, texts: Sequence[str], offsets: bool) -> list[tup
 
 def _edits(detoks: Sequence[IncrementalDetokenizer], tokens: Sequence[int]) -> list[TextEdit]:
     """``detoks[r].push(tokens[r])`` for every ``r``, with one decode of all distinct id runs."""
+    if not detoks:
+        return []
     runs = [d.append(t) for d, t in zip(detoks, tokens)]
     index: dict[tuple[int, ...], int] = {}
     for before, after in runs:
         index.setdefault(tuple(before), len(index))
         index.setdefault(tuple(after), len(index))
-    if not detoks:
-        return []
     texts = decode_many(detoks[0]._tok, list(index))
     return [d.release(texts[index[tuple(b)]], texts[index[tuple(a)]]) for d, (b, a) in zip(detoks, runs)]
 

@@ -227,8 +227,7 @@ class CandidateGroup(RetokenizingGroup):
         ids, _, positions, _, fed = self._layout([f if not buckets else f[:1] for f in feeds])
         for r in extra:
             self._check_length(r, len(self._cols[r]) + len(feeds[r]) - 1)
-        all_ids = ids if not buckets else torch.tensor(
-            [f + [self._pad_id] * (width - len(f)) for f in feeds], dtype=torch.long).view(-1, width)
+        all_ids = ids if not buckets else self._padded(feeds, width)
         lengths = torch.tensor([len(f) for f in feeds])
         last_col = torch.where(fed, lengths - 1, torch.full_like(lengths, -1)).to(self.device)
         subs = [self._extra_inputs(b, feeds, all_ids, positions) for b in buckets]
